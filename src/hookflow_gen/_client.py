@@ -1,0 +1,185 @@
+"""Run handles, and the runtime that module-level calls use.
+
+``Workflow.start``, ``notify`` and ``cancel`` act on the *current runtime*:
+the one ``hookflow_gen.django`` builds from settings when Django is ready,
+or one a test installs with ``use_runtime``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._codec import decode
+from ._store import RunState, RunStatus
+from ._workflow import Workflow, get_workflow
+from .exceptions import (
+    ConfigurationError,
+    RunCancelled,
+    RunNotFinished,
+    UnknownRunError,
+    WorkflowFailed,
+)
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+__all__ = ["RunHandle", "cancel", "current_runtime", "get_run", "notify", "use_runtime"]
+
+R = TypeVar("R")
+
+_runtime: Runtime | None = None
+
+
+def current_runtime() -> Runtime:
+    """The runtime in use.
+
+    Raises:
+        ConfigurationError: none is set up (``hookflow_gen.django`` is not in
+            ``INSTALLED_APPS``, or Django is not set up yet).
+    """
+    if _runtime is None:
+        raise ConfigurationError(
+            "hookflow_gen has no runtime yet: add 'hookflow_gen.django' to INSTALLED_APPS and "
+            "call django.setup() (manage.py does), or install one with use_runtime() in tests"
+        )
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install ``runtime`` as the current one (the Django app does this on ready)."""
+    global _runtime
+    _runtime = runtime
+
+
+@contextlib.contextmanager
+def use_runtime(runtime: Runtime) -> Iterator[Runtime]:
+    """Make ``runtime`` current inside the block, then restore the previous one."""
+    global _runtime
+    previous, _runtime = _runtime, runtime
+    try:
+        yield runtime
+    finally:
+        _runtime = previous
+
+
+def current_client() -> _Client:
+    """What ``Workflow.start`` calls."""
+    return _Client(current_runtime())
+
+
+class _Client:
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def start(self, workflow: Workflow[Any, R], payload: object, *, run_id: str | None) -> RunHandle[R]:
+        run, _ = self._runtime.start_run(workflow, payload, run_id=run_id)
+        if run.workflow != workflow.name:
+            from .exceptions import HookflowError
+
+            raise HookflowError(
+                f"run {run.run_id!r} exists already, for workflow {run.workflow!r}, "
+                f"not {workflow.name!r}"
+            )
+        return RunHandle(run.run_id, workflow, self._runtime)
+
+
+class RunHandle(Generic[R]):
+    """A run, as seen from outside: its id, status and typed result.
+
+    Attributes:
+        run_id: the run's id.
+        workflow: its workflow.
+    """
+
+    __slots__ = ("_runtime", "run_id", "workflow")
+
+    def __init__(self, run_id: str, workflow: Workflow[Any, R], runtime: Runtime) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self._runtime = runtime
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.workflow.name!r} {self.run_id}>"
+
+    def state(self) -> RunState:
+        """The stored run, fresh from the store."""
+        run = self._runtime.store.get_run(self.run_id)
+        if run is None:
+            raise UnknownRunError(f"no run has id {self.run_id!r}")
+        return run
+
+    @property
+    def status(self) -> RunStatus:
+        """running, completed, failed or cancelled (read fresh each time)."""
+        return self.state().status
+
+    def result(self, *, wait: float = 0.0, poll: float = 0.05) -> R:
+        """The typed result; waits up to ``wait`` seconds for the run to finish.
+
+        Raises:
+            RunNotFinished: still running after ``wait`` seconds.
+            WorkflowFailed: the run failed (``.error`` says why).
+            RunCancelled: the run was cancelled.
+        """
+        clock = self._runtime.clock
+        deadline = clock.monotonic() + wait
+        run = self.state()
+        while not run.status.finished and clock.monotonic() < deadline:
+            clock.sleep(poll)
+            run = self.state()
+        if run.status is RunStatus.COMPLETED:
+            value: R = decode(
+                self.workflow.result_adapter,
+                run.result or "null",
+                what=f"the result of run {self.run_id}",
+            )
+            return value
+        if run.status is RunStatus.FAILED:
+            assert run.error is not None
+            raise WorkflowFailed(self.run_id, run.error)
+        if run.status is RunStatus.CANCELLED:
+            raise RunCancelled(f"run {self.run_id} was cancelled")
+        raise RunNotFinished(f"run {self.run_id} is still running")
+
+    def cancel(self) -> None:
+        """Cancel the run (and its children)."""
+        self._runtime.cancel(self.run_id)
+
+
+def get_run(run_id: str) -> RunHandle[Any]:
+    """The handle of an existing run.
+
+    Raises:
+        UnknownRunError: no run has that id.
+    """
+    runtime = current_runtime()
+    run = runtime.store.get_run(run_id)
+    if run is None:
+        raise UnknownRunError(f"no run has id {run_id!r}")
+    return RunHandle(run.run_id, get_workflow(run.workflow), runtime)
+
+
+def notify(key: str, payload: object) -> int:
+    """Send an event: every run waiting on ``key`` receives ``payload``.
+
+    If none waits yet, the event is kept for the first step that waits on
+    ``key``. Returns the number of runs that received it now.
+
+    Raises:
+        PayloadValidationError: the payload does not fit a waiting step's
+            model; nothing was delivered.
+    """
+    return current_runtime().notify(key, payload)
+
+
+def cancel(run_id: str) -> None:
+    """Cancel a run (and its children).
+
+    Raises:
+        UnknownRunError: no run has that id.
+    """
+    current_runtime().cancel(run_id)

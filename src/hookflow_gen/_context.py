@@ -1,0 +1,405 @@
+"""``Context``: what a workflow uses to build step requests. No I/O here."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from ._codec import adapter_for, return_adapter
+from ._steps import (
+    CallResponse,
+    CallStep,
+    EventStep,
+    GatherStep,
+    InvokeStep,
+    LeafStep,
+    RetryPolicy,
+    RunStep,
+    SleepStep,
+    Step,
+    _as_timedelta,  # pyright: ignore[reportPrivateUsage]
+)
+from .exceptions import WorkflowDefinitionError
+
+if TYPE_CHECKING:
+    from ._workflow import Workflow
+
+__all__ = ["Context", "RunInfo"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+M = TypeVar("M")
+R = TypeVar("R")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+T4 = TypeVar("T4")
+T5 = TypeVar("T5")
+T6 = TypeVar("T6")
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """Facts about the run a workflow executes in.
+
+    Attributes:
+        run_id: the run's id.
+        workflow_name: the name the workflow is registered under.
+        started_at: when the run was started (aware, UTC).
+        parent_run_id: the parent's run id, for a child started by ``invoke``.
+    """
+
+    run_id: str
+    workflow_name: str
+    started_at: datetime
+    parent_run_id: str | None = None
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise WorkflowDefinitionError(f"a step name must be a non-empty string, got {name!r}")
+    return name
+
+
+def _check_aware(when: datetime, what: str) -> datetime:
+    if not isinstance(when, datetime):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise WorkflowDefinitionError(f"{what} takes a datetime, got {when!r}")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise WorkflowDefinitionError(
+            f"{what} needs an aware datetime (with a timezone), got naive {when.isoformat()}; "
+            "use datetime.now(UTC) or django.utils.timezone.now()"
+        )
+    return when
+
+
+class Context:
+    """The workflow's handle on the engine: builds step requests, tells the time.
+
+    A workflow receives one as its first argument. Its methods only *build*
+    requests; ``yield from`` a request to have the engine carry it out. The
+    deterministic helpers (``now``, ``uuid4``, ``random``) give the same
+    values when the run is replayed.
+    """
+
+    __slots__ = ("_clock", "_info", "_random", "_replaying")
+
+    def __init__(
+        self,
+        info: RunInfo,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        replaying: Callable[[], bool] | None = None,
+    ) -> None:
+        self._info = info
+        self._clock = clock or (lambda: info.started_at)
+        self._replaying = replaying or (lambda: False)
+        self._random = random.Random(info.run_id)
+
+    # -- facts ---------------------------------------------------------------
+
+    @property
+    def info(self) -> RunInfo:
+        """The run's id, workflow name, start time and parent."""
+        return self._info
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._info.run_id
+
+    @property
+    def workflow_name(self) -> str:
+        """The name the running workflow is registered under."""
+        return self._info.workflow_name
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while recorded steps are being replayed (e.g. to skip duplicate logs)."""
+        return self._replaying()
+
+    def now(self) -> datetime:
+        """The workflow's clock: when the latest step it saw settled (aware, UTC).
+
+        Recorded in the journal, so a replay sees the same value. It moves
+        only when a step settles, like Temporal's ``workflow.now()``.
+        """
+        return self._clock()
+
+    def uuid4(self) -> uuid.UUID:
+        """A random-looking UUID, the same sequence on every replay of this run."""
+        return uuid.UUID(int=self._random.getrandbits(128), version=4)
+
+    def random(self) -> random.Random:
+        """A ``random.Random`` seeded from the run id: the same sequence on replay."""
+        return self._random
+
+    # -- steps ---------------------------------------------------------------
+
+    @overload
+    def run(
+        self,
+        name: str,
+        fn: Callable[P, Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> RunStep[T]: ...
+    @overload
+    def run(
+        self,
+        name: str,
+        fn: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> RunStep[T]: ...
+    def run(
+        self,
+        name: str,
+        fn: Callable[P, Any],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> RunStep[Any]:
+        """Run ``fn(*args, **kwargs)`` as a durable step.
+
+        The function runs once (at least once, unless ``atomic``); its result
+        is validated against ``fn``'s return annotation, recorded as JSON and
+        replayed from the journal afterwards. Set retry policy, timeout or
+        atomicity with ``.options(...)`` on the returned step, or for every
+        call of a function with the ``@step(...)`` decorator.
+        """
+        if not callable(fn):
+            raise WorkflowDefinitionError(f"ctx.run({name!r}, ...) needs a callable, got {fn!r}")
+        defaults: StepDefaults | None = getattr(fn, "__hookflow_step__", None)
+        if defaults is None:
+            return RunStep(
+                _check_name(name), fn, args, kwargs, adapter=return_adapter(fn)
+            )
+        return RunStep(
+            _check_name(name),
+            fn,
+            args,
+            kwargs,
+            retry=defaults.retry,
+            timeout=defaults.timeout,
+            atomic=defaults.atomic,
+            adapter=return_adapter(fn),
+        )
+
+    def sleep(self, name: str, duration: timedelta | float) -> SleepStep:
+        """Sleep for ``duration`` (a timedelta or seconds), counted from when first reached."""
+        delay = _as_timedelta(duration)
+        if delay < timedelta(0):
+            raise WorkflowDefinitionError(f"sleep {name!r} got a negative duration {delay}")
+        return SleepStep(_check_name(name), duration=delay)
+
+    def sleep_until(self, name: str, when: datetime) -> SleepStep:
+        """Sleep until the aware datetime ``when`` (a naive one is an error)."""
+        return SleepStep(_check_name(name), until=_check_aware(when, "sleep_until"))
+
+    @overload
+    def call(
+        self,
+        name: str,
+        url: str,
+        *,
+        method: str = ...,
+        body: Any = ...,
+        headers: Mapping[str, str] | None = ...,
+        timeout: timedelta | float | None = ...,
+        retry: RetryPolicy | None = ...,
+    ) -> CallStep[str]: ...
+    @overload
+    def call(
+        self,
+        name: str,
+        url: str,
+        *,
+        response_model: type[T],
+        method: str = ...,
+        body: Any = ...,
+        headers: Mapping[str, str] | None = ...,
+        timeout: timedelta | float | None = ...,
+        retry: RetryPolicy | None = ...,
+    ) -> CallStep[T]: ...
+    def call(
+        self,
+        name: str,
+        url: str,
+        *,
+        response_model: Any = str,
+        method: str = "GET",
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: timedelta | float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> CallStep[Any]:
+        """Make an HTTP request as a durable step.
+
+        ``body`` is sent as JSON (a ``str`` or ``bytes`` body as is). A 2xx
+        answer becomes a ``CallResponse`` whose body is parsed as JSON into
+        ``response_model`` (kept as text without one). Any other status fails
+        the attempt; 429 and 5xx are retried per ``retry``, other 4xx are not.
+        With the QStash scheduler, QStash makes the request, so no worker
+        waits on a slow API.
+        """
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise WorkflowDefinitionError(f"call {name!r} needs an http(s) URL, got {url!r}")
+        return CallStep(
+            _check_name(name),
+            url,
+            method=method.upper(),
+            body=body,
+            headers=dict(headers or {}),
+            timeout=_as_timedelta(timeout) if timeout is not None else None,
+            retry=retry,
+            response_model=response_model,
+            adapter=adapter_for(CallResponse[response_model]),
+        )
+
+    @overload
+    def wait_for_event(
+        self, name: str, model: type[T], *, key: str, timeout: None = None
+    ) -> EventStep[T]: ...
+    @overload
+    def wait_for_event(
+        self, name: str, model: type[T], *, key: str, timeout: timedelta | float
+    ) -> EventStep[T | None]: ...
+    def wait_for_event(
+        self, name: str, model: type[Any], *, key: str, timeout: timedelta | float | None = None
+    ) -> EventStep[Any]:
+        """Wait for ``notify(key, payload)``; the payload is validated as ``model``.
+
+        Without a timeout the result is the event. With one, it is the event
+        or None if the timeout passed first. An event sent before the run
+        reaches this step is kept and delivered when it does.
+        """
+        if not isinstance(key, str) or not key:
+            raise WorkflowDefinitionError(f"wait_for_event {name!r} needs a non-empty string key")
+        event_adapter = adapter_for(model)
+        if timeout is None:
+            return EventStep(_check_name(name), key, model, None, event_adapter, event_adapter)
+        limit = _as_timedelta(timeout)
+        return EventStep(
+            _check_name(name), key, model, limit, adapter_for(model | None), event_adapter
+        )
+
+    def invoke(
+        self, name: str, workflow: Workflow[M, R], payload: M, *, run_id: str | None = None
+    ) -> InvokeStep[R]:
+        """Start ``workflow`` as a child run with ``payload`` and wait for its result.
+
+        A child that fails throws ``StepFailed`` here. ``run_id`` defaults to
+        one derived from this run and the step name, so a replay never starts
+        a second child.
+        """
+        from ._workflow import Workflow
+
+        if not isinstance(workflow, Workflow):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise WorkflowDefinitionError(
+                f"invoke {name!r} needs a @workflow, got {workflow!r}"
+            )
+        return InvokeStep(
+            _check_name(name), workflow, payload, run_id, adapter=workflow.result_adapter
+        )
+
+    @overload
+    def gather(self, s1: Step[T1], /) -> GatherStep[tuple[T1]]: ...
+    @overload
+    def gather(self, s1: Step[T1], s2: Step[T2], /) -> GatherStep[tuple[T1, T2]]: ...
+    @overload
+    def gather(
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], /
+    ) -> GatherStep[tuple[T1, T2, T3]]: ...
+    @overload
+    def gather(
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], s4: Step[T4], /
+    ) -> GatherStep[tuple[T1, T2, T3, T4]]: ...
+    @overload
+    def gather(
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], s4: Step[T4], s5: Step[T5], /
+    ) -> GatherStep[tuple[T1, T2, T3, T4, T5]]: ...
+    @overload
+    def gather(
+        self,
+        s1: Step[T1],
+        s2: Step[T2],
+        s3: Step[T3],
+        s4: Step[T4],
+        s5: Step[T5],
+        s6: Step[T6],
+        /,
+    ) -> GatherStep[tuple[T1, T2, T3, T4, T5, T6]]: ...
+    @overload
+    def gather(self, *steps: Step[T]) -> GatherStep[tuple[T, ...]]: ...
+    def gather(self, *steps: Step[Any]) -> GatherStep[tuple[Any, ...]]:
+        """Run steps in parallel; the result is the tuple of their results, in order.
+
+        Every branch runs to its end. If any failed, the first failed branch
+        (in argument order) is thrown into the workflow as ``StepFailed``.
+        Branch names must differ; gathers do not nest.
+        """
+        if not steps:
+            raise WorkflowDefinitionError("gather needs at least one step")
+        branches: list[LeafStep] = []
+        seen: dict[str, None] = {}  # ordered, for the gather's name
+        for step in steps:
+            if isinstance(step, GatherStep):
+                raise WorkflowDefinitionError(
+                    f"gathers do not nest: pass the branches of {step.name!r} directly"
+                )
+            if not isinstance(step, (RunStep, SleepStep, CallStep, EventStep, InvokeStep)):
+                raise WorkflowDefinitionError(
+                    f"gather takes steps built by ctx (ctx.run, ctx.sleep, ...), got {step!r}"
+                )
+            if step.name in seen:
+                raise WorkflowDefinitionError(
+                    f"gather has two branches named {step.name!r}; give each its own name"
+                )
+            seen[step.name] = None
+            branches.append(step)
+        return GatherStep(f"gather({', '.join(seen)})", tuple(branches))
+
+
+@dataclass(frozen=True, slots=True)
+class StepDefaults:
+    """Options a ``@step`` decorator attaches to a step function."""
+
+    retry: RetryPolicy | None = None
+    timeout: timedelta | None = None
+    atomic: bool = False
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def step(
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: timedelta | float | None = None,
+    atomic: bool = False,
+) -> Callable[[F], F]:
+    """Give a step function default options for every ``ctx.run`` of it.
+
+    The function is returned unchanged (still callable, same type), with the
+    options attached::
+
+        @step(retry=RetryPolicy(maximum_attempts=5), atomic=True)
+        def reserve_stock(order_id: int) -> Reservation: ...
+    """
+    defaults = StepDefaults(
+        retry=retry,
+        timeout=_as_timedelta(timeout) if timeout is not None else None,
+        atomic=atomic,
+    )
+
+    def decorate(fn: F) -> F:
+        fn.__hookflow_step__ = defaults  # type: ignore[attr-defined]  # options ride on the function
+        return fn
+
+    return decorate

@@ -1,0 +1,298 @@
+"""The replay engine: pure, no I/O, no clock of its own.
+
+Given a workflow, its payload and its run's journal, ``Replay`` drives a fresh
+generator: recorded results are sent back in order (decoded exactly as fresh
+ones), recorded failures are thrown in as ``StepFailed``, and the first step
+without a settled record is returned as a ``Waiting`` decision. The runtime
+then settles that step (runs it, waits for its timer or event) and calls
+``settle`` and ``advance`` again: the generator stays alive, so nothing is
+replayed twice within one wake-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from ._codec import decode, encode
+from ._context import Context, RunInfo
+from ._journal import ErrorInfo, StepRecord, StepStatus
+from ._steps import LeafStep, Step
+from ._workflow import Workflow
+from .exceptions import (
+    NonDeterminismError,
+    PayloadValidationError,
+    StepFailed,
+    WorkflowDefinitionError,
+)
+
+__all__ = ["Completed", "Decision", "Failed", "Pending", "Replay", "Waiting"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A step the workflow waits on.
+
+    Attributes:
+        position: its journal position.
+        step: the request, as the workflow built it now.
+        record: its pending record, or None if never reached before.
+    """
+
+    position: int
+    step: LeafStep
+    record: StepRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The workflow is blocked on ``request``; ``pending`` are its unsettled steps."""
+
+    request: Step[Any]
+    pending: tuple[Pending, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The workflow returned; ``result`` is its JSON, ``value`` the decoded value."""
+
+    result: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The workflow raised ``error`` (a step failure it did not catch, or its own)."""
+
+    error: ErrorInfo
+
+
+Decision: TypeAlias = Waiting | Completed | Failed
+
+_PENDING = StepStatus.PENDING
+_COMPLETED = StepStatus.COMPLETED
+
+
+class Replay:
+    """One live execution of a workflow generator against its journal.
+
+    Not thread-safe; one per run per wake-up (or kept warm across them).
+    """
+
+    __slots__ = (
+        "_blocked",
+        "_done",
+        "_gen",
+        "_last",
+        "_now",
+        "_records",
+        "_replay_until",
+        "_send",
+        "_throw",
+        "context",
+        "position",
+        "workflow",
+    )
+
+    def __init__(
+        self,
+        workflow: Workflow[Any, Any],
+        payload: str | bytes,
+        info: RunInfo,
+        journal: Iterable[StepRecord] = (),
+    ) -> None:
+        """Prepare the generator; nothing runs until ``advance``.
+
+        Raises:
+            PayloadValidationError: the payload does not fit the workflow's model.
+        """
+        self.workflow = workflow
+        self._records: dict[int, StepRecord] = {record.position: record for record in journal}
+        self._last = max(self._records, default=-1)
+        # Positions below this were settled before this execution began: their
+        # results are replayed, and `ctx.is_replaying` is true while they are.
+        settled = [p for p, r in self._records.items() if r.status is not _PENDING]
+        self._replay_until = max(settled, default=-1) + 1
+        self._now = info.started_at
+        self.position = 0
+        self.context = Context(info, clock=self._clock, replaying=self._is_replaying)
+        value = decode(
+            workflow.payload_adapter, payload, what=f"the payload of workflow {workflow.name!r}"
+        )
+        self._gen: Generator[Any, Any, Any] = workflow.fn(self.context, value)
+        self._blocked: Step[Any] | None = None
+        self._send: Any = None
+        self._throw: BaseException | None = None
+        self._done: Completed | Failed | None = None
+
+    def _clock(self) -> datetime:
+        return self._now
+
+    def _is_replaying(self) -> bool:
+        return self.position < self._replay_until
+
+    @property
+    def records(self) -> dict[int, StepRecord]:
+        """The journal as this execution knows it, by position."""
+        return self._records
+
+    def settle(self, record: StepRecord) -> None:
+        """Add or replace the record at ``record.position`` (fresh results, new pending steps)."""
+        self._records[record.position] = record
+        if record.position > self._last:
+            self._last = record.position
+
+    def advance(self) -> Decision:
+        """Run the workflow as far as the journal allows.
+
+        Raises:
+            NonDeterminismError: the code asked for a different step than the
+                journal records at some position, or finished before using
+                every record.
+        """
+        if self._done is not None:
+            return self._done
+        gen = self._gen
+        records = self._records
+        while True:
+            request = self._blocked
+            if request is None:
+                try:
+                    if self._throw is not None:
+                        exc, self._throw = self._throw, None
+                        request = gen.throw(exc)
+                    else:
+                        value, self._send = self._send, None
+                        request = gen.send(value)
+                except StopIteration as stop:
+                    return self._finish(stop.value)
+                except Exception as exc:
+                    return self._fail(exc)
+                if not isinstance(request, Step):
+                    self._throw = WorkflowDefinitionError(
+                        f"workflow {self.workflow.name!r} yielded {request!r}; a workflow "
+                        "yields steps built by its context: `x = yield from ctx.run(...)`"
+                    )
+                    continue
+                self._blocked = request
+            leaves = request.leaves
+            position = self.position
+            if len(leaves) == 1:  # the common case, kept lean
+                leaf = leaves[0]
+                record = records.get(position)
+                if record is None:
+                    return Waiting(request, (Pending(position, leaf, None),))
+                if record.kind != leaf.kind or record.name != leaf.name:
+                    raise _mismatch(position, record, leaf)
+                if record.status is _PENDING:
+                    return Waiting(request, (Pending(position, leaf, record),))
+                self._blocked = None
+                self.position = position + 1
+                if record.completed_at is not None and record.completed_at > self._now:
+                    self._now = record.completed_at
+                if record.status is _COMPLETED:
+                    self._send = self._decode(leaf, record)
+                else:
+                    self._throw = _step_failed(record)
+                continue
+            waiting = self._gather(request, leaves, position)
+            if waiting is not None:
+                return waiting
+
+    def _gather(
+        self, request: Step[Any], leaves: tuple[LeafStep, ...], position: int
+    ) -> Waiting | None:
+        records = self._records
+        pending: list[Pending] = []
+        settled: list[StepRecord] = []
+        for offset, leaf in enumerate(leaves):
+            record = records.get(position + offset)
+            if record is not None and (record.kind != leaf.kind or record.name != leaf.name):
+                raise _mismatch(position + offset, record, leaf)
+            if record is None or record.status is _PENDING:
+                pending.append(Pending(position + offset, leaf, record))
+            else:
+                settled.append(record)
+        if pending:
+            return Waiting(request, tuple(pending))
+        self._blocked = None
+        self.position = position + len(leaves)
+        for record in settled:
+            if record.completed_at is not None and record.completed_at > self._now:
+                self._now = record.completed_at
+        failed = next((r for r in settled if r.status is not _COMPLETED), None)
+        if failed is not None:
+            self._throw = _step_failed(failed)
+        else:
+            self._send = tuple(
+                self._decode(leaf, record) for leaf, record in zip(leaves, settled, strict=True)
+            )
+        return None
+
+    def _decode(self, leaf: LeafStep, record: StepRecord) -> Any:
+        try:
+            return decode(leaf.adapter, record.result or "null", what=record.describe())
+        except PayloadValidationError as exc:
+            raise NonDeterminismError(
+                f"position {record.position}: the result recorded for {record.describe()} no "
+                f"longer fits the step's declared type; the code changed incompatibly ({exc})",
+                position=record.position,
+                recorded=record.describe(),
+                current=leaf.describe(),
+            ) from exc
+
+    def _check_consumed(self) -> None:
+        if self._last >= self.position:
+            record = self._records.get(self.position)
+            recorded = record.describe() if record else "a step"
+            raise NonDeterminismError(
+                f"position {self.position}: the journal records {recorded}, but the workflow "
+                f"{self.workflow.name!r} no longer reaches it (it ended there); the code changed",
+                position=self.position,
+                recorded=recorded,
+                current=None,
+            )
+
+    def _finish(self, value: Any) -> Decision:
+        self._check_consumed()
+        try:
+            result = encode(
+                self.workflow.result_adapter,
+                value,
+                what=f"the result of workflow {self.workflow.name!r}",
+            )
+        except PayloadValidationError as exc:
+            return self._fail(exc)
+        done = Completed(result, decode(self.workflow.result_adapter, result, what="result"))
+        self._done = done
+        return done
+
+    def _fail(self, exc: Exception) -> Decision:
+        if not isinstance(exc, NonDeterminismError):
+            self._check_consumed()
+        self._done = Failed(ErrorInfo.from_exception(exc))
+        return self._done
+
+    def close(self) -> None:
+        """Close the generator (its ``finally`` blocks run); used on cancel."""
+        self._gen.close()
+
+
+def _mismatch(position: int, record: StepRecord, leaf: LeafStep) -> NonDeterminismError:
+    return NonDeterminismError(
+        f"position {position} was {record.describe()} in the journal, "
+        f"now the workflow asks for {leaf.describe()}; the workflow code changed in a way "
+        "that replaying its runs cannot follow",
+        position=position,
+        recorded=record.describe(),
+        current=leaf.describe(),
+    )
+
+
+def _step_failed(record: StepRecord) -> StepFailed:
+    error = record.error or ErrorInfo(type="hookflow_gen.UnknownError", message="no error recorded")
+    return StepFailed(
+        step_name=record.name, position=record.position, error=error, attempts=record.attempts
+    )

@@ -1,0 +1,116 @@
+"""Journal records: what a run has durably recorded about each step."""
+
+from __future__ import annotations
+
+import traceback as _traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["ErrorInfo", "StepRecord", "StepStatus"]
+
+
+class StepStatus(StrEnum):
+    """Where a step stands in its run's journal."""
+
+    PENDING = "pending"  # reached, not settled: running, sleeping, waiting
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An exception, recorded as data so it survives restarts and replays.
+
+    Attributes:
+        type: qualified name of the exception class (``"builtins.ValueError"``).
+        message: ``str()`` of the exception.
+        mro: qualified names of the class and its bases, for
+            ``StepFailed.caused_by``; never used to look a class up.
+        traceback: the formatted traceback where one was available.
+    """
+
+    type: str
+    message: str
+    mro: tuple[str, ...] = ()
+    traceback: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """Record ``exc``: its type names, message and traceback."""
+        mro = tuple(
+            f"{klass.__module__}.{klass.__qualname__}"
+            for klass in type(exc).__mro__
+            if klass is not object
+        )
+        text = "".join(_traceback.format_exception(exc)) if exc.__traceback__ else None
+        return cls(type=mro[0], message=str(exc), mro=mro, traceback=text)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able form, for storage."""
+        return {
+            "type": self.type,
+            "message": self.message,
+            "mro": list(self.mro),
+            "traceback": self.traceback,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
+        """Inverse of ``to_json``."""
+        return cls(
+            type=str(data["type"]),
+            message=str(data["message"]),
+            mro=tuple(str(name) for name in data.get("mro", ())),
+            traceback=data.get("traceback"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One step of a run, as recorded in its journal.
+
+    Attributes:
+        position: 0-based order in which the workflow reached the step; the
+            branches of a ``gather`` take consecutive positions.
+        kind: ``"run"``, ``"sleep"``, ``"call"``, ``"event"`` or ``"invoke"``.
+        name: the step name given in the workflow code.
+        status: pending, completed or failed.
+        result: the result as JSON text, once completed.
+        error: the final error, once failed.
+        attempts: how many times the step was tried.
+        completed_at: when it settled (the workflow clock, ``ctx.now()``,
+            reads the latest of these).
+        wake_at: for a pending step, when it is due (sleep end, event
+            timeout, retry back-off).
+        key: the event key of an event step, the child run id of an invoke.
+        started_at: when the step was first reached.
+        lease_until: while a worker runs the step, when its claim lapses
+            (a crashed worker's step is claimed again after that).
+        lease_owner: an id of the claim, so a worker whose lease lapsed
+            cannot record over the step's new owner.
+    """
+
+    position: int
+    kind: str
+    name: str
+    status: StepStatus = StepStatus.COMPLETED
+    result: str | None = None
+    error: ErrorInfo | None = None
+    attempts: int = 1
+    completed_at: datetime | None = None
+    wake_at: datetime | None = None
+    key: str | None = None
+    started_at: datetime | None = field(default=None, compare=False)
+    lease_until: datetime | None = field(default=None, compare=False)
+    lease_owner: str | None = field(default=None, compare=False)
+
+    @property
+    def settled(self) -> bool:
+        """True once the step has completed or failed for good."""
+        return self.status is not StepStatus.PENDING
+
+    def describe(self) -> str:
+        """``run 'charge'``: the kind and name, as errors show them."""
+        return f"{self.kind} {self.name!r}"

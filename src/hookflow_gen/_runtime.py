@@ -1,0 +1,740 @@
+"""The runtime: ``tick`` drives a run's workflow against its stored journal.
+
+A tick locks the run, replays its journal once into a live generator, and
+then keeps going: it settles what is due (sleeps that ended, buffered events,
+timeouts), claims a ready step with a lease, commits, runs the step function
+*without* holding the lock, and locks again to checkpoint the result and
+claim the next step, in the same transaction (one commit per step). When time
+must pass (a sleep, an event, a retry back-off) it records the run's next
+wake-up and hands it to the scheduler.
+
+Deliveries may be duplicated, concurrent or late: a tick only ever does what
+is due, and a step is run only by the holder of its lease, so extra ticks do
+nothing but look. A tick that dies mid-step loses nothing: the step's lease
+lapses and it is claimed again (at most one extra run of a non-atomic step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextvars
+import dataclasses
+import inspect
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pydantic
+
+from ._clock import Clock, SystemClock
+from ._codec import decode, encode
+from ._context import RunInfo
+from ._engine import Completed, Failed, Pending, Replay, Waiting
+from ._journal import ErrorInfo, StepRecord, StepStatus
+from ._scheduler import Scheduler
+from ._steps import CallStep, EventStep, InvokeStep, RetryPolicy, RunStep, SleepStep
+from ._store import RunState, RunStatus, Store
+from ._workflow import Workflow, get_workflow
+from .exceptions import (
+    NonDeterminismError,
+    NonRetryableError,
+    PayloadValidationError,
+    RetryAfter,
+    UnknownRunError,
+)
+
+__all__ = ["Runtime", "StepInfo", "current_step"]
+
+log = logging.getLogger("hookflow_gen")
+
+_PENDING = StepStatus.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """About the step being run, for step functions: ``current_step()``.
+
+    Attributes:
+        run_id: the run.
+        workflow_name: its workflow.
+        step_name: the step.
+        position: the step's journal position.
+        attempt: 1 on the first try, 2 on the first retry, ...
+        idempotency_key: stable across retries and redeliveries of this step;
+            pass it to APIs that deduplicate (payment providers, ...).
+    """
+
+    run_id: str
+    workflow_name: str
+    step_name: str
+    position: int
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.run_id}:{self.position}"
+
+
+_current_step: contextvars.ContextVar[StepInfo] = contextvars.ContextVar("hookflow_step")
+
+
+def current_step() -> StepInfo:
+    """The step being run; only inside a step function.
+
+    Raises:
+        LookupError: called outside a step function.
+    """
+    try:
+        return _current_step.get()
+    except LookupError:
+        raise LookupError("current_step() is only available inside a step function") from None
+
+
+class _HTTPStatusError(Exception):
+    """A ``call`` step got a non-2xx answer."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:500]}")
+        self.status = status
+
+
+class _Fatal(NonRetryableError):
+    """A failure no retry can fix (e.g. a result that does not fit its type)."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    pending: Pending
+    owner: str | None
+    value: str | None = None  # result JSON on success
+    exc: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """What one tick did (for logs, tests and the worker's output)."""
+
+    run_id: str
+    status: RunStatus
+    steps_run: int
+    wake_at: datetime | None
+
+
+CallExecutor = Callable[[CallStep[Any], timedelta | None], dict[str, Any]]
+
+
+def http_call(step: CallStep[Any], timeout: timedelta | None) -> dict[str, Any]:
+    """Make a ``call`` step's request with httpx; the response as a plain dict."""
+    body = step.body
+    content: bytes | str | None = None
+    json_body: Any = None
+    if isinstance(body, (bytes, str)):
+        content = body
+    elif body is not None:
+        json_body = pydantic.TypeAdapter(Any).dump_python(body, mode="json")
+    seconds = timeout.total_seconds() if timeout else 30.0
+    response = httpx.request(
+        step.method,
+        step.url,
+        headers=dict(step.headers),
+        content=content,
+        json=json_body,
+        timeout=seconds,
+    )
+    return call_response(step, response.status_code, dict(response.headers), response.text)
+
+
+def call_response(
+    step: CallStep[Any], status: int, headers: dict[str, str], text: str
+) -> dict[str, Any]:
+    """Turn an HTTP answer into a ``CallResponse`` dict, or raise for a non-2xx one."""
+    if not 200 <= status < 300:
+        error = _HTTPStatusError(status, text)
+        if status == 429 or status >= 500:
+            raise error
+        raise NonRetryableError(str(error)) from error
+    body: Any = text
+    if step.response_model is not str:
+        try:
+            body = pydantic.TypeAdapter(Any).validate_json(text) if text else None
+        except pydantic.ValidationError as exc:
+            raise NonRetryableError(f"call {step.name!r}: the answer is not JSON: {exc}") from exc
+    lower = {name.lower(): value for name, value in headers.items()}
+    return {"status": status, "headers": lower, "body": body}
+
+
+class Runtime:
+    """Runs workflows durably on a ``Store`` and a ``Scheduler``.
+
+    Args:
+        store: where runs and journals live.
+        scheduler: how wake-ups are delivered.
+        clock: the time source (a fake one in tests).
+        budget: how long one tick may keep running steps before it yields.
+        lease: how long a claimed step may run before another worker may
+            claim it again; keep it above your slowest step.
+        default_retry: the retry policy of steps that set none.
+        warm_runs: how many live generators to keep between ticks, so a
+            run's next tick skips its replay.
+        call_executor: makes ``call`` steps' HTTP requests.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        *,
+        clock: Clock | None = None,
+        budget: timedelta = timedelta(seconds=10),
+        lease: timedelta = timedelta(minutes=5),
+        default_retry: RetryPolicy | None = None,
+        warm_runs: int = 256,
+        call_executor: CallExecutor = http_call,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.clock: Clock = clock or SystemClock()
+        self.budget = budget
+        self.lease = lease
+        self.default_retry = default_retry or RetryPolicy()
+        self.call_executor = call_executor
+        self._warm: collections.OrderedDict[str, Replay] = collections.OrderedDict()
+        self._warm_max = warm_runs
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        bind = getattr(scheduler, "bind", None)
+        if callable(bind):
+            bind(self)
+
+    # -- starting, notifying, cancelling ----------------------------------------
+
+    def start_run(
+        self,
+        workflow: Workflow[Any, Any],
+        payload: object,
+        *,
+        run_id: str | None = None,
+        parent: tuple[str, int] | None = None,
+    ) -> tuple[RunState, bool]:
+        """Create a run and schedule its first tick; (run, created).
+
+        Raises:
+            PayloadValidationError: the payload does not fit the workflow.
+        """
+        payload_json = encode(
+            workflow.payload_adapter, payload, what=f"the payload of workflow {workflow.name!r}"
+        )
+        now = self.clock.now()
+        state = RunState(
+            run_id=run_id or uuid.uuid4().hex,
+            workflow=workflow.name,
+            payload=payload_json,
+            created_at=now,
+            parent_run_id=parent[0] if parent else None,
+            parent_position=parent[1] if parent else None,
+            wake_at=now,
+            wake_seq=1,
+        )
+        with self.store.atomic():
+            run, created = self.store.create_run(state)
+            if created:
+                self.scheduler.wake(self.store, run)
+        return run, created
+
+    def notify(self, key: str, payload: object) -> int:
+        """Deliver an event to every run waiting on ``key``; buffer it if none waits.
+
+        Returns how many runs received it. The payload is validated against
+        each waiting step's model first: if it does not fit, nothing changes
+        and ``PayloadValidationError`` is raised.
+        """
+        data = pydantic.TypeAdapter(Any).dump_json(payload).decode()
+        delivered = 0
+        with self.store.atomic():
+            waiters = self.store.event_waiters(key)
+            for run_id, position in waiters:
+                run = self.store.lock_run(run_id)
+                if run is None or run.status.finished:
+                    continue
+                replay = self._replay_for(run)
+                try:
+                    waiting = replay.advance()
+                finally:
+                    self._keep_warm(run.run_id, replay)
+                step = _pending_at(waiting, position)
+                if not isinstance(step, EventStep):
+                    continue  # the journal moved on since the waiter list was read
+                event = decode(step.event_adapter, data, what=f"the event for key {key!r}")
+                record = replay.records[position]
+                done = dataclasses.replace(
+                    record,
+                    status=StepStatus.COMPLETED,
+                    result=encode(step.adapter, event, what=f"the event for key {key!r}"),
+                    completed_at=self.clock.now(),
+                    wake_at=None,
+                )
+                self.store.save_step(run_id, done)
+                self._wake(run, self.clock.now())
+                delivered += 1
+            if not delivered:
+                self.store.add_event(key, data)
+        return delivered
+
+    def cancel(self, run_id: str) -> RunState:
+        """Cancel a run (and its children); a finished run is left as it is.
+
+        Raises:
+            UnknownRunError: no run has that id.
+        """
+        with self.store.atomic():
+            run = self.store.lock_run(run_id)
+            if run is None:
+                raise UnknownRunError(f"no run has id {run_id!r}")
+            if run.status.finished:
+                return run
+            run = self._finish(run, RunStatus.CANCELLED, error=None)
+            children = [
+                record.key
+                for record in self.store.steps(run_id)
+                if record.kind == "invoke" and record.status is _PENDING and record.key
+            ]
+        replay = self._warm.pop(run_id, None)
+        if replay is not None:
+            replay.close()
+        for child in children:
+            self.cancel(child)
+        return run
+
+    # -- the tick ---------------------------------------------------------------
+
+    def tick(self, run_id: str) -> TickReport:
+        """Do everything that is due for the run, within the time budget.
+
+        Raises:
+            UnknownRunError: no run has that id.
+        """
+        deadline = self.clock.monotonic() + self.budget.total_seconds()
+        replay: Replay | None = None
+        outcome: _Outcome | None = None
+        steps_run = 0
+        try:
+            while True:
+                with self.store.atomic():
+                    run = self.store.lock_run(run_id)
+                    if run is None:
+                        raise UnknownRunError(f"no run has id {run_id!r}")
+                    if run.status.finished:
+                        return TickReport(run_id, run.status, steps_run, None)
+                    if replay is None:
+                        replay = self._replay_for(run)
+                    else:
+                        for record in self.store.steps(run_id, replay.position):
+                            replay.settle(record)
+                    if outcome is not None:
+                        self._checkpoint(run, replay, outcome)
+                        outcome = None
+                    run, claimed = self._drive(run, replay, deadline)
+                    if claimed is not None and _is_atomic(claimed):
+                        # Exactly once: the function's writes and its checkpoint
+                        # commit together, under the run's lock.
+                        replay.settle(claimed.record)
+                        done = self._execute(run, claimed, owner=None, savepoint=True)
+                        self._checkpoint(run, replay, done)
+                        steps_run += 1
+                        continue
+                if claimed is None:
+                    return TickReport(run_id, run.status, steps_run, run.wake_at)
+                outcome = self._execute(run, claimed, owner=claimed.record_owner)
+                steps_run += 1
+        except BaseException:
+            replay = None  # its state may not match the store any more
+            raise
+        finally:
+            if replay is not None:
+                self._keep_warm(run_id, replay)
+
+    def _replay_for(self, run: RunState) -> Replay:
+        replay = self._warm.pop(run.run_id, None)
+        if replay is not None:
+            for record in self.store.steps(run.run_id, replay.position):
+                replay.settle(record)
+            return replay
+        workflow = get_workflow(run.workflow)
+        info = RunInfo(
+            run_id=run.run_id,
+            workflow_name=run.workflow,
+            started_at=run.created_at or self.clock.now(),
+            parent_run_id=run.parent_run_id,
+        )
+        return Replay(workflow, run.payload, info, self.store.steps(run.run_id))
+
+    def _keep_warm(self, run_id: str, replay: Replay) -> None:
+        if self._warm_max <= 0:
+            return
+        self._warm[run_id] = replay
+        self._warm.move_to_end(run_id)
+        while len(self._warm) > self._warm_max:
+            _, old = self._warm.popitem(last=False)
+            old.close()
+
+    def _drive(self, run: RunState, replay: Replay, deadline: float) -> tuple[RunState, _Claim | None]:
+        """Advance the workflow as far as possible under the lock; maybe claim a step."""
+        store = self.store
+        while True:
+            now = self.clock.now()
+            try:
+                decision = replay.advance()
+            except NonDeterminismError as exc:
+                log.error("run %s: %s", run.run_id, exc)
+                return self._finish(run, RunStatus.FAILED, error=ErrorInfo.from_exception(exc)), None
+            if isinstance(decision, Completed):
+                return self._finish(run, RunStatus.COMPLETED, result=decision.result), None
+            if isinstance(decision, Failed):
+                return self._finish(run, RunStatus.FAILED, error=decision.error), None
+            progressed = False
+            ready: list[tuple[Pending, StepRecord]] = []
+            timers: list[datetime] = []
+            leases: list[datetime] = []
+            for pending in decision.pending:
+                record = pending.record
+                if record is None:
+                    record = self._begin(run, pending, now)
+                    replay.settle(record)
+                if record.status is not _PENDING:
+                    replay.settle(record)
+                    progressed = True
+                    continue
+                due = record.wake_at
+                kind = pending.step.kind
+                if kind in ("sleep", "event"):
+                    if due is not None and due <= now:
+                        done = dataclasses.replace(
+                            record, status=StepStatus.COMPLETED, result="null", completed_at=now
+                        )
+                        store.save_step(run.run_id, done)
+                        replay.settle(done)
+                        progressed = True
+                    elif due is not None:
+                        timers.append(due)
+                elif kind in ("run", "call"):
+                    if record.lease_until is not None and record.lease_until > now:
+                        leases.append(record.lease_until)
+                    elif due is not None and due > now:
+                        timers.append(due)  # waiting out a retry back-off
+                    else:
+                        ready.append((pending, record))
+            if progressed:
+                continue
+            claimed: _Claim | None = None
+            if ready and self.clock.monotonic() < deadline:
+                pending, record = ready.pop(0)
+                claimed = self._claim(run, pending, record, now)
+                if claimed.record_owner is not None and claimed.lease_until is not None:
+                    leases.append(claimed.lease_until)
+            if ready:
+                timers.append(now)  # more ready steps: another worker (or tick) may help
+            wake_at = min(timers, default=None)
+            if self.scheduler.lease_wakeups and leases:
+                wake_at = min(wake_at or leases[0], *leases)
+            return self._set_wake(run, wake_at, now), claimed
+
+    def _begin(self, run: RunState, pending: Pending, now: datetime) -> StepRecord:
+        """First time the workflow reaches this step: record it as pending (or settled)."""
+        step = pending.step
+        record = StepRecord(
+            position=pending.position,
+            kind=step.kind,
+            name=step.name,
+            status=_PENDING,
+            attempts=0,
+            started_at=now,
+        )
+        if isinstance(step, SleepStep):
+            wake = step.until if step.until is not None else now + (step.duration or timedelta(0))
+            record = dataclasses.replace(record, wake_at=wake)
+        elif isinstance(step, EventStep):
+            record = dataclasses.replace(
+                record,
+                key=step.key,
+                wake_at=now + step.timeout if step.timeout is not None else None,
+            )
+            buffered = self.store.take_event(step.key)
+            if buffered is not None:
+                record = self._event_record(record, step, buffered, now)
+        elif isinstance(step, InvokeStep):
+            child_id = step.run_id or f"{run.run_id}-{pending.position}"
+            child, _ = self.start_run(
+                step.workflow, step.payload, run_id=child_id, parent=(run.run_id, pending.position)
+            )
+            record = dataclasses.replace(record, key=child.run_id)
+        if step.kind not in ("run", "call"):
+            # A run or call step is saved when claimed: one write, not two.
+            self.store.save_step(run.run_id, record)
+        return record
+
+    def _event_record(
+        self, record: StepRecord, step: EventStep[Any], data: str, now: datetime
+    ) -> StepRecord:
+        try:
+            event = decode(step.event_adapter, data, what=f"the event for key {step.key!r}")
+            result = encode(step.adapter, event, what=f"the event for key {step.key!r}")
+        except PayloadValidationError as exc:
+            return dataclasses.replace(
+                record,
+                status=StepStatus.FAILED,
+                error=ErrorInfo.from_exception(exc),
+                attempts=1,
+                completed_at=now,
+            )
+        return dataclasses.replace(
+            record, status=StepStatus.COMPLETED, result=result, attempts=1, completed_at=now
+        )
+
+    def _claim(self, run: RunState, pending: Pending, record: StepRecord, now: datetime) -> _Claim:
+        if _is_atomic(pending):
+            # Saved by its checkpoint, in the same transaction as the function's writes.
+            claim = dataclasses.replace(record, attempts=record.attempts + 1, wake_at=None)
+            return _Claim(pending, claim, None, None)
+        owner = uuid.uuid4().hex
+        lease_until = now + self._lease_for(pending.step)
+        claim = dataclasses.replace(
+            record,
+            attempts=record.attempts + 1,
+            wake_at=None,
+            lease_until=lease_until,
+            lease_owner=owner,
+        )
+        self.store.save_step(run.run_id, claim)
+        return _Claim(pending, claim, owner, lease_until)
+
+    def _lease_for(self, step: Any) -> timedelta:
+        timeout: timedelta | None = getattr(step, "timeout", None)
+        if timeout is not None and timeout * 2 > self.lease:
+            return timeout * 2
+        return self.lease
+
+    def _execute(
+        self, run: RunState, claim: _Claim, *, owner: str | None, savepoint: bool = False
+    ) -> _Outcome:
+        """Run the claimed step's function (or HTTP call); never raises for its errors."""
+        step = claim.pending.step
+        info = StepInfo(
+            run_id=run.run_id,
+            workflow_name=run.workflow,
+            step_name=step.name,
+            position=claim.pending.position,
+            attempt=claim.record.attempts,
+        )
+        token = _current_step.set(info)
+        try:
+            if savepoint:
+                with self.store.atomic():
+                    value = self._call(step)
+            else:
+                value = self._call(step)
+            result = encode(step.adapter, value, what=f"the result of step {step.name!r}")
+        except PayloadValidationError as exc:
+            return _Outcome(claim.pending, owner, exc=_Fatal(str(exc)))
+        except Exception as exc:
+            return _Outcome(claim.pending, owner, exc=exc)
+        finally:
+            _current_step.reset(token)
+        return _Outcome(claim.pending, owner, value=result)
+
+    def _call(self, step: Any) -> Any:
+        if isinstance(step, CallStep):
+            return self.call_executor(step, step.timeout)
+        assert isinstance(step, RunStep)
+        fn: Callable[..., Any] = step.fn
+        timeout = step.timeout.total_seconds() if step.timeout is not None else None
+        if inspect.iscoroutinefunction(fn):
+            return _run_coroutine(fn(*step.args, **step.kwargs), timeout)
+        if timeout is None:
+            return fn(*step.args, **step.kwargs)
+        if self._threads is None:
+            self._threads = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="hookflow-step")
+        context = contextvars.copy_context()
+        future = self._threads.submit(context.run, fn, *step.args, **step.kwargs)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"step {step.name!r} took longer than {timeout:g}s") from None
+
+    def _checkpoint(self, run: RunState, replay: Replay, outcome: _Outcome) -> None:
+        """Record a step's outcome, if this worker still holds the step."""
+        position = outcome.pending.position
+        current = replay.records.get(position)
+        if current is None or current.status is not _PENDING:
+            return  # settled meanwhile (cancelled, or another worker finished it)
+        if outcome.owner is not None and current.lease_owner != outcome.owner:
+            log.warning(
+                "run %s: the lease on step %r lapsed before it finished; its result is dropped",
+                run.run_id,
+                current.name,
+            )
+            return
+        now = self.clock.now()
+        base = dataclasses.replace(current, lease_until=None, lease_owner=None)
+        if outcome.exc is None:
+            record = dataclasses.replace(
+                base, status=StepStatus.COMPLETED, result=outcome.value, completed_at=now
+            )
+        else:
+            exc = outcome.exc
+            policy = self._policy(run, outcome.pending.step)
+            error = ErrorInfo.from_exception(exc)
+            if policy.retries(exc, current.attempts):
+                delay = exc.delay if isinstance(exc, RetryAfter) else policy.delay(current.attempts)
+                record = dataclasses.replace(base, error=error, wake_at=now + delay)
+                log.info(
+                    "run %s: step %r attempt %d failed (%s); retrying in %s",
+                    run.run_id,
+                    current.name,
+                    current.attempts,
+                    error.message,
+                    delay,
+                )
+            else:
+                record = dataclasses.replace(
+                    base, status=StepStatus.FAILED, error=error, completed_at=now
+                )
+        self.store.save_step(run.run_id, record)
+        replay.settle(record)
+
+    def _policy(self, run: RunState, step: Any) -> RetryPolicy:
+        own: RetryPolicy | None = getattr(step, "retry", None)
+        if own is not None:
+            return own
+        workflow = get_workflow(run.workflow)
+        return workflow.retry or self.default_retry
+
+    # -- run state ----------------------------------------------------------------
+
+    def _set_wake(self, run: RunState, wake_at: datetime | None, now: datetime) -> RunState:
+        current = run.wake_at
+        if wake_at is None:
+            if current is None:
+                return run
+            run = dataclasses.replace(run, wake_at=None)
+            self.store.save_run(run)
+            return run
+        if current is not None and now < current <= wake_at:
+            # An earlier wake-up is already set: a tick that comes early finds
+            # nothing due and sets the next one. Keeping it saves a write (and,
+            # on QStash, a message) per step.
+            return run
+        return self._wake(run, wake_at)
+
+    def _wake(self, run: RunState, at: datetime) -> RunState:
+        run = dataclasses.replace(run, wake_at=at, wake_seq=run.wake_seq + 1)
+        self.store.save_run(run)
+        self.scheduler.wake(self.store, run)
+        return run
+
+    def _finish(
+        self,
+        run: RunState,
+        status: RunStatus,
+        *,
+        result: str | None = None,
+        error: ErrorInfo | None = None,
+    ) -> RunState:
+        now = self.clock.now()
+        run = dataclasses.replace(
+            run, status=status, result=result, error=error, finished_at=now, wake_at=None
+        )
+        self.store.save_run(run)
+        self._warm.pop(run.run_id, None)
+        if run.parent_run_id is not None and run.parent_position is not None:
+            self._settle_parent(run, now)
+        if status is RunStatus.FAILED and error is not None:
+            self.store.on_commit(lambda: self._on_failure(run, error))
+        return run
+
+    def _settle_parent(self, child: RunState, now: datetime) -> None:
+        assert child.parent_run_id is not None and child.parent_position is not None
+        parent = self.store.lock_run(child.parent_run_id)
+        if parent is None or parent.status.finished:
+            return
+        records = self.store.steps(parent.run_id, child.parent_position)
+        if not records or records[0].position != child.parent_position:
+            return
+        record = records[0]
+        if record.status is not _PENDING:
+            return
+        if child.status is RunStatus.COMPLETED:
+            done = dataclasses.replace(
+                record, status=StepStatus.COMPLETED, result=child.result, completed_at=now, attempts=1
+            )
+        else:
+            error = child.error or ErrorInfo(
+                type="hookflow_gen.exceptions.RunCancelled",
+                message=f"child run {child.run_id} was cancelled",
+                mro=("hookflow_gen.exceptions.RunCancelled",),
+            )
+            done = dataclasses.replace(
+                record, status=StepStatus.FAILED, error=error, completed_at=now, attempts=1
+            )
+        self.store.save_step(parent.run_id, done)
+        self._wake(parent, now)
+
+    def _on_failure(self, run: RunState, error: ErrorInfo) -> None:
+        try:
+            workflow = get_workflow(run.workflow)
+        except LookupError:
+            return
+        if workflow.on_failure is None:
+            return
+        try:
+            payload = decode(workflow.payload_adapter, run.payload, what="payload")
+            workflow.on_failure(run.run_id, payload, error)
+        except Exception:
+            log.exception("run %s: the on_failure handler raised", run.run_id)
+
+    def close(self) -> None:
+        """Close warm generators and the step thread pool."""
+        while self._warm:
+            _, replay = self._warm.popitem()
+            replay.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    pending: Pending
+    record: StepRecord
+    record_owner: str | None
+    lease_until: datetime | None
+
+
+def _is_atomic(claim: _Claim | Pending) -> bool:
+    pending = claim.pending if isinstance(claim, _Claim) else claim
+    return isinstance(pending.step, RunStep) and pending.step.atomic
+
+
+def _pending_at(decision: Any, position: int) -> Any:
+    if isinstance(decision, Waiting):
+        for pending in decision.pending:
+            if pending.position == position:
+                return pending.step
+    return None
+
+
+def _run_coroutine(coro: Any, timeout: float | None) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(bounded())
+    # Called from inside an event loop (an async view): run it on a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, bounded()).result()

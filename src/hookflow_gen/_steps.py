@@ -1,0 +1,261 @@
+"""Step requests: what a workflow yields, one frozen value per step.
+
+``yield from step`` is the typed idiom: ``Step[T].__iter__`` yields the step
+itself once and returns what the engine sends back, so type checkers see
+``x = yield from ctx.run("a", f)`` as the return type of ``f``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar
+
+from pydantic import BaseModel, TypeAdapter
+
+from ._codec import adapter_for
+
+if TYPE_CHECKING:
+    from ._workflow import Workflow
+
+__all__ = [
+    "CallResponse",
+    "CallStep",
+    "EventStep",
+    "Flow",
+    "GatherStep",
+    "InvokeStep",
+    "RetryPolicy",
+    "RunStep",
+    "SleepStep",
+    "Step",
+]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failing step is retried: exponential back-off, bounded.
+
+    Attempt ``n`` (1-based) that fails is retried after
+    ``min(initial_interval * backoff_coefficient ** (n - 1), maximum_interval)``
+    until ``maximum_attempts`` attempts were made. Exceptions whose class (or
+    a base class) is in ``non_retryable_error_types``, and
+    ``NonRetryableError``, fail the step at once.
+    """
+
+    maximum_attempts: int = 3
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff_coefficient: float = 2.0
+    maximum_interval: timedelta = timedelta(minutes=5)
+    non_retryable_error_types: tuple[type[BaseException], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.maximum_attempts < 1:
+            raise ValueError("RetryPolicy.maximum_attempts must be at least 1")
+        if self.backoff_coefficient < 1:
+            raise ValueError("RetryPolicy.backoff_coefficient must be at least 1")
+        if self.initial_interval < timedelta(0) or self.maximum_interval < timedelta(0):
+            raise ValueError("RetryPolicy intervals must not be negative")
+
+    def delay(self, attempt: int) -> timedelta:
+        """The back-off before retrying after failed attempt ``attempt`` (1-based)."""
+        seconds = self.initial_interval.total_seconds() * self.backoff_coefficient ** (attempt - 1)
+        if math.isinf(seconds) or seconds > self.maximum_interval.total_seconds():
+            return self.maximum_interval
+        return timedelta(seconds=seconds)
+
+    def retries(self, exc: BaseException, attempt: int) -> bool:
+        """Whether failed attempt ``attempt`` of a step that raised ``exc`` is retried."""
+        from .exceptions import NonRetryableError
+
+        if attempt >= self.maximum_attempts:
+            return False
+        return not isinstance(exc, (NonRetryableError, *self.non_retryable_error_types))
+
+
+NO_RETRY = RetryPolicy(maximum_attempts=1)
+
+
+class CallResponse(BaseModel, Generic[T]):
+    """The answer to an HTTP ``call`` step.
+
+    Attributes:
+        status: the HTTP status code (always 2xx: other statuses fail the step).
+        headers: response headers, names in lower case.
+        body: the body, parsed as JSON into the ``response_model`` given to
+            ``ctx.call`` (raw text when none was given).
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: T
+
+
+class Step(Generic[T_co]):
+    """A request a workflow yields to the engine; ``yield from`` it to get ``T_co``.
+
+    Steps are frozen values built by ``Context`` methods. Every concrete step
+    has a ``name``; its ``kind`` says what the engine does with it.
+    """
+
+    __slots__ = ()
+    kind: ClassVar[str]
+    name: str
+
+    def __iter__(self) -> Generator[Step[Any], object, T_co]:
+        value = yield self
+        return value  # type: ignore[return-value]  # the engine sends the decoded T_co
+
+    @property
+    def leaves(self) -> tuple[LeafStep, ...]:
+        """The steps the engine records for this request (a gather has several)."""
+        return (self,)  # type: ignore[return-value]  # overridden by GatherStep
+
+    def describe(self) -> str:
+        """``run 'charge'``: the kind and name, as errors show them."""
+        return f"{self.kind} {self.name!r}"
+
+
+Flow: TypeAlias = Generator[Step[Any], object, R]
+"""The return annotation of a workflow function: ``-> Flow[Receipt]``."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RunStep(Step[T_co]):
+    """Run ``fn(*args, **kwargs)`` once and record its result.
+
+    Attributes:
+        name: the step name, part of the determinism check.
+        fn: the step function (sync or ``async def``).
+        args: positional arguments for ``fn``.
+        kwargs: keyword arguments for ``fn``.
+        retry: the retry policy; None means the workflow's or the default.
+        timeout: how long one attempt may take, or None.
+        atomic: run ``fn`` and record its result in one database
+            transaction (only for functions that just touch the database).
+    """
+
+    kind: ClassVar[str] = "run"
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict[str, Any])
+    retry: RetryPolicy | None = None
+    timeout: timedelta | None = None
+    atomic: bool = False
+    adapter: TypeAdapter[Any] = field(default=adapter_for(Any), repr=False)
+
+    def options(
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | float | None = None,
+        atomic: bool | None = None,
+    ) -> RunStep[T_co]:
+        """This step with other options: ``ctx.run(...).options(retry=RetryPolicy(...))``."""
+        return dataclasses.replace(
+            self,
+            retry=retry if retry is not None else self.retry,
+            timeout=_as_timedelta(timeout) if timeout is not None else self.timeout,
+            atomic=atomic if atomic is not None else self.atomic,
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SleepStep(Step[None]):
+    """Wait for ``duration`` from the moment the step is first reached, or until ``until``."""
+
+    kind: ClassVar[str] = "sleep"
+    name: str
+    duration: timedelta | None = None
+    until: datetime | None = None
+    adapter: TypeAdapter[Any] = field(default=adapter_for(None), repr=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CallStep(Step[CallResponse[T]], Generic[T]):
+    """Make an HTTP request; a 2xx answer is the result, anything else a failure."""
+
+    kind: ClassVar[str] = "call"
+    name: str
+    url: str
+    method: str = "GET"
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict[str, str])
+    timeout: timedelta | None = None
+    retry: RetryPolicy | None = None
+    response_model: Any = str
+    adapter: TypeAdapter[Any] = field(default=adapter_for(CallResponse[str]), repr=False)
+
+    def options(
+        self, *, retry: RetryPolicy | None = None, timeout: timedelta | float | None = None
+    ) -> CallStep[T]:
+        """This step with other options."""
+        return dataclasses.replace(
+            self,
+            retry=retry if retry is not None else self.retry,
+            timeout=_as_timedelta(timeout) if timeout is not None else self.timeout,
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EventStep(Step[T_co]):
+    """Wait for an event sent with ``notify(key, payload)``, or until ``timeout``.
+
+    With a timeout the result is None when the timeout passed first.
+    """
+
+    kind: ClassVar[str] = "event"
+    name: str
+    key: str
+    model: Any
+    timeout: timedelta | None = None
+    adapter: TypeAdapter[Any] = field(default=adapter_for(Any), repr=False)
+    event_adapter: TypeAdapter[Any] = field(default=adapter_for(Any), repr=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InvokeStep(Step[T_co]):
+    """Start a child workflow and wait for its result."""
+
+    kind: ClassVar[str] = "invoke"
+    name: str
+    workflow: Workflow[Any, Any]
+    payload: Any
+    run_id: str | None = None
+    adapter: TypeAdapter[Any] = field(default=adapter_for(Any), repr=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class GatherStep(Step[T_co]):
+    """Run several steps in parallel; the result is the tuple of their results."""
+
+    kind: ClassVar[str] = "gather"
+    name: str
+    branches: tuple[LeafStep, ...]
+
+    @property
+    def leaves(self) -> tuple[LeafStep, ...]:
+        """The branches, each recorded at its own consecutive position."""
+        return self.branches
+
+
+LeafStep: TypeAlias = RunStep[Any] | SleepStep | CallStep[Any] | EventStep[Any] | InvokeStep[Any]
+"""A step the engine records: every kind but gather."""
+
+
+def _as_timedelta(value: timedelta | float) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        from .exceptions import WorkflowDefinitionError
+
+        raise WorkflowDefinitionError(f"expected a timedelta or seconds, got {value!r}")
+    return timedelta(seconds=value)

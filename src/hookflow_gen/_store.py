@@ -1,0 +1,216 @@
+"""The seam between the runtime and persistence: ``Store``, and an in-memory one.
+
+The runtime talks to storage through ``Store`` only. The Django ORM store
+(``hookflow_gen.django``) is the durable one; ``MemoryStore`` keeps runs in
+process memory, for tests and the testing kit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from ._journal import ErrorInfo, StepRecord, StepStatus
+
+__all__ = ["MemoryStore", "RunState", "RunStatus", "Store"]
+
+
+class RunStatus(StrEnum):
+    """Where a run stands."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """True for the final states."""
+        return self is not RunStatus.RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """A run, as stored.
+
+    Attributes:
+        run_id: unique id.
+        workflow: the registered workflow name.
+        payload: the payload as JSON text.
+        status: running, completed, failed or cancelled.
+        created_at: when it was started.
+        result: the result as JSON text, once completed.
+        error: the error that ended it, once failed.
+        finished_at: when it reached a final state.
+        parent_run_id: for a child run, the parent's id.
+        parent_position: for a child run, the parent's invoke step position.
+        wake_at: when the run is next due for a tick (None: nothing is timed;
+            it waits for an event, a child or a running step).
+        wake_seq: bumped each time a wake-up is scheduled; a QStash message
+            carries it to tell stale deliveries apart.
+    """
+
+    run_id: str
+    workflow: str
+    payload: str
+    status: RunStatus = RunStatus.RUNNING
+    created_at: datetime | None = None
+    result: str | None = None
+    error: ErrorInfo | None = None
+    finished_at: datetime | None = None
+    parent_run_id: str | None = None
+    parent_position: int | None = None
+    wake_at: datetime | None = None
+    wake_seq: int = 0
+
+
+class Store(Protocol):
+    """Durable storage of runs, their journals and buffered events.
+
+    Every method but ``atomic``, ``on_commit`` and ``get_run`` is called
+    inside ``atomic()``. ``lock_run`` must exclude other transactions that
+    lock the same run until this one ends (``SELECT ... FOR UPDATE`` on
+    PostgreSQL; SQLite's write lock, taken at ``BEGIN IMMEDIATE``).
+    """
+
+    def atomic(self) -> contextlib.AbstractContextManager[None]:
+        """A transaction; nested calls make savepoints."""
+        ...
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the outermost transaction commits (at once if none)."""
+        ...
+
+    def create_run(self, run: RunState) -> tuple[RunState, bool]:
+        """Insert ``run``, or return the run already stored under its id; (run, created)."""
+        ...
+
+    def get_run(self, run_id: str) -> RunState | None:
+        """The run, without locking it; None if unknown."""
+        ...
+
+    def lock_run(self, run_id: str) -> RunState | None:
+        """The run, locked until the transaction ends; None if unknown."""
+        ...
+
+    def save_run(self, run: RunState) -> None:
+        """Update a stored run (status, result, error, wake-up fields)."""
+        ...
+
+    def steps(self, run_id: str, from_position: int = 0) -> list[StepRecord]:
+        """The run's journal from ``from_position`` on, ordered by position."""
+        ...
+
+    def save_step(self, run_id: str, record: StepRecord) -> None:
+        """Insert or replace the record at ``record.position``."""
+        ...
+
+    def add_event(self, key: str, payload: str) -> None:
+        """Buffer an event that no run waits for yet."""
+        ...
+
+    def take_event(self, key: str) -> str | None:
+        """Remove and return the oldest buffered event for ``key``."""
+        ...
+
+    def event_waiters(self, key: str) -> list[tuple[str, int]]:
+        """(run id, position) of pending event steps waiting on ``key``, oldest first."""
+        ...
+
+
+class MemoryStore:
+    """A ``Store`` in process memory: fast, not durable. For tests.
+
+    One re-entrant lock stands for all transactions, so ``lock_run`` is
+    trivially exclusive. Rollback restores the state before the outermost
+    ``atomic`` block.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.runs: dict[str, RunState] = {}
+        self.journals: dict[str, dict[int, StepRecord]] = {}
+        self.events: dict[str, list[str]] = {}
+        self._commit_hooks: list[Callable[[], None]] = []
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        with self._lock:
+            snapshot = self._snapshot() if self._depth == 0 else None
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if snapshot is not None:
+                    self.runs, self.journals, self.events = snapshot
+                    self._commit_hooks.clear()
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                hooks, self._commit_hooks = self._commit_hooks, []
+                for hook in hooks:
+                    hook()
+
+    def _snapshot(
+        self,
+    ) -> tuple[dict[str, RunState], dict[str, dict[int, StepRecord]], dict[str, list[str]]]:
+        return (
+            dict(self.runs),
+            {run_id: dict(journal) for run_id, journal in self.journals.items()},
+            {key: list(queue) for key, queue in self.events.items()},
+        )
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        if self._depth == 0:
+            fn()
+        else:
+            self._commit_hooks.append(fn)
+
+    def create_run(self, run: RunState) -> tuple[RunState, bool]:
+        existing = self.runs.get(run.run_id)
+        if existing is not None:
+            return existing, False
+        self.runs[run.run_id] = run
+        self.journals[run.run_id] = {}
+        return run, True
+
+    def get_run(self, run_id: str) -> RunState | None:
+        return self.runs.get(run_id)
+
+    def lock_run(self, run_id: str) -> RunState | None:
+        return self.runs.get(run_id)
+
+    def save_run(self, run: RunState) -> None:
+        self.runs[run.run_id] = run
+
+    def steps(self, run_id: str, from_position: int = 0) -> list[StepRecord]:
+        journal = self.journals.get(run_id, {})
+        return [journal[p] for p in sorted(journal) if p >= from_position]
+
+    def save_step(self, run_id: str, record: StepRecord) -> None:
+        self.journals.setdefault(run_id, {})[record.position] = record
+
+    def add_event(self, key: str, payload: str) -> None:
+        self.events.setdefault(key, []).append(payload)
+
+    def take_event(self, key: str) -> str | None:
+        queue = self.events.get(key)
+        return queue.pop(0) if queue else None
+
+    def event_waiters(self, key: str) -> list[tuple[str, int]]:
+        waiters = [
+            (run.created_at or datetime.min, run_id, record.position)
+            for run_id, journal in self.journals.items()
+            if (run := self.runs[run_id]).status is RunStatus.RUNNING
+            for record in journal.values()
+            if record.kind == "event" and record.key == key and record.status is StepStatus.PENDING
+        ]
+        return [(run_id, position) for _, run_id, position in sorted(waiters)]
+

@@ -1,0 +1,177 @@
+"""Every error hookflow_gen raises, under one root.
+
+The tree::
+
+    HookflowError                   root of everything raised by hookflow_gen
+    ├── WorkflowDefinitionError     misuse found in user code: not a generator
+    │   │                           function, duplicate workflow or step name,
+    │   │                           naive datetime, bad annotation, ...
+    │   └── DuplicateWorkflowError  two workflows registered under one name
+    ├── PayloadValidationError      a payload, event or step result failed its
+    │                               declared type (also a ``ValueError``)
+    ├── NonDeterminismError         replayed code no longer matches its journal
+    ├── StepFailed                  a step failed for good; thrown into the
+    │                               workflow at the ``yield from``
+    ├── WorkflowFailed              waited on the result of a run that failed
+    ├── RunCancelled                waited on the result of a cancelled run
+    ├── UnknownWorkflowError        no workflow is registered under that name
+    ├── UnknownRunError             no run has that id
+    ├── RunNotFinished              asked for the result of a run still going
+    └── ConfigurationError          settings or setup are wrong
+
+Errors a *step function* raises to steer retries (they are ordinary
+exceptions, raised by user code, never control flow of the engine):
+
+    NonRetryableError               fail the step now, skipping retries
+    RetryAfter                      retry after the given delay
+
+The engine itself needs no exception for control flow: a workflow suspends by
+yielding, and a cancelled generator is closed with ``GeneratorExit``, which a
+user's ``except Exception`` cannot swallow.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._journal import ErrorInfo
+
+__all__ = [
+    "ConfigurationError",
+    "DuplicateWorkflowError",
+    "HookflowError",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "PayloadValidationError",
+    "RetryAfter",
+    "RunCancelled",
+    "RunNotFinished",
+    "StepFailed",
+    "UnknownRunError",
+    "UnknownWorkflowError",
+    "WorkflowDefinitionError",
+    "WorkflowFailed",
+]
+
+
+class HookflowError(Exception):
+    """Root of every error raised by hookflow_gen."""
+
+
+class WorkflowDefinitionError(HookflowError, TypeError):
+    """User code uses the API wrongly; fix the code, retrying cannot help."""
+
+
+class DuplicateWorkflowError(WorkflowDefinitionError):
+    """Two different functions were registered under one workflow name."""
+
+
+class PayloadValidationError(HookflowError, ValueError):
+    """A payload, event or step result does not match its declared type."""
+
+
+class ConfigurationError(HookflowError):
+    """hookflow_gen is set up wrongly (settings, installed apps, ...)."""
+
+
+class UnknownWorkflowError(HookflowError, LookupError):
+    """No workflow is registered under the given name."""
+
+
+class UnknownRunError(HookflowError, LookupError):
+    """No run exists with the given id."""
+
+
+class RunNotFinished(HookflowError):
+    """The run has no result yet."""
+
+
+class NonDeterminismError(HookflowError):
+    """The workflow code no longer produces the steps recorded in its journal.
+
+    Attributes:
+        position: the journal position where code and record part ways.
+        recorded: what the journal holds there (``"run 'charge'"``), or None.
+        current: what the code asked for now, or None if it stopped asking.
+    """
+
+    def __init__(self, message: str, *, position: int, recorded: str | None, current: str | None):
+        super().__init__(message)
+        self.position = position
+        self.recorded = recorded
+        self.current = current
+
+
+class StepFailed(HookflowError):
+    """A step failed for good (retries exhausted or a non-retryable error).
+
+    Thrown into the workflow generator at the step's ``yield from``, so a
+    workflow can catch it and compensate. The original exception object is
+    not kept (it may not survive a process restart); its type and message
+    are, the same on a fresh run and on replay.
+
+    Attributes:
+        step_name: the failed step's name.
+        position: its position in the run's journal.
+        error_type: qualified name of the original exception type.
+        message: ``str()`` of the original exception.
+        attempts: how many times the step was tried.
+        error: the full recorded error.
+    """
+
+    def __init__(self, *, step_name: str, position: int, error: ErrorInfo, attempts: int):
+        self.step_name = step_name
+        self.position = position
+        self.error = error
+        self.error_type = error.type
+        self.message = error.message
+        self.attempts = attempts
+        plural = "s" if attempts != 1 else ""
+        super().__init__(
+            f"step {step_name!r} (position {position}) failed after {attempts} attempt{plural}: "
+            f"{error.type}: {error.message}"
+        )
+
+    def caused_by(self, exc_type: type[BaseException]) -> bool:
+        """Tell whether the original exception was an instance of ``exc_type``.
+
+        Compares qualified names along the original exception's class
+        hierarchy, recorded when it was raised, so it answers the same on
+        replay as on the first run.
+        """
+        return f"{exc_type.__module__}.{exc_type.__qualname__}" in self.error.mro
+
+
+class WorkflowFailed(HookflowError):
+    """The run failed; raised by ``RunHandle.result()``.
+
+    Attributes:
+        run_id: the failed run.
+        error: the recorded error that ended it.
+    """
+
+    def __init__(self, run_id: str, error: ErrorInfo):
+        super().__init__(f"run {run_id} failed: {error.type}: {error.message}")
+        self.run_id = run_id
+        self.error = error
+
+
+class RunCancelled(HookflowError):
+    """The run was cancelled; raised by ``RunHandle.result()``."""
+
+
+class NonRetryableError(Exception):
+    """Raise from a step function to fail the step at once, without retries."""
+
+
+class RetryAfter(Exception):  # noqa: N818 - reads as an instruction: ``raise RetryAfter(...)``
+    """Raise from a step function to retry it after ``delay``.
+
+    The attempt still counts against the retry policy's maximum.
+    """
+
+    def __init__(self, delay: timedelta | float, message: str = "") -> None:
+        self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        super().__init__(message or f"retry after {self.delay.total_seconds():g}s")

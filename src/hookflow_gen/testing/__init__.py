@@ -1,0 +1,360 @@
+"""Test helpers for workflows, shipped for users' own tests.
+
+Three ways to test a workflow, from the smallest to the most complete:
+
+- ``Stepper``: step one workflow by hand. Look at each step it asks for,
+  send back typed results or failures, read its final result. No runtime,
+  no clock, no database.
+- ``WorkflowEnvironment``: run workflows to completion in-process on the real
+  runtime, with an in-memory journal and a fake clock (sleeps and timeouts
+  pass instantly), stubbed steps, and events you send.
+- ``replay``: replay a stored journal against the current code and report
+  non-determinism, the check to run before deploying a workflow change.
+
+``hookflow_gen.testing.qstash`` has a QStash-compatible server for tests
+that go over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from .._client import RunHandle, use_runtime
+from .._codec import encode
+from .._context import RunInfo
+from .._engine import Completed, Decision, Failed, Replay, Waiting
+from .._journal import ErrorInfo, StepRecord, StepStatus
+from .._runtime import Runtime
+from .._scheduler import InlineScheduler
+from .._steps import CallStep, LeafStep, RetryPolicy, RunStep, SleepStep, Step
+from .._store import MemoryStore
+from .._workflow import Workflow
+from ..exceptions import HookflowError, WorkflowFailed
+
+__all__ = [
+    "FakeClock",
+    "ReplayResult",
+    "Stepper",
+    "WorkflowEnvironment",
+    "replay",
+]
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FakeClock:
+    """A clock that only moves when told to (or when the runtime sleeps on it)."""
+
+    def __init__(self, start: datetime = EPOCH) -> None:
+        if start.tzinfo is None:
+            raise ValueError("FakeClock needs an aware start time")
+        self._now = start
+        self._origin = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return (self._now - self._origin).total_seconds()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._now += timedelta(seconds=seconds)
+
+    def advance(self, delta: timedelta | float) -> None:
+        """Move the clock forward."""
+        self.sleep(delta.total_seconds() if isinstance(delta, timedelta) else delta)
+
+
+class Stepper(Generic[R]):
+    """Step a workflow by hand, through the real replay engine.
+
+    Example::
+
+        s = Stepper(checkout, Order(order_id=7, amount_cents=1200))
+        assert s.step.kind == "run" and s.step.name == "charge"
+        s.send(Charge(charge_id="ch_1"))
+        s.send(None)                      # the sleep
+        s.fail(CardDeclined("no funds"))  # throws StepFailed into the workflow
+        assert s.result() == Receipt(...)
+
+    Values are sent through the same JSON encode/decode as in production, so
+    a value that does not fit the step's declared type is an error here too.
+    Sending a sleep moves ``now`` to its end.
+    """
+
+    def __init__(
+        self,
+        workflow: Workflow[M, R],
+        payload: M,
+        *,
+        run_id: str = "test-run",
+        started_at: datetime = EPOCH,
+    ) -> None:
+        self.workflow = workflow
+        self.now = started_at
+        self.history: list[StepRecord] = []
+        info = RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=started_at)
+        payload_json = encode(workflow.payload_adapter, payload, what="the payload")
+        self._replay = Replay(workflow, payload_json, info)
+        self._decision: Decision = self._replay.advance()
+
+    @property
+    def context(self) -> Any:
+        """The ``Context`` the workflow runs with."""
+        return self._replay.context
+
+    @property
+    def finished(self) -> bool:
+        """True once the workflow returned or raised."""
+        return not isinstance(self._decision, Waiting)
+
+    @property
+    def step(self) -> Step[Any]:
+        """The step the workflow waits on (a ``GatherStep`` for a gather).
+
+        Raises:
+            HookflowError: the workflow has finished.
+        """
+        if not isinstance(self._decision, Waiting):
+            raise HookflowError(f"the workflow has finished: {self._decision!r}")
+        return self._decision.request
+
+    def send(self, value: object = None, *, attempts: int = 1) -> Stepper[R]:
+        """Complete the current step with ``value`` (a tuple for a gather).
+
+        An exception instance in place of a value fails that step (or
+        branch): it is thrown into the workflow as ``StepFailed``.
+        """
+        if not isinstance(self._decision, Waiting):
+            raise HookflowError("the workflow has finished; there is no step to send to")
+        pending = self._decision.pending
+        if len(pending) == 1 and not _is_gather(self._decision.request):
+            values: Sequence[object] = (value,)
+        elif isinstance(value, tuple) and len(value) == len(pending):  # pyright: ignore[reportUnknownArgumentType]
+            values = value  # pyright: ignore[reportUnknownVariableType]
+        else:
+            raise HookflowError(
+                f"{self._decision.request.describe()} has {len(pending)} branches: "
+                f"send a tuple of {len(pending)} values"
+            )
+        end = self.now
+        for item, waiting in zip(values, pending, strict=True):
+            record = self._record(waiting.position, waiting.step, item, attempts)
+            if record.completed_at and record.completed_at > end:
+                end = record.completed_at
+            self.history.append(record)
+            self._replay.settle(record)
+        self.now = end
+        self._decision = self._replay.advance()
+        return self
+
+    def fail(self, error: BaseException | str, *, attempts: int = 1) -> Stepper[R]:
+        """Fail the current step (every branch of a gather) with ``error``."""
+        exc = error if isinstance(error, BaseException) else Exception(error)
+        if isinstance(self._decision, Waiting) and _is_gather(self._decision.request):
+            return self.send(tuple(exc for _ in self._decision.pending), attempts=attempts)
+        return self.send(exc, attempts=attempts)
+
+    def _record(self, position: int, step: LeafStep, value: object, attempts: int) -> StepRecord:
+        completed_at = self.now
+        if isinstance(step, SleepStep):
+            completed_at = step.until or self.now + (step.duration or timedelta(0))
+        base = StepRecord(
+            position=position, kind=step.kind, name=step.name, attempts=attempts,
+            completed_at=completed_at,
+        )
+        if isinstance(value, BaseException):
+            return dataclasses.replace(
+                base, status=StepStatus.FAILED, error=ErrorInfo.from_exception(value)
+            )
+        result = encode(step.adapter, value, what=f"the value sent for {step.describe()}")
+        return dataclasses.replace(base, result=result)
+
+    def result(self) -> R:
+        """The workflow's typed result.
+
+        Raises:
+            WorkflowFailed: the workflow raised (``.error`` says what).
+            HookflowError: it has not finished yet.
+        """
+        decision = self._decision
+        if isinstance(decision, Completed):
+            value: R = decision.value
+            return value
+        if isinstance(decision, Failed):
+            raise WorkflowFailed(self._replay.context.run_id, decision.error)
+        raise HookflowError(f"the workflow still waits on {decision.request.describe()}")
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        """The error the workflow raised, if it failed."""
+        return self._decision.error if isinstance(self._decision, Failed) else None
+
+
+def _is_gather(step: Step[Any]) -> bool:
+    return step.kind == "gather"
+
+
+Stub = Callable[..., Any] | object
+
+
+class _TestRuntime(Runtime):
+    """The real runtime with some steps stubbed out by name."""
+
+    def __init__(self, stubs: dict[str, Stub], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stubs = stubs
+
+    def _call(self, step: Any) -> Any:  # pyright: ignore[reportImplicitOverride]
+        if step.name in self.stubs:
+            stub = self.stubs[step.name]
+            if isinstance(stub, BaseException):
+                raise stub
+            if callable(stub):
+                if isinstance(step, RunStep):
+                    return stub(*step.args, **step.kwargs)
+                return stub(step)
+            if isinstance(step, CallStep):
+                return {"status": 200, "headers": {}, "body": stub}
+            return stub
+        return super()._call(step)
+
+
+class WorkflowEnvironment:
+    """Run workflows to completion in-process: real runtime, memory store, fake clock.
+
+    Inside ``with env:`` the environment's runtime is the current one, so
+    ``workflow.start(...)``, ``hookflow_gen.notify`` and ``cancel`` use it.
+    A start runs the workflow at once until it finishes or waits for an
+    event; sleeps, retry back-offs and timeouts pass instantly on the fake
+    clock (``auto_advance=False`` keeps the clock still until ``advance``).
+
+    Args:
+        stubs: step name to a stub: a value (the step's result), an
+            exception (the step raises it), or a callable taking the step
+            function's arguments (a ``call`` step's stub takes the step).
+            Stubs apply to every run in the environment.
+        start: the fake clock's start time.
+        auto_advance: let timers fire at once by moving the clock.
+        default_retry: the runtime's default retry policy.
+    """
+
+    def __init__(
+        self,
+        *,
+        stubs: Mapping[str, Stub] | None = None,
+        start: datetime = EPOCH,
+        auto_advance: bool = True,
+        default_retry: RetryPolicy | None = None,
+    ) -> None:
+        self.clock = FakeClock(start)
+        self.store = MemoryStore()
+        self.scheduler = InlineScheduler(auto_advance=auto_advance)
+        self.runtime: Runtime = _TestRuntime(
+            dict(stubs or {}),
+            store=self.store,
+            scheduler=self.scheduler,
+            clock=self.clock,
+            default_retry=default_retry,
+        )
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> WorkflowEnvironment:
+        self._stack.enter_context(use_runtime(self.runtime))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+        self.runtime.close()
+
+    def stub(self, name: str, stub: Stub) -> None:
+        """Stub the steps named ``name`` from now on."""
+        assert isinstance(self.runtime, _TestRuntime)
+        self.runtime.stubs[name] = stub
+
+    def start(self, workflow: Workflow[M, R], payload: M, *, run_id: str | None = None) -> RunHandle[R]:
+        """Start a run and drive it as far as it goes now."""
+        with use_runtime(self.runtime):
+            return workflow.start(payload, run_id=run_id)
+
+    def run(self, workflow: Workflow[M, R], payload: M) -> R:
+        """Start a run and return its result (it must finish without outside events)."""
+        return self.start(workflow, payload).result()
+
+    def notify(self, key: str, payload: object) -> int:
+        """Send an event and drive the runs it wakes."""
+        return self.runtime.notify(key, payload)
+
+    def advance(self, delta: timedelta | float) -> None:
+        """Move the fake clock and run every wake-up that became due."""
+        self.clock.advance(delta)
+        self.scheduler.drain()
+
+    def journal(self, run_id: str) -> list[StepRecord]:
+        """The run's journal."""
+        return self.store.steps(run_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What replaying a stored journal against the current code gave.
+
+    Attributes:
+        decision: where the workflow stands after the journal (completed,
+            failed, or waiting on a step).
+        replayed: how many journal records the code consumed.
+    """
+
+    decision: Decision
+    replayed: int
+
+    @property
+    def finished(self) -> bool:
+        """True if the journal takes the workflow to its end."""
+        return not isinstance(self.decision, Waiting)
+
+
+def replay(
+    workflow: Workflow[M, Any],
+    payload: M | str,
+    journal: Iterable[StepRecord],
+    *,
+    run_id: str = "replay",
+    started_at: datetime = EPOCH,
+) -> ReplayResult:
+    """Replay a stored journal against the current workflow code.
+
+    Args:
+        workflow: the workflow as the code defines it now.
+        payload: the run's payload (a model, or its stored JSON text).
+        journal: the run's stored step records.
+
+    Raises:
+        NonDeterminismError: the code no longer follows the journal; the
+            message names the position, what was recorded and what the code
+            asks for now.
+    """
+    text = payload if isinstance(payload, str) else encode(
+        workflow.payload_adapter, payload, what="the payload"
+    )
+    info = RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=started_at)
+    records = list(journal)
+    execution = Replay(workflow, text, info, records)
+    decision = execution.advance()
+    return ReplayResult(decision, execution.position)
+
+
+@contextlib.contextmanager
+def environment(**kwargs: Any) -> Iterator[WorkflowEnvironment]:
+    """``with environment() as env:``, a shorthand for ``WorkflowEnvironment``."""
+    with WorkflowEnvironment(**kwargs) as env:
+        yield env
