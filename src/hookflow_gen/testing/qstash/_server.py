@@ -1,0 +1,1145 @@
+"""The in-memory QStash-compatible server: REST API, scheduler and deliveries."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, Final, Self, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httpx
+
+from ._config import (
+    DEDUPLICATION_WINDOW,
+    DEFAULT_CURRENT_SIGNING_KEY,
+    DEFAULT_NEXT_SIGNING_KEY,
+    DEFAULT_RETRIES,
+    DEFAULT_TOKEN,
+    RetryDelayError,
+    compile_retry_delay,
+    default_backoff,
+    parse_duration,
+)
+from ._faults import FaultPlan, Faults
+from ._records import (
+    DeliveryAttempt,
+    DlqEntry,
+    MessageKind,
+    MessageState,
+    PublishedMessage,
+    Stats,
+)
+from ._scheduler import Scheduler
+from ._signing import sign
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from types import TracebackType
+
+__all__ = ["QStashServer"]
+
+_USER_AGENT: Final = "Upstash-QStash"
+_PENDING: Final[frozenset[MessageState]] = frozenset({"CREATED", "ACTIVE", "RETRY"})
+_FORWARD = "upstash-forward-"
+_CALLBACK_FORWARD = "upstash-callback-forward-"
+_FAILURE_CALLBACK_FORWARD = "upstash-failure-callback-forward-"
+_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+
+JSON = Any
+"""A decoded JSON value (the REST payloads are heterogeneous by nature)."""
+
+
+_Dispatch = Callable[[str, str, Iterable[tuple[str, str]], bytes], tuple[int, JSON]]
+
+
+class _HttpError(Exception):
+    """Answer the current API request with ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclasses.dataclass(slots=True)
+class _Draft:
+    """A validated publish request, not yet stored."""
+
+    url: str
+    method: str
+    headers: dict[str, str]
+    forward_headers: dict[str, str]
+    body: bytes
+    content_type: str | None
+    max_retries: int
+    retry_delay: Callable[[int], float] | None
+    retry_delay_expression: str | None
+    delay: float
+    timeout: float | None
+    deduplication_key: str | None
+    callback: str | None
+    failure_callback: str | None
+    callback_headers: dict[str, str]
+    failure_callback_headers: dict[str, str]
+    queue: str | None
+    label: str | None
+    kind: MessageKind = "publish"
+    source_message_id: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Message:
+    """A stored message; mutated only under the server lock."""
+
+    message_id: str
+    draft: _Draft
+    published_at: float
+    not_before: float
+    state: MessageState = "CREATED"
+    attempts: int = 0
+
+    def snapshot(self) -> PublishedMessage:
+        draft = self.draft
+        return PublishedMessage(
+            message_id=self.message_id,
+            kind=draft.kind,
+            url=draft.url,
+            method=draft.method,
+            headers=dict(draft.headers),
+            forward_headers=dict(draft.forward_headers),
+            body=draft.body,
+            content_type=draft.content_type,
+            published_at=self.published_at,
+            not_before=self.not_before,
+            max_retries=draft.max_retries,
+            state=self.state,
+            attempts=self.attempts,
+            deduplication_id=draft.deduplication_key,
+            callback=draft.callback,
+            failure_callback=draft.failure_callback,
+            queue=draft.queue,
+            label=draft.label,
+            source_message_id=draft.source_message_id,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one HTTP request to a destination produced."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+    error: str | None
+    started_at: float
+    finished_at: float
+
+
+@dataclasses.dataclass(slots=True)
+class _Counters:
+    published: int = 0
+    published_bytes: int = 0
+    deduplicated: int = 0
+    callbacks: int = 0
+    callback_bytes: int = 0
+    attempts: int = 0
+    delivered: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class QStashServer:
+    """A QStash-compatible server in memory, for tests and offline development.
+
+    It speaks the REST API the ``qstash`` client uses (publish, enqueue,
+    batch, messages, DLQ, keys), delivers messages with QStash's headers,
+    signatures, retries, back-off, callbacks and dead-lettering, and lets
+    tests compress time, inject faults and inspect everything it did.
+
+    Time: every QStash duration (delays, not-before, back-off,
+    ``Retry-After``, the deduplication window, fault delays) is multiplied by
+    ``time_scale`` before the server waits, so ``time_scale=0.001`` turns the
+    12 s first back-off into 12 ms. Signatures always carry the real time.
+    ``Upstash-Timeout`` and ``delivery_timeout`` are network timeouts and are
+    not scaled.
+
+    Not modelled: URL groups, schedules, queue ordering and parallelism
+    (``/v2/enqueue`` behaves like publish and records the queue name), flow
+    control (the headers are accepted and recorded, not enforced), logs and
+    events. A callback is sent only after attempts that got an HTTP answer.
+
+    Example:
+        >>> with QStashServer(time_scale=0.001) as qs:  # doctest: +SKIP
+        ...     client = QStash(qs.token, base_url=qs.url)
+        ...     client.message.publish_json(url="http://127.0.0.1:9000/hook", body={})
+        ...     qs.wait_idle()
+        ...     assert qs.stats.delivered == 1
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str = DEFAULT_TOKEN,
+        current_signing_key: str = DEFAULT_CURRENT_SIGNING_KEY,
+        next_signing_key: str = DEFAULT_NEXT_SIGNING_KEY,
+        time_scale: float = 1.0,
+        workers: int = 8,
+        delivery_timeout: float = 30.0,
+        deduplication_window: float = DEDUPLICATION_WINDOW,
+        on_attempt: Callable[[DeliveryAttempt], None] | None = None,
+    ) -> None:
+        """Configure the server; nothing listens until :meth:`start`.
+
+        Args:
+            host: Interface to listen on.
+            port: Port to listen on; 0 picks a free one (read :attr:`url`).
+            token: The bearer token clients must present.
+            current_signing_key: Key that signs deliveries.
+            next_signing_key: Key reported as ``next`` by ``/v2/keys``.
+            time_scale: Factor applied to every QStash duration before waiting.
+            workers: Deliveries that may run at the same time.
+            delivery_timeout: Real seconds a destination may take to answer
+                when the message has no ``Upstash-Timeout``.
+            deduplication_window: QStash seconds a deduplication key is kept.
+            on_attempt: Called on a worker thread after every recorded attempt.
+        """
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._host = host
+        self._port = port
+        self.token: str = token
+        """The bearer token clients must present."""
+        self.current_signing_key: str = current_signing_key
+        """The key that signs deliveries (``QSTASH_CURRENT_SIGNING_KEY``)."""
+        self.next_signing_key: str = next_signing_key
+        """The next key (``QSTASH_NEXT_SIGNING_KEY``)."""
+        self.time_scale: float = time_scale
+        """Factor applied to every QStash duration before the server waits."""
+        self.faults: Faults = Faults()
+        """Fault-injection rules applied to delivery attempts."""
+        self._workers = workers
+        self._delivery_timeout = delivery_timeout
+        self._deduplication_window = deduplication_window
+        self._on_attempt = on_attempt
+        self._lock = threading.RLock()
+        self._messages: dict[str, _Message] = {}
+        self._attempts: list[DeliveryAttempt] = []
+        self._dlq: dict[str, DlqEntry] = {}
+        self._dedup: dict[str, tuple[str, float]] = {}
+        self._counters = _Counters()
+        self._errors: list[BaseException] = []
+        self._dlq_sequence = itertools.count()
+        self._httpd: _HTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
+        self._scheduler: Scheduler | None = None
+        self._client: httpx.Client | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> Self:
+        """Bind the socket and start the HTTP and delivery threads.
+
+        Returns:
+            The server itself, so ``qs = QStashServer().start()`` works.
+
+        Raises:
+            RuntimeError: If the server is already running.
+        """
+        if self._httpd is not None:
+            raise RuntimeError("the server is already running")
+        self._client = httpx.Client(
+            timeout=self._delivery_timeout, follow_redirects=False, trust_env=False
+        )
+        self._scheduler = Scheduler(self._workers, self._errors.append)
+        self._scheduler.start()
+        httpd = _HTTPServer((self._host, self._port), self._dispatch)
+        self._httpd = httpd
+        self._http_thread = threading.Thread(
+            target=functools.partial(httpd.serve_forever, poll_interval=0.05),
+            name="qstash-http",
+            daemon=True,
+        )
+        self._http_thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, drop pending deliveries and join every thread.
+
+        Deliveries already running finish first. Calling it twice is harmless.
+        """
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if self._http_thread is not None:
+            self._http_thread.join()
+            self._http_thread = None
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            self._scheduler = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> Self:
+        """Start the server for the ``with`` block."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL to give clients (``QSTASH_URL``), e.g. ``http://127.0.0.1:8080``.
+
+        Raises:
+            RuntimeError: If the server is not running.
+        """
+        if self._httpd is None:
+            raise RuntimeError("the server is not running; call start() first")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{_host_text(str(host))}:{port}"
+
+    # -- introspection -------------------------------------------------------
+
+    def messages(self, *, kind: MessageKind | None = None) -> list[PublishedMessage]:
+        """Return every stored message, oldest first.
+
+        Args:
+            kind: Only messages of this kind (e.g. ``"publish"``).
+        """
+        with self._lock:
+            return [
+                message.snapshot()
+                for message in self._messages.values()
+                if kind is None or message.draft.kind == kind
+            ]
+
+    def message(self, message_id: str) -> PublishedMessage:
+        """Return one message by id.
+
+        Raises:
+            KeyError: If no such message exists.
+        """
+        with self._lock:
+            return self._messages[message_id].snapshot()
+
+    def attempts(self, message_id: str | None = None) -> list[DeliveryAttempt]:
+        """Return the delivery attempts recorded so far, in the order they finished.
+
+        Args:
+            message_id: Only attempts for this message.
+        """
+        with self._lock:
+            return [a for a in self._attempts if message_id in (None, a.message_id)]
+
+    def dlq(self) -> list[DlqEntry]:
+        """Return the dead-letter queue, oldest first."""
+        with self._lock:
+            return list(self._dlq.values())
+
+    @property
+    def stats(self) -> Stats:
+        """Counters of messages, bytes and outcomes; see :class:`Stats`."""
+        with self._lock:
+            return Stats(**dataclasses.asdict(self._counters))
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Block until no delivery is pending or running.
+
+        A message delayed far into the future keeps the server busy; cancel
+        it or use a smaller ``time_scale``.
+
+        Args:
+            timeout: Real seconds to wait.
+
+        Raises:
+            TimeoutError: If work remains after ``timeout``.
+            RuntimeError: If a delivery task failed inside the server.
+        """
+        scheduler = self._require_scheduler()
+        idle = scheduler.wait_idle(timeout)
+        if self._errors:
+            raise RuntimeError("a delivery task failed inside the server") from self._errors[0]
+        if not idle:
+            with self._lock:
+                pending = [m.message_id for m in self._messages.values() if m.state in _PENDING]
+            raise TimeoutError(f"still busy after {timeout}s; pending messages: {pending}")
+
+    def reset(self) -> None:
+        """Forget every message, attempt, DLQ entry, deduplication key, counter and fault."""
+        if self._scheduler is not None:
+            self._scheduler.clear()
+        self.faults.clear()
+        with self._lock:
+            self._messages.clear()
+            self._attempts.clear()
+            self._dlq.clear()
+            self._dedup.clear()
+            self._counters = _Counters()
+            self._errors.clear()
+
+    # -- REST API ------------------------------------------------------------
+
+    def _dispatch(
+        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> tuple[int, JSON]:
+        """Answer one API request: ``(status, JSON payload or None)``."""
+        pairs = list(headers)
+        lowered = {name.lower(): value for name, value in pairs}
+        try:
+            if not target.startswith("/v2/"):
+                raise _HttpError(404, f"no route for {method} {target.split('?', maxsplit=1)[0]}")
+            if lowered.get("authorization") != f"Bearer {self.token}":
+                raise _HttpError(401, "Unauthorized")
+            return self._route(method, target, pairs, lowered, body)
+        except _HttpError as error:
+            return error.status, {"error": error.message}
+
+    def _route(
+        self,
+        method: str,
+        target: str,
+        pairs: list[tuple[str, str]],
+        lowered: dict[str, str],
+        body: bytes,
+    ) -> tuple[int, JSON]:
+        # Publish and enqueue carry the destination URL, query string and all,
+        # raw in the path, so they are matched before the query is split off.
+        if method == "POST" and target.startswith("/v2/publish/"):
+            draft = self._parse(target[len("/v2/publish/") :], pairs, lowered, body, None)
+            return self._accept(draft)
+        if method == "POST" and target.startswith("/v2/enqueue/"):
+            queue, _, destination = target[len("/v2/enqueue/") :].partition("/")
+            draft = self._parse(destination, pairs, lowered, body, unquote(queue))
+            return self._accept(draft)
+        path, _, query = target.partition("?")
+        params = {key: values[-1] for key, values in parse_qs(query).items()}
+        parts = path.rstrip("/").split("/")[2:]
+        match method, parts:
+            case "POST", ["batch"]:
+                return self._batch(body)
+            case "GET", ["messages", message_id]:
+                return 200, self._get_message(message_id)
+            case "DELETE", ["messages", message_id]:
+                self._cancel_one(message_id)
+                return 202, None
+            case "DELETE", ["messages"]:
+                return 200, {"cancelled": self._cancel_many(body)}
+            case "GET", ["dlq"]:
+                return 200, self._list_dlq(params)
+            case "GET", ["dlq", dlq_id]:
+                return 200, self._dlq_json(self._dlq_entry(dlq_id))
+            case "DELETE", ["dlq", dlq_id]:
+                with self._lock:
+                    self._dlq_entry(dlq_id)
+                    del self._dlq[dlq_id]
+                return 200, None
+            case "DELETE", ["dlq"]:
+                return 200, {"deleted": self._delete_dlq_many(body)}
+            case "GET", ["keys"]:
+                return 200, {"current": self.current_signing_key, "next": self.next_signing_key}
+            case "POST", ["keys", "rotate"]:
+                with self._lock:
+                    self.current_signing_key = self.next_signing_key
+                    self.next_signing_key = f"sig_{uuid.uuid4().hex[:28]}"
+                    return 200, {"current": self.current_signing_key, "next": self.next_signing_key}
+            case _:
+                raise _HttpError(404, f"no route for {method} {path}")
+
+    def _parse(
+        self,
+        destination: str,
+        pairs: list[tuple[str, str]],
+        lowered: Mapping[str, str],
+        body: bytes,
+        queue: str | None,
+    ) -> _Draft:
+        url = _destination_url(destination)
+        method = lowered.get("upstash-method", "POST").upper()
+        if method not in _METHODS:
+            raise _HttpError(400, f"invalid Upstash-Method: {method}")
+        max_retries = _int_header(lowered, "upstash-retries", DEFAULT_RETRIES)
+        expression = lowered.get("upstash-retry-delay")
+        retry_delay = None
+        if expression is not None:
+            try:
+                retry_delay = compile_retry_delay(expression)
+            except RetryDelayError as error:
+                raise _HttpError(400, str(error)) from error
+        published = time.time()
+        delay = _duration_header(lowered, "upstash-delay") or 0.0
+        if "upstash-not-before" in lowered:
+            # Not-before wins over a delay, as in QStash.
+            delay = _int_header(lowered, "upstash-not-before", 0) - published
+        timeout = _duration_header(lowered, "upstash-timeout")
+        forward = _prefixed(pairs, _FORWARD)
+        content_type = lowered.get("content-type")
+        dedup_key = None
+        if "upstash-deduplication-id" in lowered:
+            dedup_key = "id:" + lowered["upstash-deduplication-id"]
+        elif lowered.get("upstash-content-based-deduplication", "").lower() == "true":
+            digest = hashlib.sha256()
+            for part in (url, method, content_type or "", *sorted(forward.items())):
+                digest.update(repr(part).encode())
+            digest.update(body)
+            dedup_key = "content:" + digest.hexdigest()
+        return _Draft(
+            url=url,
+            method=method,
+            headers=dict(lowered),
+            forward_headers=forward,
+            body=body,
+            content_type=content_type,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            retry_delay_expression=expression,
+            delay=max(0.0, delay),
+            timeout=timeout,
+            deduplication_key=dedup_key,
+            callback=_optional_url(lowered, "upstash-callback"),
+            failure_callback=_optional_url(lowered, "upstash-failure-callback"),
+            callback_headers=_prefixed(pairs, _CALLBACK_FORWARD),
+            failure_callback_headers=_prefixed(pairs, _FAILURE_CALLBACK_FORWARD),
+            queue=queue,
+            label=lowered.get("upstash-label"),
+        )
+
+    def _accept(self, draft: _Draft) -> tuple[int, JSON]:
+        message_id, deduplicated = self._store(draft)
+        return (202 if deduplicated else 201), {
+            "messageId": message_id,
+            "deduplicated": deduplicated,
+        }
+
+    def _batch(self, body: bytes) -> tuple[int, JSON]:
+        try:
+            items: object = json.loads(body or b"null")
+        except ValueError as error:
+            raise _HttpError(400, "the batch body is not JSON") from error
+        if not isinstance(items, list):
+            raise _HttpError(400, "the batch body must be a JSON array")
+        drafts: list[_Draft] = []
+        # Validate the whole batch before storing any of it, so a bad item
+        # does not leave half a batch published.
+        for raw_item in cast("list[object]", items):
+            if not isinstance(raw_item, dict):
+                raise _HttpError(400, "each batch item must be a JSON object")
+            item = cast("dict[str, object]", raw_item)
+            destination = item.get("destination")
+            if not isinstance(destination, str):
+                raise _HttpError(400, "each batch item needs a destination")
+            raw_headers = item.get("headers")
+            header_map: dict[str, object] = {}
+            if raw_headers is not None:
+                if not isinstance(raw_headers, dict):
+                    raise _HttpError(400, "batch item headers must be a JSON object")
+                header_map = cast("dict[str, object]", raw_headers)
+            pairs = [(name, str(value)) for name, value in header_map.items()]
+            lowered = {name.lower(): value for name, value in pairs}
+            content = item.get("body")
+            raw = content.encode() if isinstance(content, str) else b""
+            queue = item.get("queue")
+            queue_name = queue if isinstance(queue, str) else None
+            drafts.append(self._parse(destination, pairs, lowered, raw, queue_name))
+        answers: list[JSON] = []
+        for draft in drafts:
+            message_id, deduplicated = self._store(draft)
+            answers.append({"messageId": message_id, "deduplicated": deduplicated})
+        return 201, answers
+
+    def _get_message(self, message_id: str) -> JSON:
+        with self._lock:
+            message = self._messages.get(message_id)
+            if message is None or message.state not in _PENDING:
+                raise _HttpError(404, f"message {message_id} not found")
+            return _message_json(message)
+
+    def _cancel_one(self, message_id: str) -> None:
+        if not self._cancel(message_id):
+            raise _HttpError(404, f"message {message_id} not found or already delivered")
+
+    def _cancel_many(self, body: bytes) -> int:
+        ids: list[str]
+        if body.strip():
+            try:
+                ids = [str(i) for i in json.loads(body).get("messageIds", [])]
+            except (ValueError, AttributeError) as error:
+                raise _HttpError(400, 'expected {"messageIds": [...]}') from error
+        else:
+            with self._lock:
+                ids = list(self._messages)
+        return sum(self._cancel(message_id) for message_id in ids)
+
+    def _cancel(self, message_id: str) -> bool:
+        with self._lock:
+            message = self._messages.get(message_id)
+            # An attempt already on the wire cannot be recalled, as in QStash.
+            if message is None or message.state not in {"CREATED", "RETRY"}:
+                return False
+            message.state = "CANCELLED"
+            self._counters.cancelled += 1
+        self._require_scheduler().discard(message_id)
+        return True
+
+    def _dlq_entry(self, dlq_id: str) -> DlqEntry:
+        with self._lock:
+            entry = self._dlq.get(dlq_id)
+        if entry is None:
+            raise _HttpError(404, f"DLQ message {dlq_id} not found")
+        return entry
+
+    def _list_dlq(self, params: Mapping[str, str]) -> JSON:
+        with self._lock:
+            entries = list(self._dlq.values())
+        filters: dict[str, Callable[[DlqEntry, str], bool]] = {
+            "messageId": lambda e, v: e.message.message_id == v,
+            "url": lambda e, v: e.message.url == v,
+            "queueName": lambda e, v: e.message.queue == v,
+            "label": lambda e, v: e.message.label == v,
+            "responseStatus": lambda e, v: str(e.response_status) == v,
+            "fromDate": lambda e, v: e.failed_at * 1000 >= float(v),
+            "toDate": lambda e, v: e.failed_at * 1000 <= float(v),
+        }
+        try:
+            for name, keep in filters.items():
+                if name in params:
+                    entries = [e for e in entries if keep(e, params[name])]
+            start = int(params.get("cursor", "0"))
+            count = min(100, int(params.get("count", "100")))
+        except ValueError as error:
+            raise _HttpError(400, f"invalid DLQ query: {error}") from error
+        page = entries[start : start + count]
+        answer: dict[str, JSON] = {"messages": [_dlq_json(e) for e in page]}
+        if start + count < len(entries):
+            answer["cursor"] = str(start + count)
+        return answer
+
+    def _dlq_json(self, entry: DlqEntry) -> JSON:
+        return _dlq_json(entry)
+
+    def _delete_dlq_many(self, body: bytes) -> int:
+        try:
+            ids = [str(i) for i in json.loads(body or b"{}").get("dlqIds", [])]
+        except (ValueError, AttributeError) as error:
+            raise _HttpError(400, 'expected {"dlqIds": [...]}') from error
+        with self._lock:
+            return sum(self._dlq.pop(dlq_id, None) is not None for dlq_id in ids)
+
+    # -- storing and delivering ---------------------------------------------
+
+    def _store(self, draft: _Draft) -> tuple[str, bool]:
+        """Store a draft and schedule its first attempt; return ``(id, deduplicated)``."""
+        scheduler = self._require_scheduler()
+        now = time.monotonic()
+        with self._lock:
+            key = draft.deduplication_key
+            if key is not None:
+                self._dedup = {k: v for k, v in self._dedup.items() if v[1] > now}
+                if key in self._dedup:
+                    self._counters.deduplicated += 1
+                    return self._dedup[key][0], True
+            message_id = f"msg_{uuid.uuid4().hex}"
+            published = time.time()
+            message = _Message(
+                message_id=message_id,
+                draft=draft,
+                published_at=published,
+                not_before=published + draft.delay,
+            )
+            self._messages[message_id] = message
+            if key is not None:
+                expiry = now + self._deduplication_window * self.time_scale
+                self._dedup[key] = (message_id, expiry)
+            if draft.kind == "publish":
+                self._counters.published += 1
+                self._counters.published_bytes += len(draft.body)
+            else:
+                self._counters.callbacks += 1
+                self._counters.callback_bytes += len(draft.body)
+        due = published + draft.delay * self.time_scale
+        scheduler.schedule(
+            draft.delay * self.time_scale,
+            message_id,
+            functools.partial(self._attempt, message_id, 0, due, None),
+        )
+        return message_id, False
+
+    def _attempt(
+        self, message_id: str, retried: int, due_at: float, plan: FaultPlan | None
+    ) -> None:
+        with self._lock:
+            message = self._messages.get(message_id)
+            if message is None or message.state not in {"CREATED", "RETRY"}:
+                return
+            draft = message.draft
+        if plan is None:
+            plan = self.faults.take(draft.url)
+            if plan.extra_delay > 0:
+                # Hold the attempt back; the plan travels along so it is not taken twice.
+                self._require_scheduler().schedule(
+                    plan.extra_delay * self.time_scale,
+                    message_id,
+                    functools.partial(self._attempt, message_id, retried, due_at, plan),
+                )
+                return
+        with self._lock:
+            if message.state not in {"CREATED", "RETRY"}:
+                return
+            message.state = "ACTIVE"
+            message.attempts += 1
+        signature = sign(key=self.current_signing_key, url=draft.url, body=draft.body)
+        answers = self._send_copies(draft, message_id, retried, plan, signature)
+        first = answers[0]
+        if plan.drop_answer:
+            first = dataclasses.replace(
+                first, status=None, error="answer dropped (fault injection)"
+            )
+        status = first.status
+        succeeded = status is not None and 200 <= status < 300
+        non_retryable = (
+            status == 489 and first.headers.get("upstash-nonretryable-error", "").lower() == "true"
+        )
+        next_delay: float | None = None
+        if not succeeded and not non_retryable and retried < draft.max_retries:
+            next_delay = self._retry_delay(draft, retried, first)
+        attempts = [
+            _record(
+                answer,
+                index,
+                message_id=message_id,
+                url=draft.url,
+                retried=retried,
+                due_at=due_at,
+                plan=plan,
+            )
+            for index, answer in enumerate(answers)
+        ]
+        attempts[0] = dataclasses.replace(
+            attempts[0],
+            status=first.status,
+            error=first.error,
+            next_delay=next_delay,
+        )
+        dlq_entry: DlqEntry | None = None
+        with self._lock:
+            if message_id not in self._messages:
+                return  # reset() ran while the request was on the wire.
+            self._attempts.extend(attempts)
+            self._counters.attempts += len(attempts)
+            if succeeded:
+                message.state = "DELIVERED"
+                self._counters.delivered += 1
+            elif next_delay is not None:
+                message.state = "RETRY"
+            else:
+                message.state = "FAILED"
+                self._counters.failed += 1
+                dlq_id = f"{int(time.time() * 1000)}-{next(self._dlq_sequence)}"
+                dlq_entry = DlqEntry(
+                    dlq_id=dlq_id,
+                    message=message.snapshot(),
+                    response_status=status or 0,
+                    response_headers=first.headers,
+                    response_body=first.body,
+                    failed_at=time.time(),
+                )
+                self._dlq[dlq_id] = dlq_entry
+        if next_delay is not None:
+            real_delay = next_delay * self.time_scale
+            self._require_scheduler().schedule(
+                real_delay,
+                message_id,
+                functools.partial(
+                    self._attempt, message_id, retried + 1, time.time() + real_delay, None
+                ),
+            )
+        if self._on_attempt is not None:
+            for attempt in attempts:
+                self._on_attempt(attempt)
+        if draft.kind != "publish":
+            return
+        if draft.callback is not None and status is not None:
+            payload = _callback_json(message, first, retried)
+            self._store(_callback_draft(draft, "callback", message_id, payload))
+        if dlq_entry is not None and draft.failure_callback is not None:
+            payload = _callback_json(message, first, retried)
+            payload["dlqId"] = dlq_entry.dlq_id
+            self._store(_callback_draft(draft, "failure_callback", message_id, payload))
+
+    def _retry_delay(self, draft: _Draft, retried: int, answer: _Answer) -> float:
+        """QStash seconds before the next attempt."""
+        retry_after = answer.headers.get("retry-after", "").strip()
+        if answer.status is not None and retry_after.isdigit():
+            return float(retry_after)
+        if draft.retry_delay is not None:
+            return draft.retry_delay(retried)
+        return default_backoff(retried + 1)
+
+    def _send_copies(
+        self, draft: _Draft, message_id: str, retried: int, plan: FaultPlan, signature: str
+    ) -> list[_Answer]:
+        def fresh() -> str:
+            return (
+                signature
+                if plan.replay
+                else sign(key=self.current_signing_key, url=draft.url, body=draft.body)
+            )
+
+        answers: list[_Answer | None] = [None] * plan.concurrent_copies
+        if plan.concurrent_copies > 1:
+            signatures = [signature] + [fresh() for _ in range(plan.concurrent_copies - 1)]
+            # A barrier makes the copies leave together instead of one by one.
+            barrier = threading.Barrier(plan.concurrent_copies)
+
+            def run(index: int) -> None:
+                barrier.wait()
+                answers[index] = self._send(draft, message_id, retried, signatures[index])
+
+            threads = [
+                threading.Thread(target=run, args=(i,), name=f"qstash-copy-{i}")
+                for i in range(1, plan.concurrent_copies)
+            ]
+            for thread in threads:
+                thread.start()
+            run(0)
+            for thread in threads:
+                thread.join()
+        else:
+            answers[0] = self._send(draft, message_id, retried, signature)
+        done = [answer for answer in answers if answer is not None]
+        for _ in range(plan.duplicates):
+            done.append(self._send(draft, message_id, retried, fresh()))
+        return done
+
+    def _send(self, draft: _Draft, message_id: str, retried: int, signature: str) -> _Answer:
+        headers = dict(draft.forward_headers)
+        if draft.content_type is not None:
+            headers["Content-Type"] = draft.content_type
+        headers.update(
+            {
+                "Upstash-Message-Id": message_id,
+                "Upstash-Retried": str(retried),
+                "Upstash-Signature": signature,
+                "User-Agent": _USER_AGENT,
+            }
+        )
+        client = self._client
+        started = time.time()
+        if client is None:
+            return _Answer(None, {}, b"", "server stopped", started, started)
+        timeout = draft.timeout if draft.timeout is not None else self._delivery_timeout
+        try:
+            response = client.request(
+                draft.method, draft.url, content=draft.body, headers=headers, timeout=timeout
+            )
+        except httpx.HTTPError as error:
+            return _Answer(None, {}, b"", f"{type(error).__name__}: {error}", started, time.time())
+        return _Answer(
+            status=response.status_code,
+            headers={name.lower(): value for name, value in response.headers.items()},
+            body=response.content,
+            error=None,
+            started_at=started,
+            finished_at=time.time(),
+        )
+
+    def _require_scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise RuntimeError("the server is not running; call start() first")
+        return self._scheduler
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _host_text(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _destination_url(destination: str) -> str:
+    """Recover the destination URL from the raw path of a publish request."""
+    url = destination
+    if not url.lower().startswith(("http://", "https://")):
+        # Clients may percent-encode the whole destination.
+        url = unquote(url)
+    lower = url.lower()
+    # Some proxies collapse "//" to "/"; QStash accepts "https:/host" as well.
+    for scheme in ("http:", "https:"):
+        if lower.startswith(scheme + "/") and not lower.startswith(scheme + "//"):
+            url = scheme + "//" + url[len(scheme) + 1 :]
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise _HttpError(400, f"invalid destination url: {destination!r}")
+    return url
+
+
+def _optional_url(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    return None if value is None else _destination_url(value)
+
+
+def _int_header(headers: Mapping[str, str], name: str, default: int) -> int:
+    value = headers.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value.strip())
+    except ValueError as error:
+        raise _HttpError(400, f"invalid {name}: {value!r}") from error
+    if number < 0:
+        raise _HttpError(400, f"invalid {name}: {value!r}")
+    return number
+
+
+def _duration_header(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise _HttpError(400, f"invalid {name}: {value!r}") from error
+
+
+def _prefixed(pairs: Iterable[tuple[str, str]], prefix: str) -> dict[str, str]:
+    """Headers starting with ``prefix`` (any case), prefix removed, name case kept."""
+    return {name[len(prefix) :]: value for name, value in pairs if name.lower().startswith(prefix)}
+
+
+def _milliseconds(seconds: float) -> int:
+    return math.floor(seconds * 1000)
+
+
+def _listed(headers: Mapping[str, str]) -> dict[str, list[str]]:
+    return {name: [value] for name, value in headers.items()}
+
+
+def _body_fields(body: bytes, text_key: str, base64_key: str) -> dict[str, str]:
+    """QStash returns UTF-8 bodies as text and anything else as base64."""
+    try:
+        return {text_key: body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {base64_key: base64.b64encode(body).decode("ascii")}
+
+
+def _message_json(message: _Message) -> dict[str, JSON]:
+    draft = message.draft
+    answer: dict[str, JSON] = {
+        "messageId": message.message_id,
+        "url": draft.url,
+        "method": draft.method,
+        "header": _listed(draft.forward_headers),
+        "maxRetries": draft.max_retries,
+        "notBefore": _milliseconds(message.not_before),
+        "createdAt": _milliseconds(message.published_at),
+        **_body_fields(draft.body, "body", "bodyBase64"),
+    }
+    optional: dict[str, JSON] = {
+        "callback": draft.callback,
+        "failureCallback": draft.failure_callback,
+        "callbackHeader": _listed(draft.callback_headers) if draft.callback_headers else None,
+        "failureCallbackHeader": (
+            _listed(draft.failure_callback_headers) if draft.failure_callback_headers else None
+        ),
+        "queueName": draft.queue,
+        "label": draft.label,
+        "retryDelayExpression": draft.retry_delay_expression,
+        "flowControlKey": draft.headers.get("upstash-flow-control-key"),
+    }
+    answer.update({key: value for key, value in optional.items() if value is not None})
+    return answer
+
+
+def _snapshot_json(message: PublishedMessage) -> dict[str, JSON]:
+    answer: dict[str, JSON] = {
+        "messageId": message.message_id,
+        "url": message.url,
+        "method": message.method,
+        "header": _listed(message.forward_headers),
+        "maxRetries": message.max_retries,
+        "notBefore": _milliseconds(message.not_before),
+        "createdAt": _milliseconds(message.published_at),
+        **_body_fields(message.body, "body", "bodyBase64"),
+    }
+    optional: dict[str, JSON] = {
+        "callback": message.callback,
+        "failureCallback": message.failure_callback,
+        "queueName": message.queue,
+        "label": message.label,
+    }
+    answer.update({key: value for key, value in optional.items() if value is not None})
+    return answer
+
+
+def _dlq_json(entry: DlqEntry) -> dict[str, JSON]:
+    answer = _snapshot_json(entry.message)
+    answer.update(
+        {
+            "dlqId": entry.dlq_id,
+            "responseStatus": entry.response_status,
+            "responseHeader": _listed(entry.response_headers),
+            **_body_fields(entry.response_body, "responseBody", "responseBodyBase64"),
+        }
+    )
+    return answer
+
+
+def _callback_json(message: _Message, answer: _Answer, retried: int) -> dict[str, JSON]:
+    """The body QStash posts to ``Upstash-Callback`` / ``Upstash-Failure-Callback``."""
+    draft = message.draft
+    body = answer.body if answer.status is not None else (answer.error or "").encode()
+    return {
+        "status": answer.status or 0,
+        "header": _listed(answer.headers),
+        "body": base64.b64encode(body).decode("ascii"),
+        "retried": retried,
+        "maxRetries": draft.max_retries,
+        "sourceMessageId": message.message_id,
+        "topicName": "",
+        "endpointName": "",
+        "url": draft.url,
+        "method": draft.method,
+        "sourceHeader": _listed(draft.forward_headers),
+        "sourceBody": base64.b64encode(draft.body).decode("ascii"),
+        "notBefore": str(_milliseconds(message.not_before)),
+        "createdAt": str(_milliseconds(message.published_at)),
+        "scheduleId": "",
+        "callerIP": "127.0.0.1",
+    }
+
+
+def _callback_draft(
+    source: _Draft, kind: MessageKind, source_message_id: str, payload: dict[str, JSON]
+) -> _Draft:
+    """A callback is a message of its own, configured by ``Upstash-[Failure-]Callback-*``."""
+    if kind == "callback":
+        url, forward, prefix = source.callback, source.callback_headers, "upstash-callback-"
+    else:
+        url = source.failure_callback
+        forward = source.failure_callback_headers
+        prefix = "upstash-failure-callback-"
+    assert url is not None  # The caller checked that the source has this callback.
+    config = source.headers
+    expression = config.get(prefix + "retry-delay")
+    return _Draft(
+        url=url,
+        method=config.get(prefix + "method", "POST").upper(),
+        headers={},
+        forward_headers=dict(forward),
+        body=json.dumps(payload).encode(),
+        content_type="application/json",
+        max_retries=_int_header(config, prefix + "retries", DEFAULT_RETRIES),
+        retry_delay=compile_retry_delay(expression) if expression else None,
+        retry_delay_expression=expression,
+        delay=_duration_header(config, prefix + "delay") or 0.0,
+        timeout=_duration_header(config, prefix + "timeout"),
+        deduplication_key=None,
+        callback=None,
+        failure_callback=None,
+        callback_headers={},
+        failure_callback_headers={},
+        queue=None,
+        label=source.label,
+        kind=kind,
+        source_message_id=source_message_id,
+    )
+
+
+def _record(
+    answer: _Answer,
+    copy: int,
+    *,
+    message_id: str,
+    url: str,
+    retried: int,
+    due_at: float,
+    plan: FaultPlan,
+) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        message_id=message_id,
+        url=url,
+        retried=retried,
+        copy=copy,
+        status=answer.status,
+        error=answer.error,
+        response_headers=answer.headers,
+        response_body=answer.body,
+        due_at=due_at,
+        started_at=answer.started_at,
+        finished_at=answer.finished_at,
+        next_delay=None,
+        fault=plan.description,
+    )
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # Request threads are joined on close so stop() leaves no thread behind.
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], dispatch: _Dispatch) -> None:
+        self.dispatch = dispatch
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # One request per connection: keep-alive would park a thread per client
+    # connection and make shutdown wait for idle clients.
+    protocol_version = "HTTP/1.0"
+    server_version = "hookflow-qstash"
+    timeout = 10
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def do_PUT(self) -> None:
+        self._answer()
+
+    def do_PATCH(self) -> None:
+        self._answer()
+
+    def do_DELETE(self) -> None:
+        self._answer()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet; attempts are observable through the server."""
+
+    def _answer(self) -> None:
+        dispatch = cast("_HTTPServer", self.server).dispatch
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        try:
+            status, payload = dispatch(self.command, self.path, self.headers.items(), body)
+        except Exception as error:  # An API bug must answer 500, not drop the connection.
+            status, payload = 500, {"error": f"internal error: {error}"}
+        data = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        if payload is not None:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
