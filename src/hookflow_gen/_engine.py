@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 from ._codec import decode, encode
 from ._context import Context, RunInfo
 from ._journal import ErrorInfo, StepRecord, StepStatus
-from ._steps import LeafStep, Step
+from ._steps import LeafStep, Step, is_step
 from ._workflow import Workflow
 from .exceptions import (
     NonDeterminismError,
@@ -170,7 +170,7 @@ class Replay:
                     return self._finish(stop.value)
                 except Exception as exc:
                     return self._fail(exc)
-                if not isinstance(request, Step):
+                if not is_step(request):
                     self._throw = WorkflowDefinitionError(
                         f"workflow {self.workflow.name!r} yielded {request!r}; a workflow "
                         "yields steps built by its context: `x = yield from ctx.run(...)`"
@@ -179,8 +179,8 @@ class Replay:
                 self._blocked = request
             leaves = request.leaves
             position = self.position
-            if len(leaves) == 1:  # the common case, kept lean
-                leaf = leaves[0]
+            leaf = leaves[0]
+            if leaf is request:  # a single step, not a gather: the common case, kept lean
                 record = records.get(position)
                 if record is None:
                     return Waiting(request, (Pending(position, leaf, None),))

@@ -377,3 +377,15 @@ def test_close_runs_the_workflow_finally_blocks() -> None:
     replay.advance()
     replay.close()
     assert cleaned == [True]
+
+
+def test_gather_of_one_step_still_returns_a_tuple() -> None:
+    """A one-branch gather sends a 1-tuple, never the bare value."""
+
+    @workflow
+    def single(ctx: Context, order: Order) -> Flow[tuple[int]]:
+        result = yield from ctx.gather(ctx.run("only", double, 2))
+        return result
+
+    decision = Replay(single, payload(), INFO, [done(0, "run", "only", "4")]).advance()
+    assert decision == Completed("[4]", (4,))
