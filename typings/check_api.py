@@ -9,10 +9,9 @@ them stops being an error, the check fails.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, assert_type
 
 from pydantic import BaseModel
-from typing_extensions import assert_type
 
 from hookflow_gen import (
     CallResponse,
@@ -136,7 +135,9 @@ def testing_kit() -> None:
     with WorkflowEnvironment(stubs={"charge": Charge(charge_id="c")}) as env:
         assert_type(env.run(checkout, Order(order_id=7, amount_cents=1)), Receipt)
         assert_type(env.start(ship, Order(order_id=7, amount_cents=1)), RunHandle[str])
-        assert_type(replay(checkout, Order(order_id=1, amount_cents=1), env.journal("x")).replayed, int)
+        assert_type(
+            replay(checkout, Order(order_id=1, amount_cents=1), env.journal("x")).replayed, int
+        )
 
 
 # --- negative cases: each line must stay an error for both checkers -----------------------

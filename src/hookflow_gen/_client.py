@@ -8,7 +8,7 @@ or one a test installs with ``use_runtime``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._codec import decode
@@ -54,7 +54,7 @@ def set_runtime(runtime: Runtime | None) -> None:
 
 
 @contextlib.contextmanager
-def use_runtime(runtime: Runtime) -> Iterator[Runtime]:
+def use_runtime(runtime: Runtime) -> Generator[Runtime, None, None]:
     """Make ``runtime`` current inside the block, then restore the previous one."""
     global _runtime
     previous, _runtime = _runtime, runtime
@@ -75,7 +75,9 @@ class _Client:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def start(self, workflow: Workflow[Any, R], payload: object, *, run_id: str | None) -> RunHandle[R]:
+    def start(
+        self, workflow: Workflow[Any, R], payload: object, *, run_id: str | None
+    ) -> RunHandle[R]:
         run, _ = self._runtime.start_run(workflow, payload, run_id=run_id)
         if run.workflow != workflow.name:
             from .exceptions import HookflowError

@@ -9,6 +9,7 @@ looked up by a name found in stored data.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import typing
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pydantic
+import pydantic_core
 from pydantic import TypeAdapter
 
 from .exceptions import PayloadValidationError, WorkflowDefinitionError
@@ -66,10 +68,8 @@ def return_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any]:
             f"cannot read the return annotation of step function {name}: {exc}"
         ) from exc
     adapter = adapter_for(hints["return"]) if "return" in hints else _ANY_ADAPTER
-    try:
+    with contextlib.suppress(TypeError):  # not weak-referenceable (a builtin): no cache
         _return_adapters[fn] = adapter
-    except TypeError:  # not weak-referenceable (a builtin): just don't cache
-        pass
     return adapter
 
 
@@ -81,7 +81,7 @@ def encode(adapter: TypeAdapter[Any], value: object, *, what: str) -> str:
         raise PayloadValidationError(f"{what} does not match its declared type: {exc}") from exc
     try:
         return adapter.dump_json(checked).decode()
-    except pydantic.PydanticSerializationError as exc:
+    except pydantic_core.PydanticSerializationError as exc:
         raise PayloadValidationError(f"{what} cannot be serialised as JSON: {exc}") from exc
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from pydantic import TypeAdapter
 
 from ._codec import adapter_for, return_adapter
 from ._steps import (
@@ -22,6 +25,7 @@ from ._steps import (
     SleepStep,
     Step,
     _as_timedelta,  # pyright: ignore[reportPrivateUsage]
+    is_leaf,
 )
 from .exceptions import WorkflowDefinitionError
 
@@ -173,22 +177,21 @@ class Context:
         atomicity with ``.options(...)`` on the returned step, or for every
         call of a function with the ``@step(...)`` decorator.
         """
-        if not callable(fn):
-            raise WorkflowDefinitionError(f"ctx.run({name!r}, ...) needs a callable, got {fn!r}")
-        defaults: StepDefaults | None = getattr(fn, "__hookflow_step__", None)
-        if defaults is None:
-            return RunStep(
-                _check_name(name), fn, args, kwargs, adapter=return_adapter(fn)
-            )
+        try:
+            spec: _StepSpec = fn.__hookflow_spec__  # type: ignore[attr-defined]  # cached below
+        except AttributeError:
+            spec = _step_spec(fn, name)
+        if not name or name.__class__ is not str:
+            _check_name(name)
         return RunStep(
-            _check_name(name),
+            name,
             fn,
             args,
             kwargs,
-            retry=defaults.retry,
-            timeout=defaults.timeout,
-            atomic=defaults.atomic,
-            adapter=return_adapter(fn),
+            retry=spec.retry,
+            timeout=spec.timeout,
+            atomic=spec.atomic,
+            adapter=spec.adapter,
         )
 
     def sleep(self, name: str, duration: timedelta | float) -> SleepStep:
@@ -248,7 +251,7 @@ class Context:
         With the QStash scheduler, QStash makes the request, so no worker
         waits on a slow API.
         """
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        if not url.startswith(("http://", "https://")):
             raise WorkflowDefinitionError(f"call {name!r} needs an http(s) URL, got {url!r}")
         return CallStep(
             _check_name(name),
@@ -279,7 +282,7 @@ class Context:
         or None if the timeout passed first. An event sent before the run
         reaches this step is kept and delivered when it does.
         """
-        if not isinstance(key, str) or not key:
+        if not key:
             raise WorkflowDefinitionError(f"wait_for_event {name!r} needs a non-empty string key")
         event_adapter = adapter_for(model)
         if timeout is None:
@@ -301,9 +304,7 @@ class Context:
         from ._workflow import Workflow
 
         if not isinstance(workflow, Workflow):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise WorkflowDefinitionError(
-                f"invoke {name!r} needs a @workflow, got {workflow!r}"
-            )
+            raise WorkflowDefinitionError(f"invoke {name!r} needs a @workflow, got {workflow!r}")
         return InvokeStep(
             _check_name(name), workflow, payload, run_id, adapter=workflow.result_adapter
         )
@@ -353,7 +354,7 @@ class Context:
                 raise WorkflowDefinitionError(
                     f"gathers do not nest: pass the branches of {step.name!r} directly"
                 )
-            if not isinstance(step, (RunStep, SleepStep, CallStep, EventStep, InvokeStep)):
+            if not is_leaf(step):
                 raise WorkflowDefinitionError(
                     f"gather takes steps built by ctx (ctx.run, ctx.sleep, ...), got {step!r}"
                 )
@@ -373,6 +374,27 @@ class StepDefaults:
     retry: RetryPolicy | None = None
     timeout: timedelta | None = None
     atomic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _StepSpec:
+    """What ``ctx.run`` needs of a function, cached on it: options and result adapter."""
+
+    adapter: TypeAdapter[Any]
+    retry: RetryPolicy | None = None
+    timeout: timedelta | None = None
+    atomic: bool = False
+
+
+def _step_spec(fn: object, name: object) -> _StepSpec:
+    if not callable(fn):
+        raise WorkflowDefinitionError(f"ctx.run({name!r}, ...) needs a callable, got {fn!r}")
+    defaults: StepDefaults = getattr(fn, "__hookflow_step__", None) or StepDefaults()
+    spec = _StepSpec(return_adapter(fn), defaults.retry, defaults.timeout, defaults.atomic)
+    # A builtin or bound method takes no attribute: computed again next time, still correct.
+    with contextlib.suppress(AttributeError, TypeError):
+        fn.__hookflow_spec__ = spec  # type: ignore[attr-defined]  # a cache on the function
+    return spec
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -400,6 +422,8 @@ def step(
 
     def decorate(fn: F) -> F:
         fn.__hookflow_step__ = defaults  # type: ignore[attr-defined]  # options ride on the function
+        with contextlib.suppress(AttributeError):
+            del fn.__hookflow_spec__  # type: ignore[attr-defined]  # drop a stale cached spec
         return fn
 
     return decorate

@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
+
+import pydantic
 
 from ._codec import decode, encode
 from ._context import Context, RunInfo
 from ._journal import ErrorInfo, StepRecord, StepStatus
-from ._steps import LeafStep, Step, is_step
+from ._steps import GatherStep, LeafStep, Step, is_step
 from ._workflow import Workflow
 from .exceptions import (
     NonDeterminismError,
@@ -141,8 +143,7 @@ class Replay:
     def settle(self, record: StepRecord) -> None:
         """Add or replace the record at ``record.position`` (fresh results, new pending steps)."""
         self._records[record.position] = record
-        if record.position > self._last:
-            self._last = record.position
+        self._last = max(self._last, record.position)
 
     def advance(self) -> Decision:
         """Run the workflow as far as the journal allows.
@@ -177,10 +178,9 @@ class Replay:
                     )
                     continue
                 self._blocked = request
-            leaves = request.leaves
             position = self.position
-            leaf = leaves[0]
-            if leaf is request:  # a single step, not a gather: the common case, kept lean
+            if request.__class__ is not GatherStep:  # a single step: the common case, kept lean
+                leaf = cast("LeafStep", request)
                 record = records.get(position)
                 if record is None:
                     return Waiting(request, (Pending(position, leaf, None),))
@@ -197,7 +197,7 @@ class Replay:
                 else:
                     self._throw = _step_failed(record)
                 continue
-            waiting = self._gather(request, leaves, position)
+            waiting = self._gather(request, request.leaves, position)
             if waiting is not None:
                 return waiting
 
@@ -233,8 +233,10 @@ class Replay:
 
     def _decode(self, leaf: LeafStep, record: StepRecord) -> Any:
         try:
-            return decode(leaf.adapter, record.result or "null", what=record.describe())
-        except PayloadValidationError as exc:
+            # The core validator directly: TypeAdapter.validate_json adds a
+            # Python-level call per step, and this is the replay hot path.
+            return leaf.adapter.validator.validate_json(record.result or "null")
+        except pydantic.ValidationError as exc:
             raise NonDeterminismError(
                 f"position {record.position}: the result recorded for {record.describe()} no "
                 f"longer fits the step's declared type; the code changed incompatibly ({exc})",

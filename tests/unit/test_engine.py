@@ -32,7 +32,9 @@ def payload(order_id: int = 7) -> str:
     return Order(order_id=order_id).model_dump_json()
 
 
-def done(position: int, kind: str, name: str, result: str, at: datetime | None = None) -> StepRecord:
+def done(
+    position: int, kind: str, name: str, result: str, at: datetime | None = None
+) -> StepRecord:
     return StepRecord(position=position, kind=kind, name=name, result=result, completed_at=at)
 
 
@@ -66,7 +68,10 @@ def test_fresh_run_waits_on_the_first_step() -> None:
 
 def test_full_journal_completes_with_the_typed_result() -> None:
     """Replaying every recorded step completes the run with its result JSON."""
-    journal = [done(0, "run", "charge", '{"charge_id":"ch_1"}'), done(1, "sleep", "cool-off", "null")]
+    journal = [
+        done(0, "run", "charge", '{"charge_id":"ch_1"}'),
+        done(1, "sleep", "cool-off", "null"),
+    ]
     decision = Replay(checkout, payload(), INFO, journal).advance()
     assert isinstance(decision, Completed)
     assert decision.value == Receipt(order_id=7, charge_id="ch_1")
@@ -126,8 +131,9 @@ def test_kind_mismatch_names_both_sides() -> None:
         Replay(checkout, payload(), INFO, journal).advance()
     err = info.value
     assert (err.position, err.recorded, err.current) == (0, "sleep 'charge'", "run 'charge'")
-    assert "position 0 was sleep 'charge' in the journal, now the workflow asks for run 'charge'" in str(
-        err
+    assert (
+        "position 0 was sleep 'charge' in the journal, now the workflow asks for run 'charge'"
+        in str(err)
     )
 
 
@@ -235,7 +241,9 @@ def test_gather_throws_the_first_failed_branch() -> None:
     @workflow
     def fan_fail(ctx: Context, order: Order) -> Flow[str]:
         try:
-            yield from ctx.gather(ctx.run("a", double, 1), ctx.run("b", double, 2), ctx.run("c", double, 3))
+            yield from ctx.gather(
+                ctx.run("a", double, 1), ctx.run("b", double, 2), ctx.run("c", double, 3)
+            )
         except StepFailed as exc:
             return exc.step_name
         return "none"

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from hookflow_gen import Context, Flow, RetryPolicy, RunStatus, StepFailed, StepRecord, workflow
+from hookflow_gen._context import RunInfo
 from hookflow_gen._engine import Replay, Waiting
 from hookflow_gen._runtime import Runtime
 from hookflow_gen._scheduler import DatabaseScheduler
@@ -129,7 +130,7 @@ def test_interrupted_runs_end_like_uninterrupted_ones(plan_ops: list[Op]) -> Non
         assert settled_view(store2.steps("p")) == settled_view(journal)
 
 
-def runtime_info(run: RunState):  # noqa: ANN201 - a tiny local helper
-    from hookflow_gen._context import RunInfo
-
-    return RunInfo(run_id=run.run_id, workflow_name=run.workflow, started_at=run.created_at or EPOCH)
+def runtime_info(run: RunState) -> RunInfo:
+    return RunInfo(
+        run_id=run.run_id, workflow_name=run.workflow, started_at=run.created_at or EPOCH
+    )

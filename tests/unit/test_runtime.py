@@ -98,9 +98,9 @@ def steering(ctx: Context, order: Order) -> Flow[list[str]]:
     out: list[str] = []
     out.append((yield from ctx.run("later", wait_then_work, "later")))
     out.append(str(ctx.now() - ctx.info.started_at))
-    for name, fn, arg in (("refuse", refuse, "refuse"), ("typed", wrong_type, 1)):
+    for request in (ctx.run("refuse", refuse, "refuse"), ctx.run("typed", wrong_type, 1)):
         try:
-            yield from ctx.run(name, fn, arg)  # pyright: ignore[reportArgumentType]
+            yield from request
         except StepFailed as exc:
             out.append(f"{exc.step_name}:{exc.attempts}:{exc.error_type}")
     return out
@@ -425,11 +425,14 @@ def test_call_responses_parse_json_and_classify_errors() -> None:
     ctx = Ctx(RunInfo("r", "w", EPOCH))
     step = ctx.call("fx", "https://fx.example/", response_model=Approval)
     ok = call_response(step, 200, {"Content-Type": "application/json"}, '{"approved_by":"x"}')
-    assert ok == {"status": 200, "headers": {"content-type": "application/json"}, "body": {"approved_by": "x"}}
-    with pytest.raises(ConnectionError.__mro__[-2]) as retryable:  # a plain Exception
+    assert ok == {
+        "status": 200,
+        "headers": {"content-type": "application/json"},
+        "body": {"approved_by": "x"},
+    }
+    with pytest.raises(Exception, match="HTTP 503") as retryable:
         call_response(step, 503, {}, "down")
     assert not isinstance(retryable.value, NonRetryableError)
-    assert "HTTP 503" in str(retryable.value)
     with pytest.raises(NonRetryableError, match="HTTP 404"):
         call_response(step, 404, {}, "missing")
     with pytest.raises(NonRetryableError, match="not JSON"):

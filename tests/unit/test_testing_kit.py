@@ -100,7 +100,11 @@ def test_environment_runs_with_stubs_a_fake_clock_and_events() -> None:
 def test_environment_stub_can_raise_or_compute() -> None:
     """A stub may be an exception to raise or a callable given the step's arguments."""
     with WorkflowEnvironment(stubs={"email": RuntimeError("smtp down")}) as env:
-        env.stub("charge", lambda order_id, amount: Charge(charge_id=f"c{order_id + amount}"))
+
+        def fake_charge(order_id: int, amount: int) -> Charge:
+            return Charge(charge_id=f"c{order_id + amount}")
+
+        env.stub("charge", fake_charge)
         handle = env.start(kit_checkout, Order(order_id=1, amount_cents=2))
         with pytest.raises(WorkflowFailed, match="smtp down"):
             handle.result()

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .._client import RunHandle, use_runtime
 from .._codec import encode
@@ -139,8 +139,8 @@ class Stepper(Generic[R]):
         pending = self._decision.pending
         if len(pending) == 1 and not _is_gather(self._decision.request):
             values: Sequence[object] = (value,)
-        elif isinstance(value, tuple) and len(value) == len(pending):  # pyright: ignore[reportUnknownArgumentType]
-            values = value  # pyright: ignore[reportUnknownVariableType]
+        elif isinstance(value, tuple) and len(cast("tuple[object, ...]", value)) == len(pending):
+            values = cast("tuple[object, ...]", value)
         else:
             raise HookflowError(
                 f"{self._decision.request.describe()} has {len(pending)} branches: "
@@ -169,7 +169,10 @@ class Stepper(Generic[R]):
         if isinstance(step, SleepStep):
             completed_at = step.until or self.now + (step.duration or timedelta(0))
         base = StepRecord(
-            position=position, kind=step.kind, name=step.name, attempts=attempts,
+            position=position,
+            kind=step.kind,
+            name=step.name,
+            attempts=attempts,
             completed_at=completed_at,
         )
         if isinstance(value, BaseException):
@@ -214,7 +217,7 @@ class _TestRuntime(Runtime):
         super().__init__(**kwargs)
         self.stubs = stubs
 
-    def _call(self, step: Any) -> Any:  # pyright: ignore[reportImplicitOverride]
+    def _call(self, step: LeafStep) -> Any:
         if step.name in self.stubs:
             stub = self.stubs[step.name]
             if isinstance(stub, BaseException):
@@ -281,7 +284,9 @@ class WorkflowEnvironment:
         assert isinstance(self.runtime, _TestRuntime)
         self.runtime.stubs[name] = stub
 
-    def start(self, workflow: Workflow[M, R], payload: M, *, run_id: str | None = None) -> RunHandle[R]:
+    def start(
+        self, workflow: Workflow[M, R], payload: M, *, run_id: str | None = None
+    ) -> RunHandle[R]:
         """Start a run and drive it as far as it goes now."""
         with use_runtime(self.runtime):
             return workflow.start(payload, run_id=run_id)
@@ -343,8 +348,10 @@ def replay(
             message names the position, what was recorded and what the code
             asks for now.
     """
-    text = payload if isinstance(payload, str) else encode(
-        workflow.payload_adapter, payload, what="the payload"
+    text = (
+        payload
+        if isinstance(payload, str)
+        else encode(workflow.payload_adapter, payload, what="the payload")
     )
     info = RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=started_at)
     records = list(journal)
@@ -354,7 +361,7 @@ def replay(
 
 
 @contextlib.contextmanager
-def environment(**kwargs: Any) -> Iterator[WorkflowEnvironment]:
+def environment(**kwargs: Any) -> Generator[WorkflowEnvironment, None, None]:
     """``with environment() as env:``, a shorthand for ``WorkflowEnvironment``."""
     with WorkflowEnvironment(**kwargs) as env:
         yield env
