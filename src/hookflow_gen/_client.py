@@ -12,6 +12,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._codec import decode
+from ._journal import StepRecord
 from ._store import RunState, RunStatus
 from ._workflow import Workflow, get_workflow
 from .exceptions import (
@@ -113,6 +114,10 @@ class RunHandle(Generic[R]):
         if run is None:
             raise UnknownRunError(f"no run has id {self.run_id!r}")
         return run
+
+    def steps(self) -> list[StepRecord]:
+        """The run's journal so far: one record per step reached, in order."""
+        return self._runtime.store.steps(self.run_id)
 
     @property
     def status(self) -> RunStatus:

@@ -166,7 +166,7 @@ class NonRetryableError(Exception):
     """Raise from a step function to fail the step at once, without retries."""
 
 
-class RetryAfter(Exception):  # noqa: N818 - reads as an instruction: ``raise RetryAfter(...)``
+class RetryAfter(Exception):
     """Raise from a step function to retry it after ``delay``.
 
     The attempt still counts against the retry policy's maximum.

@@ -1,0 +1,42 @@
+"""What the example shop's steps write: payments, stock, e-mails, accounts."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Payment(models.Model):
+    charge_id = models.CharField(max_length=64, unique=True)
+    order_id = models.IntegerField()
+    amount_cents = models.IntegerField()
+    refunded = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"{self.charge_id} ({self.amount_cents} cents)"
+
+
+class StockReservation(models.Model):
+    order_id = models.IntegerField()
+    sku = models.CharField(max_length=32)
+    quantity = models.IntegerField()
+    released = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"order {self.order_id}: {self.quantity} x {self.sku}"
+
+
+class Account(models.Model):
+    email = models.EmailField(unique=True)
+    verified = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class EmailMessage(models.Model):
+    to = models.EmailField()
+    subject = models.CharField(max_length=200)
+    idempotency_key = models.CharField(max_length=100, unique=True)
+
+    def __str__(self) -> str:
+        return f"to {self.to}: {self.subject}"
