@@ -52,7 +52,7 @@ def _reset_calls() -> None:
 
 
 @workflow(retry=FAST)
-def retrying(ctx: Context, order: Order) -> Flow[str]:
+def unit_retrying(ctx: Context, order: Order) -> Flow[str]:
     try:
         return (yield from ctx.run("flaky", flaky, f"flaky-{order.order_id}", order.amount_cents))
     except StepFailed as exc:
@@ -62,7 +62,7 @@ def retrying(ctx: Context, order: Order) -> Flow[str]:
 def test_failing_step_is_retried_with_backoff_on_the_clock() -> None:
     """A step that fails twice succeeds on attempt 3, after 10 s and 20 s back-offs."""
     with WorkflowEnvironment() as env:
-        handle = retrying.start(Order(order_id=1, amount_cents=2))
+        handle = unit_retrying.start(Order(order_id=1, amount_cents=2))
         assert handle.result() == "flaky-1 ok after 3"
         (record,) = env.journal(handle.run_id)
         assert record.attempts == 3
@@ -72,7 +72,7 @@ def test_failing_step_is_retried_with_backoff_on_the_clock() -> None:
 def test_exhausted_retries_throw_step_failed_into_the_workflow() -> None:
     """After maximum_attempts the workflow catches StepFailed with the last error."""
     with WorkflowEnvironment():
-        handle = retrying.start(Order(order_id=2, amount_cents=5))
+        handle = unit_retrying.start(Order(order_id=2, amount_cents=5))
         assert handle.result() == "gave up after 3: flaky-2 attempt 3 failed"
         assert calls == {"flaky-2": 3}
 
@@ -219,7 +219,7 @@ def test_child_workflows_return_typed_results_and_failures() -> None:
 
 
 @workflow
-def sleepy(ctx: Context, order: Order) -> Flow[str]:
+def unit_sleepy(ctx: Context, order: Order) -> Flow[str]:
     yield from ctx.invoke("child", approval_flow, order)
     return "woke"
 
@@ -227,7 +227,7 @@ def sleepy(ctx: Context, order: Order) -> Flow[str]:
 def test_cancel_stops_the_run_and_its_children() -> None:
     """cancel() ends a run and its waiting child; result() then raises RunCancelled."""
     with WorkflowEnvironment() as env:
-        handle = sleepy.start(Order(order_id=9))
+        handle = unit_sleepy.start(Order(order_id=9))
         cancel(handle.run_id)
         assert handle.status is RunStatus.CANCELLED
         child = env.store.get_run(f"{handle.run_id}-0")
@@ -242,7 +242,7 @@ failures_seen: list[tuple[str, Any, ErrorInfo]] = []
 
 
 @workflow(on_failure=lambda run_id, payload, error: failures_seen.append((run_id, payload, error)))
-def doomed(ctx: Context, order: Order) -> Flow[None]:
+def unit_doomed(ctx: Context, order: Order) -> Flow[None]:
     yield from ctx.run("double", double, 1)
     raise RuntimeError(f"order {order.order_id} cannot ship")
 
@@ -251,7 +251,7 @@ def test_failed_run_calls_its_failure_handler_once() -> None:
     """A failing run is marked failed, result() raises, and on_failure runs once."""
     failures_seen.clear()
     with WorkflowEnvironment():
-        handle = doomed.start(Order(order_id=10))
+        handle = unit_doomed.start(Order(order_id=10))
         with pytest.raises(WorkflowFailed, match="order 10 cannot ship") as info:
             handle.result()
     assert info.value.error.type == "builtins.RuntimeError"
@@ -263,8 +263,8 @@ def test_failed_run_calls_its_failure_handler_once() -> None:
 def test_start_with_an_existing_run_id_returns_that_run() -> None:
     """Starting twice with one explicit run id creates one run (idempotent start)."""
     with WorkflowEnvironment() as env:
-        first = retrying.start(Order(order_id=11, amount_cents=0), run_id="order-11")
-        second = retrying.start(Order(order_id=11, amount_cents=0), run_id="order-11")
+        first = unit_retrying.start(Order(order_id=11, amount_cents=0), run_id="order-11")
+        second = unit_retrying.start(Order(order_id=11, amount_cents=0), run_id="order-11")
         assert first.run_id == second.run_id == "order-11"
         assert list(env.store.runs) == ["order-11"]
         assert calls == {"flaky-11": 1}
@@ -273,8 +273,8 @@ def test_start_with_an_existing_run_id_returns_that_run() -> None:
 def test_invalid_payload_is_refused_by_start() -> None:
     """start() validates the payload first and stores nothing when it fails."""
     with WorkflowEnvironment() as env:
-        with pytest.raises(PayloadValidationError, match="payload of workflow 'retrying'"):
-            retrying.start({"order_id": "x"})  # type: ignore[arg-type]  # the mistake under test
+        with pytest.raises(PayloadValidationError, match="payload of workflow 'unit_retrying'"):
+            unit_retrying.start({"order_id": "x"})  # type: ignore[arg-type]  # the mistake under test
         assert env.store.runs == {}
 
 
@@ -316,7 +316,7 @@ def crash_once(name: str) -> str:
 
 
 @workflow
-def crashy(ctx: Context, order: Order) -> Flow[str]:
+def unit_crashy(ctx: Context, order: Order) -> Flow[str]:
     return (yield from ctx.run("crash", crash_once, "crash"))
 
 
@@ -325,7 +325,7 @@ def test_a_step_whose_worker_died_is_claimed_again_after_its_lease() -> None:
     clock = FakeClock()
     store = MemoryStore()
     runtime = Runtime(store, DatabaseScheduler(), clock=clock, lease=timedelta(seconds=60))
-    run, _ = runtime.start_run(crashy, Order(order_id=13))
+    run, _ = runtime.start_run(unit_crashy, Order(order_id=13))
     with pytest.raises(KeyboardInterrupt):
         runtime.tick(run.run_id)
     (claimed,) = store.steps(run.run_id)
@@ -346,7 +346,7 @@ def test_duplicate_ticks_do_nothing_but_look() -> None:
     clock = FakeClock()
     store = MemoryStore()
     runtime = Runtime(store, DatabaseScheduler(), clock=clock)
-    run, _ = runtime.start_run(retrying, Order(order_id=14, amount_cents=0))
+    run, _ = runtime.start_run(unit_retrying, Order(order_id=14, amount_cents=0))
     for _ in range(3):
         runtime.tick(run.run_id)
     assert calls == {"flaky-14": 1}
@@ -391,7 +391,7 @@ def test_budget_exhausted_tick_yields_with_an_immediate_wakeup() -> None:
     clock = FakeClock()
     store = MemoryStore()
     runtime = Runtime(store, DatabaseScheduler(), clock=clock, budget=timedelta(0))
-    run, _ = runtime.start_run(retrying, Order(order_id=17, amount_cents=0))
+    run, _ = runtime.start_run(unit_retrying, Order(order_id=17, amount_cents=0))
     report = runtime.tick(run.run_id)
     assert report.steps_run == 0 and report.wake_at == clock.now()
     assert calls == {}
@@ -402,7 +402,7 @@ def test_nondeterminism_fails_the_run_with_a_clear_error() -> None:
     clock = FakeClock()
     store = MemoryStore()
     runtime = Runtime(store, DatabaseScheduler(), clock=clock)
-    run, _ = runtime.start_run(retrying, Order(order_id=18, amount_cents=0))
+    run, _ = runtime.start_run(unit_retrying, Order(order_id=18, amount_cents=0))
     from hookflow_gen import StepRecord
 
     store.save_step(run.run_id, StepRecord(0, "sleep", "renamed", result="null"))
