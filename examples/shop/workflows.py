@@ -146,7 +146,10 @@ def render_report(ctx: Context, request: RenderRequest) -> Flow[str]:
 @workflow
 def sales_report(ctx: Context, request: ReportRequest) -> Flow[SalesReport]:
     rows = yield from ctx.gather(
-        *[ctx.run(f"tally-{region}", tally_region, region, request.day) for region in request.regions]
+        *[
+            ctx.run(f"tally-{region}", tally_region, region, request.day)
+            for region in request.regions
+        ]
     )
     table = yield from ctx.invoke("render", render_report, RenderRequest(rows=list(rows)))
     return SalesReport(

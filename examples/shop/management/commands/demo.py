@@ -147,9 +147,7 @@ class Command(BaseCommand):
 
     @staticmethod
     def _waiting_for_event(handle: RunHandle[Any]) -> bool:
-        return any(
-            r.kind == "event" and r.status is StepStatus.PENDING for r in handle.steps()
-        )
+        return any(r.kind == "event" and r.status is StepStatus.PENDING for r in handle.steps())
 
     def _report(self, handles: dict[str, RunHandle[Any]], elapsed: float) -> None:
         self.stdout.write(f"\nall runs finished in {elapsed:.1f}s; results:")

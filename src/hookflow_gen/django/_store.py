@@ -1,0 +1,474 @@
+"""``DjangoStore``: the ``Store`` protocol on the Django ORM (PostgreSQL, SQLite).
+
+Every method is one or two queries. Rows are read with ``values_list`` and
+turned straight into ``RunState``/``StepRecord`` values, without building
+model instances, since these methods sit on the per-step hot path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.db import connections, router, transaction
+from django.db.models import Field, Min, Model
+from django.db.models.constants import OnConflict
+
+from .._journal import ErrorInfo, StepRecord, StepStatus
+from .._store import RunState, RunStatus
+
+if TYPE_CHECKING:
+    import contextlib
+    from collections.abc import Callable, Sequence
+    from datetime import datetime, timedelta
+
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models import QuerySet
+    from django.db.models.sql.compiler import SQLCompiler
+
+__all__ = ["DjangoStore"]
+
+_RUN_FIELDS = (
+    "run_id",
+    "workflow",
+    "payload",
+    "status",
+    "created_at",
+    "result",
+    "error",
+    "finished_at",
+    "parent_run_id",
+    "parent_position",
+    "wake_at",
+    "wake_seq",
+)
+_STEP_FIELDS = (
+    "position",
+    "kind",
+    "name",
+    "status",
+    "result",
+    "error",
+    "attempts",
+    "completed_at",
+    "wake_at",
+    "key",
+    "started_at",
+    "lease_until",
+    "lease_owner",
+)
+# What an upsert of a step rewrites: everything but its identity (run, position).
+_STEP_UPDATE_FIELDS = [name for name in _STEP_FIELDS if name != "position"]
+
+_RUN_STATUS = {status.value: status for status in RunStatus}
+_STEP_STATUS = {status.value: status for status in StepStatus}
+
+
+def _error(data: Any) -> ErrorInfo | None:
+    return ErrorInfo.from_json(data) if data is not None else None
+
+
+def _run(row: Sequence[Any]) -> RunState:
+    (run_id, workflow, payload, status, created_at, result, error, finished_at,
+     parent_run_id, parent_position, wake_at, wake_seq) = row  # fmt: skip
+    return RunState(
+        run_id=run_id,
+        workflow=workflow,
+        payload=payload,
+        status=_RUN_STATUS[status],
+        created_at=created_at,
+        result=result,
+        error=_error(error),
+        finished_at=finished_at,
+        parent_run_id=parent_run_id,
+        parent_position=parent_position,
+        wake_at=wake_at,
+        wake_seq=wake_seq,
+    )
+
+
+def _step(row: Sequence[Any]) -> StepRecord:
+    (position, kind, name, status, result, error, attempts, completed_at, wake_at, key,
+     started_at, lease_until, lease_owner) = row  # fmt: skip
+    return StepRecord(
+        position=position,
+        kind=kind,
+        name=name,
+        status=_STEP_STATUS[status],
+        result=result,
+        error=_error(error),
+        attempts=attempts,
+        completed_at=completed_at,
+        wake_at=wake_at,
+        key=key,
+        started_at=started_at,
+        lease_until=lease_until,
+        lease_owner=lease_owner,
+    )
+
+
+class _Prepared:
+    """A ``values_list`` query the ORM compiles once per database, then run with new values.
+
+    Building and compiling a queryset costs a few hundred microseconds of
+    Python, more than the query itself on the per-step hot path. The SQL
+    and the ORM's value converters are kept per database alias; parameters
+    are matched to their places through sentinel values given to ``build``.
+    """
+
+    def __init__(self, build: Callable[..., QuerySet[Any, Any]], *sentinels: object) -> None:
+        self._build = build
+        self._sentinels = sentinels
+        self._cache: dict[str, tuple[str, list[int], SQLCompiler, dict[int, Any]]] = {}
+
+    def rows(self, connection: BaseDatabaseWrapper, *values: Any) -> list[Sequence[Any]]:
+        """Run the query with ``values`` in place of the sentinels; converted rows."""
+        entry = self._cache.get(connection.alias)
+        if entry is None:
+            queryset = self._build(connection.alias, *self._sentinels)
+            compiler = queryset.query.get_compiler(using=connection.alias)
+            sql, params = compiler.as_sql()
+            order = [self._sentinels.index(param) for param in params]
+            if len(order) != len(self._sentinels):
+                raise AssertionError(f"the ORM dropped a parameter of {sql!r}")
+            converters = compiler.get_converters([column for column, _, _ in compiler.select])
+            entry = self._cache[connection.alias] = (sql, order, compiler, converters)
+        sql, order, compiler, converters = entry
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [values[i] for i in order])
+            rows: list[Sequence[Any]] = cursor.fetchall()
+        if converters:
+            return list(compiler.apply_converters(rows, converters))
+        return rows
+
+
+def _lock_run_query(using: str, run_id: object) -> QuerySet[Any, Any]:
+    from .models import Run
+
+    return Run.objects.using(using).select_for_update().filter(pk=run_id).values_list(*_RUN_FIELDS)
+
+
+def _get_run_query(using: str, run_id: object) -> QuerySet[Any, Any]:
+    from .models import Run
+
+    return Run.objects.using(using).filter(pk=run_id).values_list(*_RUN_FIELDS)
+
+
+def _steps_query(using: str, run_id: object, position: object) -> QuerySet[Any, Any]:
+    from .models import Step
+
+    return (
+        Step.objects.using(using)
+        .filter(run_id=run_id, position__gte=position)
+        .order_by("position")
+        .values_list(*_STEP_FIELDS)
+    )
+
+
+_LOCK_RUN = _Prepared(_lock_run_query, "\x00run")
+_GET_RUN = _Prepared(_get_run_query, "\x00run")
+# An in-range sentinel: the ORM drops a bound no integer can fail.
+_STEPS = _Prepared(_steps_query, "\x00run", 1234567)
+
+
+class _Statements:
+    """The write statements of the hot path, built once per database alias."""
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        from .models import Run, Step
+
+        ops = connection.ops
+        step_fields = [_concrete(Step, name) for name in ("run", *_STEP_FIELDS)]
+        columns = [str(field.column) for field in step_fields]
+        update = [str(_concrete(Step, name).column) for name in _STEP_UPDATE_FIELDS]
+        unique = [str(_concrete(Step, name).column) for name in ("run", "position")]
+        suffix = ops.on_conflict_suffix_sql(step_fields, OnConflict.UPDATE, update, unique)
+        self.step_preps = [_prep_for(field, connection) for field in step_fields]
+        self.upsert_step_head = (
+            f"INSERT INTO {ops.quote_name(Step._meta.db_table)} "
+            f"({', '.join(ops.quote_name(c) for c in columns)}) VALUES "
+        )
+        self.upsert_step_row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        self.upsert_step_tail = f" {suffix}"
+        run_fields = [_concrete(Run, name) for name in _RUN_UPDATE_FIELDS]
+        assignments = ", ".join(f"{ops.quote_name(str(f.column))} = %s" for f in run_fields)
+        claimed = ops.quote_name(str(_concrete(Run, "claimed_until").column))
+        self.run_preps = [_prep_for(field, connection) for field in run_fields]
+        self.update_run = (
+            f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {assignments}, {claimed} = NULL "
+            f"WHERE {ops.quote_name(str(_concrete(Run, 'run_id').column))} = %s"
+        )
+
+
+_RUN_UPDATE_FIELDS = ("status", "result", "error", "finished_at", "wake_at", "wake_seq")
+
+
+def _concrete(model: type[Model], name: str) -> Field[Any, Any]:
+    field = model._meta.get_field(name)
+    if not isinstance(field, Field):  # a reverse relation: never one of ours
+        raise TypeError(f"{model.__name__}.{name} is not a concrete field")
+    return field
+
+
+def _prep_for(
+    field: Field[Any, Any], connection: BaseDatabaseWrapper
+) -> Callable[[Any], Any] | None:
+    """How a value is prepared for ``field`` in raw SQL; None when it is passed as is.
+
+    Strings, integers and None go to the driver unchanged, so only datetimes
+    and JSON pay for the field's conversion on the per-step hot path.
+    """
+    from django.db import models
+
+    if isinstance(field, (models.DateTimeField, models.JSONField)):
+
+        def prep(value: Any) -> Any:
+            return field.get_db_prep_save(value, connection)
+
+        return prep
+    return None
+
+
+def _params(preps: list[Callable[[Any], Any] | None], values: Sequence[Any]) -> list[Any]:
+    return [
+        value if prep is None or value is None else prep(value)
+        for prep, value in zip(preps, values, strict=True)
+    ]
+
+
+_statements: dict[str, _Statements] = {}
+
+
+def _statements_for(connection: BaseDatabaseWrapper) -> _Statements:
+    found = _statements.get(connection.alias)
+    if found is None:
+        found = _statements[connection.alias] = _Statements(connection)
+    return found
+
+
+class DjangoStore:
+    """Runs, journals and buffered events in the Django database.
+
+    ``lock_run`` is ``SELECT ... FOR UPDATE`` on PostgreSQL. SQLite has no
+    row locks: there, configure ``"OPTIONS": {"transaction_mode": "IMMEDIATE"}``
+    so each transaction takes the database's write lock when it begins, which
+    serialises ticks (system check ``hookflow_gen.W001`` says so).
+
+    Args:
+        using: the database alias; None lets the database routers choose.
+    """
+
+    def __init__(self, using: str | None = None) -> None:
+        self.using = using
+
+    def __repr__(self) -> str:
+        return f"DjangoStore(using={self.using!r})"
+
+    @property
+    def db(self) -> str:
+        """The database alias in use."""
+        if self.using is not None:
+            return self.using
+        from .models import Run
+
+        return router.db_for_write(Run)
+
+    def _connection(self) -> BaseDatabaseWrapper:
+        return connections[self.db]
+
+    # -- transactions ----------------------------------------------------------
+
+    def atomic(self) -> contextlib.AbstractContextManager[None]:
+        """``transaction.atomic`` on the store's database."""
+        return transaction.atomic(using=self.db)
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """``transaction.on_commit``; an exception in ``fn`` propagates (not robust)."""
+        transaction.on_commit(fn, using=self.db, robust=False)
+
+    # -- runs --------------------------------------------------------------------
+
+    def create_run(self, run: RunState) -> tuple[RunState, bool]:
+        """Insert the run unless its id exists: one ``INSERT ... ON CONFLICT DO NOTHING``."""
+        from .models import Run
+
+        connection = self._connection()
+        row = Run(
+            run_id=run.run_id,
+            workflow=run.workflow,
+            status=run.status.value,
+            payload=run.payload,
+            result=run.result,
+            error=run.error.to_json() if run.error is not None else None,
+            finished_at=run.finished_at,
+            parent_run_id=run.parent_run_id,
+            parent_position=run.parent_position,
+            wake_at=run.wake_at,
+            wake_seq=run.wake_seq,
+        )
+        if run.created_at is not None:
+            row.created_at = run.created_at
+        fields = Run._meta.concrete_fields
+        ops = connection.ops
+        columns = ", ".join(ops.quote_name(str(field.column)) for field in fields)
+        placeholders = ", ".join(["%s"] * len(fields))
+        params = [
+            field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields
+        ]
+        suffix = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None)
+        sql = (
+            f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} "
+            f"{ops.quote_name(Run._meta.db_table)} ({columns}) VALUES ({placeholders}) {suffix}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            created = cursor.rowcount == 1
+        if created:
+            return run, True
+        existing = self.get_run(run.run_id)
+        if existing is None:  # pragma: no cover - deleted between the two statements
+            raise RuntimeError(f"run {run.run_id!r} both exists and does not")
+        return existing, False
+
+    def get_run(self, run_id: str) -> RunState | None:
+        """The run, unlocked."""
+        for row in _GET_RUN.rows(self._connection(), run_id):
+            return _run(row)
+        return None
+
+    def lock_run(self, run_id: str) -> RunState | None:
+        """The run, locked with ``SELECT ... FOR UPDATE`` until the transaction ends."""
+        for row in _LOCK_RUN.rows(self._connection(), run_id):
+            return _run(row)
+        return None
+
+    def save_run(self, run: RunState) -> None:
+        """One ``UPDATE`` of the fields a run changes after it was created.
+
+        The tick that saves the run has taken over the wake-up a worker
+        claimed, so the claim is cleared: other workers may now claim the
+        run's next wake-up.
+        """
+        connection = self._connection()
+        statements = _statements_for(connection)
+        values = (
+            run.status.value,
+            run.result,
+            run.error.to_json() if run.error is not None else None,
+            run.finished_at,
+            run.wake_at,
+            run.wake_seq,
+        )
+        params = _params(statements.run_preps, values)
+        with connection.cursor() as cursor:
+            cursor.execute(statements.update_run, [*params, run.run_id])
+
+    # -- steps -------------------------------------------------------------------
+
+    def steps(self, run_id: str, from_position: int = 0) -> list[StepRecord]:
+        """The journal from ``from_position`` on, in one query."""
+        return [_step(row) for row in _STEPS.rows(self._connection(), run_id, from_position)]
+
+    def save_step(self, run_id: str, record: StepRecord) -> None:
+        """Insert or replace the record: one ``INSERT ... ON CONFLICT DO UPDATE``."""
+        connection = self._connection()
+        statements = _statements_for(connection)
+        values = (
+            run_id,
+            record.position,
+            record.kind,
+            record.name,
+            record.status.value,
+            record.result,
+            record.error.to_json() if record.error is not None else None,
+            record.attempts,
+            record.completed_at,
+            record.wake_at,
+            record.key,
+            record.started_at,
+            record.lease_until,
+            record.lease_owner,
+        )
+        params = _params(statements.step_preps, values)
+        sql = statements.upsert_step_head + statements.upsert_step_row + statements.upsert_step_tail
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+    # -- events ------------------------------------------------------------------
+
+    def add_event(self, key: str, payload: str) -> None:
+        """Buffer an event."""
+        from .models import Event
+
+        Event.objects.using(self.db).create(key=key, payload=payload)
+
+    def take_event(self, key: str) -> str | None:
+        """Delete and return the oldest buffered event for ``key``."""
+        from .models import Event
+
+        events = Event.objects.using(self.db).filter(key=key).order_by("id")
+        if self._connection().features.has_select_for_update_skip_locked:
+            # Two runs reaching their event step at once each get their own event.
+            events = events.select_for_update(skip_locked=True)
+        found = events.values_list("id", "payload").first()
+        if found is None:
+            return None
+        event_id, payload = found
+        Event.objects.using(self.db).filter(pk=event_id).delete()
+        return payload
+
+    def event_waiters(self, key: str) -> list[tuple[str, int]]:
+        """Pending event steps on ``key`` of running runs, oldest run first; one query."""
+        from .models import Step
+
+        rows = (
+            Step.objects.using(self.db)
+            .filter(key=key, kind="event", status=StepStatus.PENDING.value, run__status="running")
+            .order_by("run__created_at", "run_id", "position")
+            .values_list("run_id", "position")
+        )
+        return [(run_id, position) for run_id, position in rows]
+
+    # -- the database scheduler's queue ----------------------------------------
+
+    def claim_due(self, now: datetime, lease: timedelta) -> tuple[str, str] | None:
+        """Claim the run that is due first: (run id, workflow), or None if none is due.
+
+        In one short transaction: lock the oldest due, unclaimed run (skipping
+        rows other workers hold, where the database can) and set its
+        ``claimed_until`` to ``now + lease`` so no other worker takes the same
+        wake-up. The tick's first ``save_run`` clears the claim, so a run with
+        more ready steps (a gather) can be claimed by another worker at once;
+        if the worker dies first, the claim lapses after the lease.
+
+        ``wake_at`` itself is left alone: the tick reads it to decide the next
+        wake-up, and moving it forward would make every long sleep wake early.
+        """
+        from django.db.models import Q
+
+        from .models import Run
+
+        with transaction.atomic(using=self.db):
+            due = (
+                Run.objects.using(self.db)
+                .filter(status="running", wake_at__lte=now)
+                .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+                .order_by("wake_at")
+            )
+            if self._connection().features.has_select_for_update_skip_locked:
+                due = due.select_for_update(skip_locked=True)
+            found = due.values_list("run_id", "workflow").first()
+            if found is None:
+                return None
+            Run.objects.using(self.db).filter(pk=found[0]).update(claimed_until=now + lease)
+        return found
+
+    def next_wake(self) -> datetime | None:
+        """When the earliest running run is next due, or None if none is timed."""
+        from .models import Run
+
+        earliest: datetime | None = (
+            Run.objects.using(self.db)
+            .filter(status="running", wake_at__isnull=False)
+            .aggregate(earliest=Min("wake_at"))["earliest"]
+        )
+        return earliest

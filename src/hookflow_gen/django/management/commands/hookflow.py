@@ -1,0 +1,549 @@
+"""``python manage.py hookflow <subcommand>``: the worker and run administration.
+
+Subcommands:
+
+- ``worker``: the database scheduler's worker; ticks runs as they fall due.
+- ``runs``: recent runs and their status.
+- ``show RUN_ID``: a run and its step timeline.
+- ``cancel RUN_ID``: cancel a run (and its children).
+- ``notify KEY JSON``: send an event.
+- ``replay``: replay stored journals against the current code; exit code 1
+  if any run no longer replays (run it before deploying a workflow change).
+
+Each subcommand is one entry of ``SUBCOMMANDS``: add one with the
+``subcommand`` decorator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from hookflow_gen._client import current_runtime
+from hookflow_gen._clock import SystemClock
+from hookflow_gen.django._store import DjangoStore
+from hookflow_gen.exceptions import (
+    ConfigurationError,
+    HookflowError,
+    PayloadValidationError,
+    UnknownRunError,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+    from types import FrameType
+
+    from hookflow_gen._runtime import Runtime
+
+__all__ = ["SUBCOMMANDS", "Command", "Subcommand", "Worker", "subcommand"]
+
+log = logging.getLogger("hookflow_gen.worker")
+
+Handler = Callable[["Command", dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Subcommand:
+    """One ``manage.py hookflow`` subcommand.
+
+    Attributes:
+        help: the one-line help shown by ``manage.py hookflow --help``.
+        add_arguments: adds the subcommand's own arguments to its parser.
+        handle: does the work; raises ``CommandError`` for user mistakes.
+    """
+
+    help: str
+    add_arguments: Callable[[CommandParser], None]
+    handle: Handler
+
+
+#: Subcommand name to subcommand, in the order ``--help`` lists them.
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def subcommand(
+    name: str, help: str, add_arguments: Callable[[CommandParser], None] = lambda parser: None
+) -> Callable[[Handler], Handler]:
+    """Register the decorated ``handle(command, options)`` as ``manage.py hookflow NAME``."""
+
+    def register(handle: Handler) -> Handler:
+        SUBCOMMANDS[name] = Subcommand(help, add_arguments, handle)
+        return handle
+
+    return register
+
+
+class Command(BaseCommand):
+    """``manage.py hookflow``."""
+
+    help = "Run the hookflow worker, and inspect, cancel, notify and replay workflow runs."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        commands = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+        for name, sub in SUBCOMMANDS.items():
+            sub.add_arguments(commands.add_parser(name, help=sub.help, description=sub.help))
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from django.db import DatabaseError
+
+        name: str = options["subcommand"]
+        try:
+            SUBCOMMANDS[name].handle(self, options)
+        except DatabaseError as exc:
+            if options.get("traceback"):
+                raise
+            raise CommandError(
+                f"database error: {exc}\n(is the database reachable, and did `manage.py migrate` "
+                "run?  --traceback shows where it happened)"
+            ) from exc
+
+
+def _runtime() -> Runtime:
+    """The current runtime, or a ``CommandError`` saying why there is none."""
+    try:
+        return current_runtime()
+    except ConfigurationError as exc:
+        from django.apps import apps
+
+        reason: BaseException = exc
+        if apps.is_installed("hookflow_gen.django"):
+            reason = getattr(apps.get_app_config("hookflow"), "setup_error", None) or exc
+        raise CommandError(str(reason)) from None
+
+
+def _store(runtime: Runtime) -> DjangoStore:
+    store = runtime.store
+    if not isinstance(store, DjangoStore):
+        raise CommandError(f"this command needs the Django store, and the runtime uses {store!r}")
+    return store
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(sep=" ", timespec="seconds") if value is not None else "-"
+
+
+# -- worker -------------------------------------------------------------------------
+
+
+class Worker:
+    """Ticks runs as they fall due: the database scheduler's worker loop.
+
+    Each round claims the run that is due first (``DjangoStore.claim_due``:
+    row-locked, skipping runs other workers hold, its ``wake_at`` moved a
+    lease ahead so the wake-up is taken once) and ticks it. Errors in a tick
+    are logged and never stop the worker; the run is due again when the
+    claim's lease has passed. Any number of workers can run side by side.
+
+    Args:
+        runtime: the runtime whose ``tick`` is called; its store must be a
+            ``DjangoStore``.
+        poll_interval: seconds to wait when nothing is due.
+        close_connections: close unusable or expired database connections
+            between ticks, as Django does between requests (a long-lived
+            worker outlives database restarts and ``CONN_MAX_AGE``).
+    """
+
+    def __init__(
+        self, runtime: Runtime, *, poll_interval: float, close_connections: bool = False
+    ) -> None:
+        self.runtime = runtime
+        self.store = _store(runtime)
+        self.poll_interval = poll_interval
+        self.close_connections = close_connections
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Stop after the tick in progress (safe from a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop`` was called."""
+        return self._stop.is_set()
+
+    def run(
+        self,
+        *,
+        once: bool = False,
+        until_idle: float | None = None,
+        max_ticks: int | None = None,
+    ) -> int:
+        """Tick due runs until stopped; returns how many ticks ran.
+
+        Args:
+            once: tick what is due now, then return.
+            until_idle: return when no run is due and none falls due within
+                this many seconds.
+            max_ticks: return after this many ticks.
+        """
+        ticks = 0
+        clock = self.runtime.clock
+        while not self.stopping and (max_ticks is None or ticks < max_ticks):
+            if self.close_connections:
+                _close_old_connections()
+            now = clock.now()
+            if self._tick_one(now):
+                ticks += 1
+                continue
+            if once:
+                break
+            next_due = self.store.next_wake()
+            wait = self.poll_interval
+            if next_due is not None:
+                ahead = (next_due - now).total_seconds()
+                if until_idle is not None and ahead > until_idle:
+                    break
+                # Due but held by another worker: look again soon, not at once.
+                wait = min(wait, max(ahead, 0.01))
+            elif until_idle is not None:
+                break
+            self._sleep(wait)
+        return ticks
+
+    def _tick_one(self, now: datetime) -> bool:
+        """Claim and tick the run due first; False if none is due."""
+        try:
+            claimed = self.store.claim_due(now, self.runtime.lease)
+        except Exception:
+            log.exception("could not look for due runs")
+            return False
+        if claimed is None:
+            return False
+        run_id, workflow = claimed
+        started = time.monotonic()
+        try:
+            report = self.runtime.tick(run_id)
+        except Exception:
+            log.exception("run %s (%s): the tick failed; it is retried after the lease", run_id,
+                          workflow)  # fmt: skip
+            return True
+        log.info(
+            "run %s (%s): %d step(s) in %.3fs, %s%s",
+            run_id,
+            workflow,
+            report.steps_run,
+            time.monotonic() - started,
+            report.status.value,
+            f", next wake-up {_when(report.wake_at)}" if report.wake_at else "",
+        )
+        return True
+
+    def _sleep(self, seconds: float) -> None:
+        if isinstance(self.runtime.clock, SystemClock):
+            self._stop.wait(seconds)  # a stop request ends the wait at once
+        else:
+            self.runtime.clock.sleep(seconds)
+
+
+def _close_old_connections() -> None:
+    """``close_old_connections``, sparing connections inside an atomic block."""
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+
+
+def _worker_arguments(parser: CommandParser) -> None:
+    parser.add_argument("--once", action="store_true", help="Tick what is due now, then exit.")
+    parser.add_argument(
+        "--until-idle",
+        type=float,
+        nargs="?",
+        const=0.0,
+        default=None,
+        metavar="SECONDS",
+        help="Exit when no run is due and none falls due within SECONDS (default 0).",
+    )
+    parser.add_argument(
+        "--max-ticks", type=int, default=None, metavar="N", help="Exit after N ticks."
+    )
+
+
+class _StopOnSignals:
+    """SIGTERM and SIGINT stop the worker between ticks; a second SIGINT interrupts."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.worker.stopping and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("%s received: stopping after the current tick", signal.Signals(signum).name)
+        self.worker.stop()
+
+
+def _configure_logging(verbosity: int) -> None:
+    # Show the worker's per-tick lines unless the project configured logging itself.
+    logger = logging.getLogger("hookflow_gen")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+
+
+@subcommand("worker", "Tick workflow runs as they fall due (the database scheduler).",
+            _worker_arguments)  # fmt: skip
+def _worker(command: Command, options: dict[str, Any]) -> None:
+    from hookflow_gen.django._settings import get_settings
+
+    runtime = _runtime()
+    try:
+        settings = get_settings()
+    except ConfigurationError as exc:
+        raise CommandError(str(exc)) from None
+    _configure_logging(options["verbosity"])
+    if settings.scheduler != "database":
+        log.warning(
+            "HOOKFLOW['SCHEDULER'] is %r: the runs' own scheduler delivers their wake-ups, "
+            "and this worker only picks up ones that are overdue",
+            settings.scheduler,
+        )
+    max_ticks: int | None = options["max_ticks"]
+    if max_ticks is not None and max_ticks < 1:
+        raise CommandError("--max-ticks must be at least 1")
+    worker = Worker(
+        runtime,
+        poll_interval=settings.poll_interval.total_seconds(),
+        close_connections=True,
+    )
+    log.info("worker started (lease %s, poll every %s)", runtime.lease, settings.poll_interval)
+    with _StopOnSignals(worker):
+        ticks = worker.run(
+            once=options["once"], until_idle=options["until_idle"], max_ticks=max_ticks
+        )
+    log.info("worker stopped after %d tick(s)", ticks)
+
+
+# -- runs, show ----------------------------------------------------------------------
+
+
+def _runs_arguments(parser: CommandParser) -> None:
+    parser.add_argument("--workflow", help="Only runs of this workflow.")
+    parser.add_argument(
+        "--status",
+        choices=["running", "completed", "failed", "cancelled"],
+        help="Only runs in this status.",
+    )
+    parser.add_argument("--limit", type=int, default=20, help="How many runs (default 20).")
+
+
+@subcommand("runs", "List recent runs with their status.", _runs_arguments)
+def _runs(command: Command, options: dict[str, Any]) -> None:
+    from django.db.models import Count
+
+    from hookflow_gen.django.models import Run
+
+    store = _store(_runtime())
+    runs = Run.objects.using(store.db).annotate(step_count=Count("steps")).order_by("-created_at")
+    if options["workflow"]:
+        runs = runs.filter(workflow=options["workflow"])
+    if options["status"]:
+        runs = runs.filter(status=options["status"])
+    rows = list(
+        runs.values_list("run_id", "workflow", "status", "created_at", "finished_at", "step_count")[
+            : max(options["limit"], 0)
+        ]
+    )
+    if not rows:
+        command.stdout.write("no runs")
+        return
+    table = [("RUN", "WORKFLOW", "STATUS", "STARTED", "FINISHED", "STEPS")]
+    table += [
+        (run_id, workflow, status, _when(created), _when(finished), str(steps))
+        for run_id, workflow, status, created, finished, steps in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        command.stdout.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _show_arguments(parser: CommandParser) -> None:
+    parser.add_argument("run_id", help="The run to show.")
+
+
+@subcommand("show", "Show a run and its step timeline.", _show_arguments)
+def _show(command: Command, options: dict[str, Any]) -> None:
+    runtime = _runtime()
+    run = runtime.store.get_run(options["run_id"])
+    if run is None:
+        raise CommandError(f"no run has id {options['run_id']!r}")
+    write = command.stdout.write
+    write(f"run       {run.run_id}")
+    write(f"workflow  {run.workflow}")
+    write(f"status    {run.status.value}")
+    write(f"started   {_when(run.created_at)}")
+    write(f"finished  {_when(run.finished_at)}")
+    if run.parent_run_id:
+        write(f"parent    {run.parent_run_id} (step #{run.parent_position})")
+    if not run.status.finished:
+        write(f"wake-up   {_when(run.wake_at)}")
+    write(f"payload   {run.payload}")
+    if run.result is not None:
+        write(f"result    {run.result}")
+    if run.error is not None:
+        write(f"error     {run.error.type}: {run.error.message}")
+    with runtime.store.atomic():
+        records = runtime.store.steps(run.run_id)
+    write("")
+    write(f"{len(records)} step(s):")
+    for record in records:
+        took = "-"
+        if record.started_at is not None and record.completed_at is not None:
+            took = f"{(record.completed_at - record.started_at).total_seconds():.3f}s"
+        outcome = record.result if record.result is not None else ""
+        if record.error is not None:
+            outcome = f"{record.error.type}: {record.error.message}"
+        write(
+            f"  #{record.position:<3} {record.kind:<6} {record.name:<24} {record.status.value:<9} "
+            f"attempts={record.attempts} took={took} {outcome}".rstrip()
+        )
+
+
+# -- cancel, notify ------------------------------------------------------------------
+
+
+def _cancel_arguments(parser: CommandParser) -> None:
+    parser.add_argument("run_id", help="The run to cancel.")
+
+
+@subcommand("cancel", "Cancel a run and its child runs.", _cancel_arguments)
+def _cancel(command: Command, options: dict[str, Any]) -> None:
+    runtime = _runtime()
+    run_id: str = options["run_id"]
+    before = runtime.store.get_run(run_id)
+    try:
+        run = runtime.cancel(run_id)
+    except UnknownRunError as exc:
+        raise CommandError(str(exc)) from None
+    if before is not None and before.status.finished:
+        command.stdout.write(f"run {run_id} had already finished: {run.status.value}")
+    else:
+        command.stdout.write(f"run {run_id} cancelled")
+
+
+def _notify_arguments(parser: CommandParser) -> None:
+    parser.add_argument("key", help="The event key runs wait on.")
+    parser.add_argument("payload", help='The event, as JSON (e.g. \'{"approved_by": "ann"}\').')
+
+
+@subcommand("notify", "Send an event to the runs waiting on a key.", _notify_arguments)
+def _notify(command: Command, options: dict[str, Any]) -> None:
+    runtime = _runtime()
+    try:
+        payload = json.loads(options["payload"])
+    except ValueError as exc:
+        raise CommandError(f"the payload is not valid JSON: {exc}") from None
+    try:
+        delivered = runtime.notify(options["key"], payload)
+    except PayloadValidationError as exc:
+        raise CommandError(f"the event was not sent: {exc}") from None
+    if delivered:
+        command.stdout.write(f"delivered to {delivered} run(s)")
+    else:
+        command.stdout.write(
+            f"no run waits on {options['key']!r} yet: the event is kept for the first"
+        )
+
+
+# -- replay --------------------------------------------------------------------------
+
+
+def _replay_arguments(parser: CommandParser) -> None:
+    parser.add_argument("--workflow", help="Only runs of this workflow.")
+    parser.add_argument(
+        "--limit", type=int, default=100, help="How many recent runs to replay (default 100)."
+    )
+
+
+def _replay_runs(
+    runtime: Runtime, workflow: str | None, limit: int
+) -> Iterator[tuple[str, str | None]]:
+    """(run id, what is wrong or None) for each recent run, replayed against the code."""
+    from hookflow_gen._workflow import get_workflow
+    from hookflow_gen.django.models import Run
+    from hookflow_gen.testing import replay
+
+    store = _store(runtime)
+    runs = Run.objects.using(store.db).order_by("-created_at")
+    if workflow:
+        runs = runs.filter(workflow=workflow)
+    for run_id in runs.values_list("run_id", flat=True)[: max(limit, 0)]:
+        run = store.get_run(run_id)
+        if run is None:
+            continue  # deleted meanwhile
+        try:
+            definition = get_workflow(run.workflow)
+            replay(
+                definition,
+                run.payload,
+                store.steps(run.run_id),
+                run_id=run.run_id,
+                started_at=run.created_at or runtime.clock.now(),
+            )
+        except HookflowError as exc:
+            # NonDeterminismError above all; also a payload that no longer fits
+            # its model, or a workflow that is no longer registered.
+            yield run.run_id, f"{type(exc).__name__}: {exc}"
+        else:
+            yield run.run_id, None
+
+
+@subcommand(
+    "replay",
+    "Replay stored runs against the current code; exit code 1 if any no longer replays.",
+    _replay_arguments,
+)
+def _replay(command: Command, options: dict[str, Any]) -> None:
+    checked = failed = 0
+    for run_id, problem in _replay_runs(_runtime(), options["workflow"], options["limit"]):
+        checked += 1
+        if problem is not None:
+            failed += 1
+            command.stderr.write(f"run {run_id}: {problem}")
+    if failed:
+        raise CommandError(f"{failed} of {checked} run(s) no longer replay", returncode=1)
+    command.stdout.write(f"{checked} run(s) replay deterministically")
+
+
+# -- qstash-dev ----------------------------------------------------------------------
+
+
+def _qstash_dev_arguments(parser: CommandParser) -> None:
+    from hookflow_gen.django._qstash import qstash_dev_arguments
+
+    qstash_dev_arguments(parser)
+
+
+@subcommand(
+    "qstash-dev",
+    "Run a local QStash-compatible server in the foreground; print the exports to use it.",
+    _qstash_dev_arguments,
+)
+def _qstash_dev(command: Command, options: dict[str, Any]) -> None:
+    from hookflow_gen.django._qstash import qstash_dev
+
+    qstash_dev(command, options)

@@ -1,0 +1,168 @@
+"""The database tables: runs, their step journals and buffered events.
+
+``DjangoStore`` reads and writes these; user code should go through the
+runtime (``Workflow.start``, ``notify``, ``cancel``) rather than edit rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+__all__ = ["Event", "Run", "Step"]
+
+
+class Run(models.Model):
+    """One run of a workflow: its payload, status and next wake-up."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "running"
+        COMPLETED = "completed", "completed"
+        FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
+
+    run_id: models.CharField[str, str] = models.CharField(
+        "run id", max_length=255, primary_key=True
+    )
+    workflow: models.CharField[str, str] = models.CharField(max_length=200, db_index=True)
+    status: models.CharField[str, str] = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.RUNNING
+    )
+    payload: models.TextField[str, str] = models.TextField(help_text="The payload, as JSON text.")
+    result: models.TextField[str | None, str | None] = models.TextField(
+        null=True, blank=True, help_text="The result, as JSON text."
+    )
+    error: models.JSONField[Any, Any] = models.JSONField(null=True, blank=True)
+    created_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
+        default=timezone.now, db_index=True
+    )
+    finished_at: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
+        null=True, blank=True
+    )
+    parent_run_id: models.CharField[str | None, str | None] = models.CharField(
+        max_length=255, null=True, blank=True, db_index=True
+    )
+    parent_position: models.PositiveIntegerField[int | None, int | None] = (
+        models.PositiveIntegerField(null=True, blank=True)
+    )
+    wake_at: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
+        null=True, blank=True, help_text="When the run is next due for a tick."
+    )
+    wake_seq: models.PositiveIntegerField[int, int] = models.PositiveIntegerField(default=0)
+    claimed_until: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="A worker claimed the due wake-up until then (cleared when the run is saved).",
+    )
+
+    class Meta:
+        verbose_name = "workflow run"
+        verbose_name_plural = "workflow runs"
+        ordering = ("-created_at",)
+        indexes = (
+            # What workers poll: `status = 'running' AND wake_at <= now ORDER BY wake_at`.
+            # Finished runs never wake, so leaving them out keeps the index small.
+            models.Index(
+                fields=["wake_at"],
+                condition=models.Q(status="running"),
+                name="hookflow_run_due",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.workflow} {self.run_id} ({self.status})"
+
+
+class Step(models.Model):
+    """One record of a run's journal, at its position."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        COMPLETED = "completed", "completed"
+        FAILED = "failed", "failed"
+
+    run_id: str
+    id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    run: models.ForeignKey[Run, Run] = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="steps"
+    )
+    position: models.PositiveIntegerField[int, int] = models.PositiveIntegerField()
+    kind: models.CharField[str, str] = models.CharField(max_length=16)
+    name: models.CharField[str, str] = models.CharField(max_length=200)
+    status: models.CharField[str, str] = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    result: models.TextField[str | None, str | None] = models.TextField(
+        null=True, blank=True, help_text="The result, as JSON text."
+    )
+    error: models.JSONField[Any, Any] = models.JSONField(null=True, blank=True)
+    attempts: models.PositiveIntegerField[int, int] = models.PositiveIntegerField(default=0)
+    started_at: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
+        null=True, blank=True
+    )
+    completed_at: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
+        null=True, blank=True
+    )
+    wake_at: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
+        null=True, blank=True
+    )
+    key: models.CharField[str | None, str | None] = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="The event key of an event step, the child run id of an invoke step.",
+    )
+    lease_until: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
+        null=True, blank=True
+    )
+    lease_owner: models.CharField[str | None, str | None] = models.CharField(
+        max_length=64, null=True, blank=True
+    )
+
+    class Meta:
+        verbose_name = "workflow step"
+        verbose_name_plural = "workflow steps"
+        ordering = ("run", "position")
+        constraints = (
+            models.UniqueConstraint(fields=["run", "position"], name="hookflow_step_position"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.run_id} #{self.position} {self.kind} {self.name!r} ({self.status})"
+
+
+class Event(models.Model):
+    """An event sent before any run waited for it, kept for the first that does."""
+
+    id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    key: models.CharField[str, str] = models.CharField(max_length=255, db_index=True)
+    payload: models.TextField[str, str] = models.TextField(help_text="The event, as JSON text.")
+    created_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
+        default=timezone.now
+    )
+
+    class Meta:
+        verbose_name = "buffered event"
+        verbose_name_plural = "buffered events"
+        ordering = ("id",)
+
+    def __str__(self) -> str:
+        return f"event {self.key!r} #{self.id}"
+
+
+class SeenSignature(models.Model):
+    """A QStash signature the webhook accepted, kept until it expires to refuse a replay."""
+
+    jti: models.CharField[str, str] = models.CharField("token id", max_length=255, primary_key=True)
+    expires_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "seen QStash signature"
+        verbose_name_plural = "seen QStash signatures"
+
+    def __str__(self) -> str:
+        return self.jti

@@ -1,0 +1,196 @@
+"""Workflows the Django integration tests run (autodiscovered by the app)."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from hookflow_gen import (
+    Context,
+    ErrorInfo,
+    Flow,
+    RetryPolicy,
+    StepFailed,
+    current_step,
+    workflow,
+)
+
+from .models import Entry, Execution
+
+
+class Numbers(BaseModel):
+    a: int
+    b: int
+
+
+class Total(BaseModel):
+    total: int
+
+
+class Nap(BaseModel):
+    seconds: float
+
+
+class Wait(BaseModel):
+    key: str
+
+
+class Approval(BaseModel):
+    approved_by: str
+
+
+class Fan(BaseModel):
+    width: int = 4
+    delay: float = 0.0
+
+
+class Flaky(BaseModel):
+    failures: int
+    attempts: int = 3
+
+
+class Write(BaseModel):
+    label: str
+    fail_first: bool = False
+
+
+class Slow(BaseModel):
+    marker: str
+    seconds: float
+
+
+def _record(started: float | None = None) -> None:
+    info = current_step()
+    now = time.time()
+    Execution.objects.create(
+        run_id=info.run_id,
+        position=info.position,
+        name=info.step_name,
+        attempt=info.attempt,
+        started=started if started is not None else now,
+        finished=now,
+    )
+
+
+def add(a: int, b: int) -> int:
+    _record()
+    return a + b
+
+
+def double(x: int) -> Total:
+    _record()
+    return Total(total=2 * x)
+
+
+def pause(seconds: float) -> int:
+    started = time.time()
+    if seconds:
+        time.sleep(seconds)
+    _record(started)
+    return current_step().position
+
+
+def flaky(failures: int) -> str:
+    info = current_step()
+    _record()
+    if info.attempt <= failures:
+        raise ConnectionError(f"attempt {info.attempt} failed")
+    return f"ok on attempt {info.attempt}"
+
+
+def write_entry(label: str, fail_first: bool) -> int:
+    Entry.objects.create(label=label)
+    if fail_first and current_step().attempt == 1:
+        raise RuntimeError("failed after writing")
+    return Entry.objects.filter(label=label).count()
+
+
+def slow_with_marker(marker: str, seconds: float) -> str:
+    with Path(marker).open("a") as file:
+        file.write("started\n")
+    started = time.time()
+    time.sleep(seconds)
+    _record(started)
+    return "done"
+
+
+def explode() -> int:
+    _record()
+    raise ValueError("boom")
+
+
+@workflow
+def linear(ctx: Context, numbers: Numbers) -> Flow[Total]:
+    """Two steps, one after the other."""
+    total = yield from ctx.run("add", add, numbers.a, numbers.b)
+    doubled = yield from ctx.run("double", double, total)
+    return doubled
+
+
+@workflow
+def sleeper(ctx: Context, nap: Nap) -> Flow[str]:
+    """Sleeps, then answers."""
+    yield from ctx.sleep("nap", timedelta(seconds=nap.seconds))
+    return "awake"
+
+
+@workflow
+def approval(ctx: Context, wait: Wait) -> Flow[str]:
+    """Waits for an approval event."""
+    event = yield from ctx.wait_for_event("approval", Approval, key=wait.key)
+    return event.approved_by
+
+
+@workflow
+def parent(ctx: Context, numbers: Numbers) -> Flow[int]:
+    """Invokes ``linear`` as a child and uses its typed result."""
+    child = yield from ctx.invoke("child", linear, numbers)
+    return child.total + 1
+
+
+@workflow
+def fan_out(ctx: Context, fan: Fan) -> Flow[list[int]]:
+    """Runs ``width`` branches in parallel."""
+    branches = [ctx.run(f"branch-{i}", pause, fan.delay) for i in range(fan.width)]
+    results = yield from ctx.gather(*branches)
+    return list(results)
+
+
+@workflow
+def retrying(ctx: Context, spec: Flaky) -> Flow[str]:
+    """A step that fails ``failures`` times; the workflow catches the final failure."""
+    policy = RetryPolicy(maximum_attempts=spec.attempts, initial_interval=timedelta(seconds=10))
+    try:
+        return (yield from ctx.run("flaky", flaky, spec.failures).options(retry=policy))
+    except StepFailed as exc:
+        return f"gave up after {exc.attempts} attempts: {exc.message}"
+
+
+@workflow
+def atomic_write(ctx: Context, write: Write) -> Flow[int]:
+    """An atomic step writing a model row."""
+    policy = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+    step = ctx.run("write", write_entry, write.label, write.fail_first)
+    return (yield from step.options(atomic=True, retry=policy))
+
+
+def record_failure(run_id: str, payload: Any, error: ErrorInfo) -> None:
+    """The ``doomed`` workflow's on_failure handler."""
+    Execution.objects.create(run_id=run_id, position=-1, name="on_failure")
+    assert "boom" in error.message
+
+
+@workflow(on_failure=record_failure, retry=RetryPolicy(maximum_attempts=1))
+def doomed(ctx: Context, numbers: Numbers) -> Flow[int]:
+    """A step that raises, uncaught: the run fails and ``on_failure`` runs."""
+    return (yield from ctx.run("explode", explode))
+
+
+@workflow
+def crashy(ctx: Context, slow: Slow) -> Flow[str]:
+    """A slow non-atomic step that leaves a marker when it starts."""
+    return (yield from ctx.run("slow", slow_with_marker, slow.marker, slow.seconds))
