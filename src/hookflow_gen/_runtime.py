@@ -346,6 +346,10 @@ class Runtime:
         deadline = self.clock.monotonic() + self.budget.total_seconds()
         replay: Replay | None = None
         outcome: _Outcome | None = None
+        # Until when this tick may trust its own view of the journal without
+        # reading it again: it held the lease on the only step the workflow
+        # waited on (a margin of a tenth of the lease covers clock skew).
+        trusted_until: datetime | None = None
         steps_run = 0
         try:
             while True:
@@ -357,9 +361,10 @@ class Runtime:
                         return TickReport(run_id, run.status, steps_run, None)
                     if replay is None:
                         replay = self._replay_for(run)
-                    else:
+                    elif trusted_until is None or self.clock.now() >= trusted_until:
                         for record in self.store.steps(run_id, replay.position):
                             replay.settle(record)
+                    trusted_until = None
                     if outcome is not None:
                         self._checkpoint(run, replay, outcome)
                         outcome = None
@@ -380,6 +385,8 @@ class Runtime:
                     outcome = self._dispatch(run, claimed)
                     continue
                 outcome = self._execute(run, claimed, owner=claimed.record_owner)
+                if claimed.alone and claimed.lease_until is not None:
+                    trusted_until = claimed.lease_until - self.lease / 10
                 steps_run += 1
         except BaseException:
             replay = None  # its state may not match the store any more
@@ -468,6 +475,9 @@ class Runtime:
             if ready and self.clock.monotonic() < deadline:
                 pending, record = ready.pop(0)
                 claimed = self._claim(run, pending, record, now)
+                if len(decision.pending) == 1:
+                    claimed = dataclasses.replace(claimed, alone=True)
+                replay.settle(claimed.record)
                 if claimed.record_owner is not None and claimed.lease_until is not None:
                     leases.append(claimed.lease_until)
             if ready:
@@ -547,9 +557,9 @@ class Runtime:
         return _Claim(pending, claim, owner, lease_until)
 
     def _lease_for(self, step: Any) -> timedelta:
-        if isinstance(step, CallStep) and self.call_dispatcher is not None:
-            return max(self.call_dispatcher.call_lease, self.lease)
         timeout: timedelta | None = getattr(step, "timeout", None)
+        if self.call_dispatcher is not None and isinstance(step, CallStep):
+            return max(self.call_dispatcher.call_lease, self.lease)
         if timeout is not None and timeout * 2 > self.lease:
             return timeout * 2
         return self.lease
@@ -848,6 +858,9 @@ class _Claim:
     record: StepRecord
     record_owner: str | None
     lease_until: datetime | None
+    #: The workflow waits on this step alone (not a gather's branch), so
+    #: while the lease holds nobody else can change the run's journal.
+    alone: bool = False
 
 
 def _is_atomic(claim: _Claim | Pending) -> bool:

@@ -1,0 +1,18 @@
+"""The app's URLs: ``path("hookflow/", include("hookflow_gen.django.urls"))``.
+
+- ``qstash/``: QStash wake-up deliveries (``hookflow:qstash``).
+- ``qstash/call/``: QStash callbacks of ``call`` steps (``hookflow:qstash-call``).
+"""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "hookflow"
+
+urlpatterns = [
+    path("qstash/", views.qstash_webhook, name="qstash"),
+    path("qstash/call/", views.qstash_call, name="qstash-call"),
+]
