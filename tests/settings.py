@@ -60,6 +60,8 @@ TEMPLATES: list[dict[str, Any]] = [
 ]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# The live server (end-to-end tests) serves static files and needs a prefix.
+STATIC_URL = "static/"
 
 TEST_DB = os.environ.get("HOOKFLOW_TEST_DB", "sqlite")
 # Set in worker subprocesses: connect straight to the test database.

@@ -49,7 +49,7 @@ from .exceptions import (
     UnknownRunError,
 )
 
-__all__ = ["CallDispatcher", "Runtime", "StepInfo", "current_step"]
+__all__ = ["CallDispatcher", "Runtime", "StepInfo", "TickReport", "current_step"]
 
 log = logging.getLogger("hookflow_gen")
 
@@ -78,6 +78,7 @@ class StepInfo:
 
     @property
     def idempotency_key(self) -> str:
+        """``"<run id>:<position>"``: the same on every attempt of this step."""
         return f"{self.run_id}:{self.position}"
 
 
@@ -474,9 +475,7 @@ class Runtime:
             claimed: _Claim | None = None
             if ready and self.clock.monotonic() < deadline:
                 pending, record = ready.pop(0)
-                claimed = self._claim(run, pending, record, now)
-                if len(decision.pending) == 1:
-                    claimed = dataclasses.replace(claimed, alone=True)
+                claimed = self._claim(run, pending, record, now, alone=len(decision.pending) == 1)
                 replay.settle(claimed.record)
                 if claimed.record_owner is not None and claimed.lease_until is not None:
                     leases.append(claimed.lease_until)
@@ -539,11 +538,13 @@ class Runtime:
             record, status=StepStatus.COMPLETED, result=result, attempts=1, completed_at=now
         )
 
-    def _claim(self, run: RunState, pending: Pending, record: StepRecord, now: datetime) -> _Claim:
+    def _claim(
+        self, run: RunState, pending: Pending, record: StepRecord, now: datetime, *, alone: bool
+    ) -> _Claim:
         if _is_atomic(pending):
             # Saved by its checkpoint, in the same transaction as the function's writes.
             claim = dataclasses.replace(record, attempts=record.attempts + 1, wake_at=None)
-            return _Claim(pending, claim, None, None)
+            return _Claim(pending, claim, None, None, alone)
         owner = uuid.uuid4().hex
         lease_until = now + self._lease_for(pending.step)
         claim = dataclasses.replace(
@@ -554,7 +555,7 @@ class Runtime:
             lease_owner=owner,
         )
         self.store.save_step(run.run_id, claim)
-        return _Claim(pending, claim, owner, lease_until)
+        return _Claim(pending, claim, owner, lease_until, alone)
 
     def _lease_for(self, step: Any) -> timedelta:
         timeout: timedelta | None = getattr(step, "timeout", None)
@@ -720,10 +721,14 @@ class Runtime:
             )
             return False
         now = self.clock.now()
-        base = dataclasses.replace(current, lease_until=None, lease_owner=None)
+        released: dict[str, Any] = {"lease_until": None, "lease_owner": None}
         if outcome.exc is None:
             record = dataclasses.replace(
-                base, status=StepStatus.COMPLETED, result=outcome.value, completed_at=now
+                current,
+                status=StepStatus.COMPLETED,
+                result=outcome.value,
+                completed_at=now,
+                **released,
             )
         else:
             exc = outcome.exc
@@ -731,7 +736,7 @@ class Runtime:
             error = ErrorInfo.from_exception(exc)
             if policy.retries(exc, current.attempts):
                 delay = exc.delay if isinstance(exc, RetryAfter) else policy.delay(current.attempts)
-                record = dataclasses.replace(base, error=error, wake_at=now + delay)
+                record = dataclasses.replace(current, error=error, wake_at=now + delay, **released)
                 log.info(
                     "run %s: step %r attempt %d failed (%s); retrying in %s",
                     run.run_id,
@@ -742,7 +747,7 @@ class Runtime:
                 )
             else:
                 record = dataclasses.replace(
-                    base, status=StepStatus.FAILED, error=error, completed_at=now
+                    current, status=StepStatus.FAILED, error=error, completed_at=now, **released
                 )
         self.store.save_step(run.run_id, record)
         replay.settle(record)

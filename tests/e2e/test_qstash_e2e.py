@@ -47,19 +47,6 @@ REMOTE = all(os.environ.get(name) for name in _REMOTE_ENV)
 local_only = pytest.mark.skipif(REMOTE, reason="fault injection needs the local QStash server")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _static_url() -> Iterator[None]:
-    """Give the live server a ``STATIC_URL``, set before it starts.
-
-    Its static-files handler parses ``STATIC_URL``; the test settings have
-    none (no staticfiles app), and ``None`` makes it fail on every request.
-    """
-    from django.test.utils import override_settings
-
-    with override_settings(STATIC_URL="/static/"):
-        yield
-
-
 @dataclass
 class Env:
     """The pieces of one end-to-end setup."""

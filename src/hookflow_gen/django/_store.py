@@ -266,11 +266,12 @@ class DjangoStore:
     @property
     def db(self) -> str:
         """The database alias in use."""
-        if self.using is not None:
-            return self.using
-        from .models import Run
+        if self.using is None:
+            # Asked once: the routers' answer for the runs table does not change.
+            from .models import Run
 
-        return router.db_for_write(Run)
+            self.using = router.db_for_write(Run)
+        return self.using
 
     def _connection(self) -> BaseDatabaseWrapper:
         return connections[self.db]
