@@ -94,7 +94,7 @@ def wait_all_done(run_ids: list[str], timeout: float = 600) -> None:
 def in_process_us(runs: int, steps: int) -> float:
     """One in-process worker: microseconds per durable step, all included."""
     from hookflow_gen._client import current_runtime
-    from hookflow_gen.django.management.commands.hookflow import Worker
+    from hookflow_gen.django._worker import Worker
 
     run_ids = create_runs(runs, steps)
     worker = Worker(current_runtime(), poll_interval=0.01)
@@ -169,7 +169,11 @@ def main() -> None:
         # One process per database: Django is configured once per process.
         command = [sys.executable, __file__, "--child", db]
         command += ["--runs", str(args.runs), "--steps", str(args.steps)]
-        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        child = subprocess.run(command, check=False, capture_output=True, text=True)
+        if child.returncode != 0:
+            sys.stderr.write(child.stderr)
+            raise SystemExit(f"the {db} measurement failed (exit {child.returncode})")
+        out = child.stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     if args.json:
         for row in rows:

@@ -68,7 +68,7 @@ def run_worker(
     With a fake clock, the worker's idle waits move the clock to the next
     wake-up, so timers within ``until_idle`` seconds fire at once.
     """
-    from hookflow_gen.django.management.commands.hookflow import Worker
+    from hookflow_gen.django._worker import Worker
 
     worker = Worker(runtime, poll_interval=until_idle)
     return worker.run(once=once, until_idle=until_idle, max_ticks=max_ticks)
