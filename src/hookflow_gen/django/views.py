@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -49,6 +50,8 @@ from ..exceptions import ConfigurationError, UnknownRunError, UnknownWorkflowErr
 from ._qstash import QStashConfig, QStashScheduler
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._runtime import Runtime
     from .._steps import CallStep
 
@@ -308,84 +311,81 @@ def _not_post() -> JsonResponse:
     return response
 
 
-@csrf_exempt
-@transaction.non_atomic_requests
-def qstash_webhook(request: HttpRequest) -> JsonResponse:
-    """A wake-up delivery ``{"run_id", "seq"}``: tick the run, then hand off its next wake-up."""
-    if request.method != "POST":
-        return _not_post()
-    try:
-        runtime = current_runtime()
-        _verify(request, _config(runtime))
-        run_id, seq = _wakeup(request)
-        run = runtime.store.get_run(run_id)
-        if run is None:
-            raise _permanent(f"no run has id {run_id!r}")
-        if run.status.finished or seq < run.wake_seq:
-            reason = f"run is {run.status.value}" if run.status.finished else "stale wake-up"
-            run = _hand_off(request, runtime, run_id, seq)
-            return _answer(
-                200,
-                {"status": "ignored", "reason": reason, "run_id": run_id, "seq": seq},
-            )
-        report = runtime.tick(run_id)
-        run = _hand_off(request, runtime, run_id, seq)
-        return _finish(run, {"steps_run": report.steps_run})
-    except _Refused as refused:
-        return _refuse(request, refused)
-    except UnknownRunError as exc:
-        return _refuse(request, _permanent(str(exc)))
-    except UnknownWorkflowError as exc:
-        return _refuse(request, _permanent(str(exc)))
-    except ConfigurationError as exc:
-        return _refuse(request, _Refused(503, str(exc)))
-    except (QStashError, httpx.HTTPError) as exc:
-        return _refuse(request, _Refused(503, f"could not publish a wake-up: {exc}"))
-    except DatabaseError as exc:
-        return _refuse(request, _Refused(503, f"database unavailable: {exc}"))
-    except Exception as exc:
-        log.exception("QStash delivery to %s failed", request.path)
-        return _answer(500, {"error": f"internal error: {type(exc).__name__}"})
+def _delivery(
+    what: str, handle: Callable[[HttpRequest, Runtime], JsonResponse]
+) -> Callable[[HttpRequest], JsonResponse]:
+    """A QStash endpoint: POST only, signature verified, every failure a JSON answer.
 
+    Permanent problems answer 489 (QStash stops retrying), passing ones 503
+    (QStash retries), and only a bug in this code a 500.
+    """
 
-@csrf_exempt
-@transaction.non_atomic_requests
-def qstash_call(request: HttpRequest) -> JsonResponse:
-    """QStash's callback for a ``call`` step: record the answer, then tick the run."""
-    if request.method != "POST":
-        return _not_post()
-    try:
-        runtime = current_runtime()
-        _verify(request, _config(runtime))
-        run_id = request.GET.get("run", "")
-        owner = request.GET.get("owner", "")
+    @functools.wraps(handle)
+    def view(request: HttpRequest) -> JsonResponse:
+        if request.method != "POST":
+            return _not_post()
         try:
-            position = int(request.GET.get("position", ""))
-        except ValueError:
-            raise _permanent("the callback URL has no valid position") from None
-        if not run_id or not owner:
-            raise _permanent("the callback URL has no run or owner")
-        answer = _call_answer(_json_object(request))
-        accepted = runtime.complete_step(run_id, position, owner, answer)
-        run = _hand_off(request, runtime, run_id, None)
-        status = "done" if accepted else "ignored"
-        return _answer(200, {"status": status, "run_id": run_id, "position": position,
-                             "run_status": run.status.value})  # fmt: skip
-    except _Refused as refused:
-        return _refuse(request, refused)
-    except UnknownRunError as exc:
-        return _refuse(request, _permanent(str(exc)))
-    except UnknownWorkflowError as exc:
-        return _refuse(request, _permanent(str(exc)))
-    except ConfigurationError as exc:
-        return _refuse(request, _Refused(503, str(exc)))
-    except (QStashError, httpx.HTTPError) as exc:
-        return _refuse(request, _Refused(503, f"could not publish a wake-up: {exc}"))
-    except DatabaseError as exc:
-        return _refuse(request, _Refused(503, f"database unavailable: {exc}"))
-    except Exception as exc:
-        log.exception("QStash callback to %s failed", request.path)
-        return _answer(500, {"error": f"internal error: {type(exc).__name__}"})
+            runtime = current_runtime()
+            _verify(request, _config(runtime))
+            return handle(request, runtime)
+        except _Refused as refused:
+            return _refuse(request, refused)
+        except (UnknownRunError, UnknownWorkflowError) as exc:
+            return _refuse(request, _permanent(str(exc)))
+        except ConfigurationError as exc:
+            return _refuse(request, _Refused(503, str(exc)))
+        except (QStashError, httpx.HTTPError) as exc:
+            return _refuse(request, _Refused(503, f"could not publish a wake-up: {exc}"))
+        except DatabaseError as exc:
+            return _refuse(request, _Refused(503, f"database unavailable: {exc}"))
+        except Exception as exc:
+            log.exception("QStash %s to %s failed", what, request.path)
+            return _answer(500, {"error": f"internal error: {type(exc).__name__}"})
+
+    return csrf_exempt(transaction.non_atomic_requests(view))
+
+
+def _wake_up(request: HttpRequest, runtime: Runtime) -> JsonResponse:
+    """A wake-up delivery ``{"run_id", "seq"}``: tick the run, then hand off its next wake-up."""
+    run_id, seq = _wakeup(request)
+    run = runtime.store.get_run(run_id)
+    if run is None:
+        raise _permanent(f"no run has id {run_id!r}")
+    if run.status.finished or seq < run.wake_seq:
+        reason = f"run is {run.status.value}" if run.status.finished else "stale wake-up"
+        run = _hand_off(request, runtime, run_id, seq)
+        return _answer(
+            200,
+            {"status": "ignored", "reason": reason, "run_id": run_id, "seq": seq},
+        )
+    report = runtime.tick(run_id)
+    run = _hand_off(request, runtime, run_id, seq)
+    return _finish(run, {"steps_run": report.steps_run})
+
+
+def _call_back(request: HttpRequest, runtime: Runtime) -> JsonResponse:
+    """QStash's callback for a ``call`` step: record the answer, then tick the run."""
+    run_id = request.GET.get("run", "")
+    owner = request.GET.get("owner", "")
+    try:
+        position = int(request.GET.get("position", ""))
+    except ValueError:
+        raise _permanent("the callback URL has no valid position") from None
+    if not run_id or not owner:
+        raise _permanent("the callback URL has no run or owner")
+    answer = _call_answer(_json_object(request))
+    accepted = runtime.complete_step(run_id, position, owner, answer)
+    run = _hand_off(request, runtime, run_id, None)
+    status = "done" if accepted else "ignored"
+    return _answer(200, {"status": status, "run_id": run_id, "position": position,
+                         "run_status": run.status.value})  # fmt: skip
+
+
+qstash_webhook = _delivery("delivery", _wake_up)
+"""The wake-up webhook: ``hookflow:qstash``."""
+
+qstash_call = _delivery("callback", _call_back)
+"""The ``call`` steps' callback: ``hookflow:qstash-call``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
