@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -110,6 +110,10 @@ class Store(Protocol):
         """Insert or replace the record at ``record.position``."""
         ...
 
+    def save_steps(self, run_id: str, records: Sequence[StepRecord]) -> None:
+        """``save_step`` for several records of distinct positions, in one statement."""
+        ...
+
     def add_event(self, key: str, payload: str) -> None:
         """Buffer an event that no run waits for yet."""
         ...
@@ -196,6 +200,10 @@ class MemoryStore:
 
     def save_step(self, run_id: str, record: StepRecord) -> None:
         self.journals.setdefault(run_id, {})[record.position] = record
+
+    def save_steps(self, run_id: str, records: Sequence[StepRecord]) -> None:
+        for record in records:
+            self.save_step(run_id, record)
 
     def add_event(self, key: str, payload: str) -> None:
         self.events.setdefault(key, []).append(payload)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,11 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
 def _worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "manage.py"), "hookflow", "worker", *args],
         cwd=ROOT,
         env=env,
@@ -43,6 +47,19 @@ def _worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    _started.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def _reap_workers() -> Iterator[None]:
+    """Kill and reap every worker a test started, even when the test failed."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def _finish(process: subprocess.Popen[str], timeout: float = 60) -> str:

@@ -197,3 +197,22 @@ def test_on_commit_after_outermost_commit(store: Store) -> None:
         register_then_fail()
     store.on_commit(lambda: calls.append("now"))
     assert calls == ["committed", "now"]
+
+
+def test_save_steps_writes_several_records_in_one_call(store: Store) -> None:
+    """save_steps() inserts new records and replaces existing ones, by position."""
+    with store.atomic():
+        store.create_run(_run())
+        store.save_step("r1", StepRecord(0, "run", "a", status=StepStatus.PENDING, attempts=1))
+        store.save_steps(
+            "r1",
+            [
+                StepRecord(0, "run", "a", result='"done"', attempts=1),
+                StepRecord(1, "run", "b", status=StepStatus.PENDING, attempts=1),
+            ],
+        )
+        records = store.steps("r1")
+    assert [(r.position, r.status, r.result) for r in records] == [
+        (0, StepStatus.COMPLETED, '"done"'),
+        (1, StepStatus.PENDING, None),
+    ]

@@ -371,26 +371,33 @@ class DjangoStore:
 
     def save_step(self, run_id: str, record: StepRecord) -> None:
         """Insert or replace the record: one ``INSERT ... ON CONFLICT DO UPDATE``."""
+        self.save_steps(run_id, (record,))
+
+    def save_steps(self, run_id: str, records: Sequence[StepRecord]) -> None:
+        """Insert or replace records of distinct positions in one multi-row upsert."""
         connection = self._connection()
         statements = _statements_for(connection)
-        values = (
-            run_id,
-            record.position,
-            record.kind,
-            record.name,
-            record.status.value,
-            record.result,
-            record.error.to_json() if record.error is not None else None,
-            record.attempts,
-            record.completed_at,
-            record.wake_at,
-            record.key,
-            record.started_at,
-            record.lease_until,
-            record.lease_owner,
-        )
-        params = _params(statements.step_preps, values)
-        sql = statements.upsert_step_head + statements.upsert_step_row + statements.upsert_step_tail
+        params: list[Any] = []
+        for record in records:
+            values = (
+                run_id,
+                record.position,
+                record.kind,
+                record.name,
+                record.status.value,
+                record.result,
+                record.error.to_json() if record.error is not None else None,
+                record.attempts,
+                record.completed_at,
+                record.wake_at,
+                record.key,
+                record.started_at,
+                record.lease_until,
+                record.lease_owner,
+            )
+            params += _params(statements.step_preps, values)
+        rows = ", ".join([statements.upsert_step_row] * len(records))
+        sql = statements.upsert_step_head + rows + statements.upsert_step_tail
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
 
