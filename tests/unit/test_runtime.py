@@ -451,3 +451,27 @@ def test_stubbed_call_steps_return_typed_responses() -> None:
     """A stubbed call step gives a typed CallResponse to the workflow."""
     with WorkflowEnvironment(stubs={"fx": {"approved_by": "stub"}}):
         assert calls_out.start(Order(order_id=19)).result() == "200 stub"
+
+
+class Opaque:
+    """Not JSON: no pydantic schema, no serialiser."""
+
+
+def untyped_opaque(x: int) -> Any:
+    return Opaque()
+
+
+@workflow
+def unit_opaque(ctx: Context, order: Order) -> Flow[str]:
+    try:
+        yield from ctx.run("opaque", untyped_opaque, 1)
+    except StepFailed as exc:
+        return f"{exc.attempts}: {exc.message}"
+    return "stored an object that is not JSON"
+
+
+def test_a_result_that_is_not_json_fails_the_step_at_once() -> None:
+    """A step result that cannot be serialised as JSON fails without retries, clearly."""
+    with WorkflowEnvironment():
+        message = unit_opaque.start(Order(order_id=20)).result()
+    assert message.startswith("1: the result of step 'opaque' cannot be serialised as JSON")
