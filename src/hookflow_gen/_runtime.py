@@ -359,6 +359,7 @@ class Runtime:
                     if run is None:
                         raise UnknownRunError(f"no run has id {run_id!r}")
                     if run.status.finished:
+                        replay = None  # nothing more to replay: let it go
                         return TickReport(run_id, run.status, steps_run, None)
                     if replay is None:
                         replay = self._replay_for(run)
@@ -379,6 +380,8 @@ class Runtime:
                         steps_run += 1
                         continue
                 if claimed is None:
+                    if run.status.finished:
+                        replay = None  # a finished run is not kept warm
                     return TickReport(run_id, run.status, steps_run, run.wake_at)
                 if self._dispatches(claimed):
                     # In flight: its answer arrives through complete_step. Look for

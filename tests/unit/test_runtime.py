@@ -475,3 +475,14 @@ def test_a_result_that_is_not_json_fails_the_step_at_once() -> None:
     with WorkflowEnvironment():
         message = unit_opaque.start(Order(order_id=20)).result()
     assert message.startswith("1: the result of step 'opaque' cannot be serialised as JSON")
+
+
+def test_finished_runs_are_not_kept_warm() -> None:
+    """A run's live generator is dropped when the run ends; waiting runs stay warm."""
+    with WorkflowEnvironment() as env:
+        done = unit_retrying.start(Order(order_id=21, amount_cents=0))
+        waiting = approval_flow.start(Order(order_id=22))
+        assert done.status is RunStatus.COMPLETED
+        warm = env.runtime._warm  # pyright: ignore[reportPrivateUsage]
+        assert done.run_id not in warm
+        assert waiting.run_id in warm

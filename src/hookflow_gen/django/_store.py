@@ -7,6 +7,7 @@ model instances, since these methods sit on the per-step hot path.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, router, transaction
@@ -19,7 +20,7 @@ from .._store import RunState, RunStatus
 if TYPE_CHECKING:
     import contextlib
     from collections.abc import Callable, Sequence
-    from datetime import datetime, timedelta
+    from datetime import timedelta
 
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.models import QuerySet
@@ -127,18 +128,43 @@ class _Prepared:
             queryset = self._build(connection.alias, *self._sentinels)
             compiler = queryset.query.get_compiler(using=connection.alias)
             sql, params = compiler.as_sql()
-            order = [self._sentinels.index(param) for param in params]
-            if len(order) != len(self._sentinels):
+            adapted = [_adapt(connection, sentinel) for sentinel in self._sentinels]
+            order = [adapted.index(param) for param in params]
+            if set(order) != set(range(len(self._sentinels))):
                 raise AssertionError(f"the ORM dropped a parameter of {sql!r}")
             converters = compiler.get_converters([column for column, _, _ in compiler.select])
             entry = self._cache[connection.alias] = (sql, order, compiler, converters)
         sql, order, compiler, converters = entry
         with connection.cursor() as cursor:
-            cursor.execute(sql, [values[i] for i in order])
+            cursor.execute(sql, [_adapt(connection, values[i]) for i in order])
             rows: list[Sequence[Any]] = cursor.fetchall()
         if converters:
             return list(compiler.apply_converters(rows, converters))
         return rows
+
+
+def _adapt(connection: BaseDatabaseWrapper, value: object) -> Any:
+    # What the ORM turns a datetime parameter into (a string on SQLite).
+    if isinstance(value, datetime):
+        return connection.ops.adapt_datetimefield_value(value)
+    return value
+
+
+def _due_query(using: str, status: object, now: object) -> QuerySet[Any, Any]:
+    from django.db import connections
+    from django.db.models import Q
+
+    from .models import Run
+
+    due = (
+        Run.objects.using(using)
+        .filter(status=status, wake_at__lte=now)
+        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+        .order_by("wake_at")
+    )
+    if connections[using].features.has_select_for_update_skip_locked:
+        due = due.select_for_update(skip_locked=True)
+    return due.values_list("run_id", "workflow")[:1]
 
 
 def _lock_run_query(using: str, run_id: object) -> QuerySet[Any, Any]:
@@ -164,6 +190,7 @@ def _steps_query(using: str, run_id: object, position: object) -> QuerySet[Any, 
     )
 
 
+_DUE = _Prepared(_due_query, "\x00status", datetime(2000, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
 _LOCK_RUN = _Prepared(_lock_run_query, "\x00run")
 _GET_RUN = _Prepared(_get_run_query, "\x00run")
 # An in-range sentinel: the ORM drops a bound no integer can fail.
@@ -193,6 +220,10 @@ class _Statements:
         assignments = ", ".join(f"{ops.quote_name(str(f.column))} = %s" for f in run_fields)
         claimed = ops.quote_name(str(_concrete(Run, "claimed_until").column))
         self.run_preps = [_prep_for(field, connection) for field in run_fields]
+        self.claim_run = (
+            f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {claimed} = %s "
+            f"WHERE {ops.quote_name(str(_concrete(Run, 'run_id').column))} = %s"
+        )
         self.update_run = (
             f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {assignments}, {claimed} = NULL "
             f"WHERE {ops.quote_name(str(_concrete(Run, 'run_id').column))} = %s"
@@ -451,24 +482,18 @@ class DjangoStore:
         ``wake_at`` itself is left alone: the tick reads it to decide the next
         wake-up, and moving it forward would make every long sleep wake early.
         """
-        from django.db.models import Q
-
-        from .models import Run
-
+        connection = self._connection()
         with transaction.atomic(using=self.db):
-            due = (
-                Run.objects.using(self.db)
-                .filter(status="running", wake_at__lte=now)
-                .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
-                .order_by("wake_at")
-            )
-            if self._connection().features.has_select_for_update_skip_locked:
-                due = due.select_for_update(skip_locked=True)
-            found = due.values_list("run_id", "workflow").first()
-            if found is None:
+            found = _DUE.rows(connection, RunStatus.RUNNING.value, now)
+            if not found:
                 return None
-            Run.objects.using(self.db).filter(pk=found[0]).update(claimed_until=now + lease)
-        return found
+            run_id, workflow = found[0]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _statements_for(connection).claim_run,
+                    [_adapt(connection, now + lease), run_id],
+                )
+        return run_id, workflow
 
     def next_wake(self) -> datetime | None:
         """When the earliest running run is next due, or None if none is timed."""
