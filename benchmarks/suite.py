@@ -629,12 +629,10 @@ def report(data: Json) -> tuple[str, list[tuple[str, str, str]]]:
     add("")
     d0 = mem["leak_default"]
     add(
-        f"With the default WARM_RUNS={d0['warm_runs']} the runtime holds {d0['live_generators_at_end']} "
-        "generators at the end although every run has completed: a run that finishes inside a tick "
-        "is put back into the warm cache by the tick's `finally` after `_finish` removed it, so up "
-        "to WARM_RUNS finished runs (generator + journal) stay alive until LRU eviction. Memory "
-        "therefore grows until the cache is full, then plateaus (bounded, not a leak; the second-half "
-        "slope tells)."
+        f"With the default WARM_RUNS={d0['warm_runs']} the runtime holds "
+        f"{d0['live_generators_at_end']} live generators at the end: it keeps waiting runs "
+        "warm (so their next wake-up skips the replay) and drops a run's generator when the "
+        "run finishes; at most WARM_RUNS are ever kept."
     )
     add("")
     verdicts.append(
