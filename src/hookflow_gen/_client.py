@@ -17,6 +17,7 @@ from ._store import RunState, RunStatus
 from ._workflow import Workflow, get_workflow
 from .exceptions import (
     ConfigurationError,
+    HookflowError,
     RunCancelled,
     RunNotFinished,
     UnknownRunError,
@@ -26,7 +27,7 @@ from .exceptions import (
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
-__all__ = ["RunHandle", "cancel", "current_runtime", "get_run", "notify", "use_runtime"]
+__all__ = ["RunHandle", "cancel", "current_runtime", "get_run", "notify", "start", "use_runtime"]
 
 R = TypeVar("R")
 
@@ -65,29 +66,20 @@ def use_runtime(runtime: Runtime) -> Generator[Runtime, None, None]:
         _runtime = previous
 
 
-def current_client() -> _Client:
-    """What ``Workflow.start`` calls."""
-    return _Client(current_runtime())
+def start(workflow: Workflow[Any, R], payload: object, *, run_id: str | None) -> RunHandle[R]:
+    """Start a run on the current runtime: what ``Workflow.start`` calls.
 
-
-class _Client:
-    __slots__ = ("_runtime",)
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-
-    def start(
-        self, workflow: Workflow[Any, R], payload: object, *, run_id: str | None
-    ) -> RunHandle[R]:
-        run, _ = self._runtime.start_run(workflow, payload, run_id=run_id)
-        if run.workflow != workflow.name:
-            from .exceptions import HookflowError
-
-            raise HookflowError(
-                f"run {run.run_id!r} exists already, for workflow {run.workflow!r}, "
-                f"not {workflow.name!r}"
-            )
-        return RunHandle(run.run_id, workflow, self._runtime)
+    Raises:
+        HookflowError: ``run_id`` names an existing run of another workflow.
+    """
+    runtime = current_runtime()
+    run, _ = runtime.start_run(workflow, payload, run_id=run_id)
+    if run.workflow != workflow.name:
+        raise HookflowError(
+            f"run {run.run_id!r} exists already, for workflow {run.workflow!r}, "
+            f"not {workflow.name!r}"
+        )
+    return RunHandle(run.run_id, workflow, runtime)
 
 
 class RunHandle(Generic[R]):

@@ -24,7 +24,7 @@ from ._steps import (
     RunStep,
     SleepStep,
     Step,
-    _as_timedelta,  # pyright: ignore[reportPrivateUsage]
+    as_timedelta,
     is_leaf,
 )
 from .exceptions import WorkflowDefinitionError
@@ -196,7 +196,7 @@ class Context:
 
     def sleep(self, name: str, duration: timedelta | float) -> SleepStep:
         """Sleep for ``duration`` (a timedelta or seconds), counted from when first reached."""
-        delay = _as_timedelta(duration)
+        delay = as_timedelta(duration)
         if delay < timedelta(0):
             raise WorkflowDefinitionError(f"sleep {name!r} got a negative duration {delay}")
         return SleepStep(_check_name(name), duration=delay)
@@ -259,7 +259,7 @@ class Context:
             method=method.upper(),
             body=body,
             headers=dict(headers or {}),
-            timeout=_as_timedelta(timeout) if timeout is not None else None,
+            timeout=as_timedelta(timeout) if timeout is not None else None,
             retry=retry,
             response_model=response_model,
             adapter=adapter_for(CallResponse[response_model]),
@@ -287,7 +287,7 @@ class Context:
         event_adapter = adapter_for(model)
         if timeout is None:
             return EventStep(_check_name(name), key, model, None, event_adapter, event_adapter)
-        limit = _as_timedelta(timeout)
+        limit = as_timedelta(timeout)
         return EventStep(
             _check_name(name), key, model, limit, adapter_for(model | None), event_adapter
         )
@@ -416,7 +416,7 @@ def step(
     """
     defaults = StepDefaults(
         retry=retry,
-        timeout=_as_timedelta(timeout) if timeout is not None else None,
+        timeout=as_timedelta(timeout) if timeout is not None else None,
         atomic=atomic,
     )
 

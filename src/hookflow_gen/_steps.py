@@ -237,7 +237,7 @@ class RunStep(Step[T_co]):
             args,
             kwargs,
             retry=retry if retry is not None else old_retry,
-            timeout=_as_timedelta(timeout) if timeout is not None else old_timeout,
+            timeout=as_timedelta(timeout) if timeout is not None else old_timeout,
             atomic=atomic if atomic is not None else old_atomic,
             adapter=adapter,
         )
@@ -276,7 +276,7 @@ class CallStep(Step[CallResponse[T]], Generic[T]):
         return dataclasses.replace(
             self,
             retry=retry if retry is not None else self.retry,
-            timeout=_as_timedelta(timeout) if timeout is not None else self.timeout,
+            timeout=as_timedelta(timeout) if timeout is not None else self.timeout,
         )
 
 
@@ -336,7 +336,7 @@ def is_step(value: object) -> TypeIs[Step[Any]]:
     return isinstance(value, Step)
 
 
-def _as_timedelta(value: timedelta | float) -> timedelta:
+def as_timedelta(value: timedelta | float) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):  # pyright: ignore[reportUnnecessaryIsInstance]  # untyped callers

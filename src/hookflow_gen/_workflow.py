@@ -94,9 +94,9 @@ class Workflow(Generic[M, R]):
         database transaction the run is handed to the scheduler only once
         the transaction commits.
         """
-        from ._client import current_client
+        from ._client import start
 
-        return current_client().start(self, payload, run_id=run_id)
+        return start(self, payload, run_id=run_id)
 
 
 def _adapters(fn: Callable[..., Any]) -> tuple[TypeAdapter[Any], TypeAdapter[Any]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
@@ -358,10 +358,3 @@ def replay(
     execution = Replay(workflow, text, info, records)
     decision = execution.advance()
     return ReplayResult(decision, execution.position)
-
-
-@contextlib.contextmanager
-def environment(**kwargs: Any) -> Generator[WorkflowEnvironment, None, None]:
-    """``with environment() as env:``, a shorthand for ``WorkflowEnvironment``."""
-    with WorkflowEnvironment(**kwargs) as env:
-        yield env
