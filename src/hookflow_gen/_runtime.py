@@ -33,7 +33,7 @@ import httpx
 import pydantic
 
 from ._clock import Clock, SystemClock
-from ._codec import decode, encode
+from ._codec import adapter_for, decode, encode
 from ._context import RunInfo
 from ._engine import Completed, Failed, Pending, Replay, Waiting
 from ._journal import ErrorInfo, StepRecord, StepStatus
@@ -52,6 +52,8 @@ from .exceptions import (
 __all__ = ["CallDispatcher", "Runtime", "StepInfo", "TickReport", "current_step"]
 
 log = logging.getLogger("hookflow_gen")
+
+_ANY = adapter_for(Any)
 
 _PENDING = StepStatus.PENDING
 
@@ -157,7 +159,7 @@ def http_call(step: CallStep[Any], timeout: timedelta | None) -> dict[str, Any]:
     if isinstance(body, (bytes, str)):
         content = body
     elif body is not None:
-        json_body = pydantic.TypeAdapter(Any).dump_python(body, mode="json")
+        json_body = _ANY.dump_python(body, mode="json")
     seconds = timeout.total_seconds() if timeout else 30.0
     response = httpx.request(
         step.method,
@@ -182,7 +184,7 @@ def call_response(
     body: Any = text
     if step.response_model is not str:
         try:
-            body = pydantic.TypeAdapter(Any).validate_json(text) if text else None
+            body = _ANY.validate_json(text) if text else None
         except pydantic.ValidationError as exc:
             raise NonRetryableError(f"call {step.name!r}: the answer is not JSON: {exc}") from exc
     lower = {name.lower(): value for name, value in headers.items()}
@@ -279,7 +281,7 @@ class Runtime:
         each waiting step's model first: if it does not fit, nothing changes
         and ``PayloadValidationError`` is raised.
         """
-        data = pydantic.TypeAdapter(Any).dump_json(payload).decode()
+        data = encode(_ANY, payload, what=f"the event for key {key!r}")
         delivered = 0
         with self.store.atomic():
             waiters = self.store.event_waiters(key)
@@ -288,10 +290,8 @@ class Runtime:
                 if run is None or run.status.finished:
                     continue
                 replay = self._replay_for(run)
-                try:
-                    waiting = replay.advance()
-                finally:
-                    self._keep_warm(run.run_id, replay)
+                waiting = replay.advance()
+                self._keep_warm(run.run_id, replay)
                 step = _pending_at(waiting, position)
                 if not isinstance(step, EventStep):
                     continue  # the journal moved on since the waiter list was read

@@ -486,3 +486,11 @@ def test_finished_runs_are_not_kept_warm() -> None:
         warm = env.runtime._warm  # pyright: ignore[reportPrivateUsage]
         assert done.run_id not in warm
         assert waiting.run_id in warm
+
+
+def test_an_event_that_is_not_json_is_refused() -> None:
+    """notify() with a payload that cannot be JSON raises PayloadValidationError, stores nothing."""
+    with WorkflowEnvironment() as env:
+        with pytest.raises(PayloadValidationError, match="event for key 'k' cannot be serialised"):
+            notify("k", Opaque())
+        assert env.store.events == {}

@@ -52,11 +52,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import pydantic
 from django.core import checks
 from qstash import QStash
 from qstash.http import RetryConfig
 
+from .._codec import adapter_for
 from ..exceptions import ConfigurationError
 from ._settings import HookflowSettings
 
@@ -441,7 +441,7 @@ class QStashScheduler:
         elif isinstance(body, bytes | str):
             self.client.message.publish(body=body, **options)
         else:
-            data = pydantic.TypeAdapter(Any).dump_python(body, mode="json")
+            data = adapter_for(Any).dump_python(body, mode="json")
             self.client.message.publish_json(body=data, **options)
 
     def repair(self, runtime: Runtime, run: RunState, delivered_seq: int, message_id: str) -> int:
