@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -216,3 +216,24 @@ def test_save_steps_writes_several_records_in_one_call(store: Store) -> None:
         (0, StepStatus.COMPLETED, '"done"'),
         (1, StepStatus.PENDING, None),
     ]
+
+
+@pytest.mark.django_db
+def test_datetime_parameters_match_what_the_orm_stores() -> None:
+    """The store's own datetime preparation gives exactly what the ORM would send."""
+    from django.db import connection
+
+    from hookflow_gen.django._store import (
+        _concrete,  # pyright: ignore[reportPrivateUsage]
+        _prep_for,  # pyright: ignore[reportPrivateUsage]
+    )
+    from hookflow_gen.django.models import Step
+
+    field = _concrete(Step, "completed_at")
+    prep = _prep_for(field, connection)
+    for value in (
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=timezone(timedelta(hours=-5))),
+    ):
+        expected = field.get_db_prep_save(value, connection)
+        assert (prep(value) if prep is not None else value) == expected

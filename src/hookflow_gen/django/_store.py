@@ -250,6 +250,15 @@ def _prep_for(
     """
     from django.db import models
 
+    if isinstance(field, models.DateTimeField) and connection.vendor == "sqlite":
+        zone = connection.timezone
+
+        def sqlite_datetime(value: datetime) -> str:
+            # What the SQLite backend stores: naive text in the connection's
+            # time zone (UTC by default), without its per-call checks.
+            return str(value.astimezone(zone).replace(tzinfo=None))
+
+        return sqlite_datetime
     if isinstance(field, (models.DateTimeField, models.JSONField)):
 
         def prep(value: Any) -> Any:
