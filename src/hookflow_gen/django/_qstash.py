@@ -535,16 +535,10 @@ checks.register(check_qstash)
 
 
 def qstash_dev_arguments(parser: CommandParser) -> None:
-    """The arguments of ``manage.py hookflow qstash-dev``."""
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any)")
-    parser.add_argument(
-        "--time-scale",
-        type=float,
-        default=1.0,
-        help="multiply every QStash delay and back-off by this factor (default 1)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="do not log delivery attempts")
+    """The arguments of ``manage.py hookflow qstash-dev``: those of ``hookflow-qstash-dev``."""
+    from ..testing._qstash_cli import add_arguments
+
+    add_arguments(parser)
 
 
 def qstash_dev(command: Any, options: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
 
-__all__ = ["export_lines", "main"]
+__all__ = ["add_arguments", "export_lines", "main"]
 
 
 def export_lines(server: QStashServer) -> list[str]:
@@ -47,6 +47,19 @@ def _log_attempt(attempt: DeliveryAttempt) -> None:
     )
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's options, shared with ``manage.py hookflow qstash-dev``."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any)")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply every QStash delay and back-off by this factor (default 1)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not log delivery attempts")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until Ctrl-C (or SIGTERM), printing the environment to use first.
 
@@ -60,15 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="hookflow-qstash-dev",
         description="Run a QStash-compatible server in memory, for local development.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any)")
-    parser.add_argument(
-        "--time-scale",
-        type=float,
-        default=1.0,
-        help="multiply every QStash delay and back-off by this factor (default 1)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="do not log delivery attempts")
+    add_arguments(parser)
     arguments = parser.parse_args(argv)
     stop = threading.Event()
 
