@@ -575,13 +575,7 @@ class Runtime:
     ) -> _Outcome:
         """Run the claimed step's function (or HTTP call); never raises for its errors."""
         step = claim.pending.step
-        info = StepInfo(
-            run_id=run.run_id,
-            workflow_name=run.workflow,
-            step_name=step.name,
-            position=claim.pending.position,
-            attempt=claim.record.attempts,
-        )
+        info = _step_info(run, claim)
         token = _current_step.set(info)
         try:
             if savepoint:
@@ -631,13 +625,7 @@ class Runtime:
         assert self.call_dispatcher is not None and claim.record_owner is not None
         step = claim.pending.step
         assert isinstance(step, CallStep)
-        info = StepInfo(
-            run_id=run.run_id,
-            workflow_name=run.workflow,
-            step_name=step.name,
-            position=claim.pending.position,
-            attempt=claim.record.attempts,
-        )
+        info = _step_info(run, claim)
         try:
             self.call_dispatcher.dispatch_call(info, claim.record_owner, step)
         except Exception as exc:
@@ -905,6 +893,16 @@ class _Claim:
     #: The workflow waits on this step alone (not a gather's branch), so
     #: while the lease holds nobody else can change the run's journal.
     alone: bool = False
+
+
+def _step_info(run: RunState, claim: _Claim) -> StepInfo:
+    return StepInfo(
+        run_id=run.run_id,
+        workflow_name=run.workflow,
+        step_name=claim.pending.step.name,
+        position=claim.pending.position,
+        attempt=claim.record.attempts,
+    )
 
 
 def _is_atomic(claim: _Claim | Pending) -> bool:
