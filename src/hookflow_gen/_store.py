@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._journal import ErrorInfo, StepRecord, StepStatus
 
@@ -131,13 +131,15 @@ class MemoryStore:
     """A ``Store`` in process memory: fast, not durable. For tests.
 
     One re-entrant lock stands for all transactions, so ``lock_run`` is
-    trivially exclusive. Rollback restores the state before the outermost
-    ``atomic`` block.
+    trivially exclusive. Every change inside ``atomic`` is logged with how
+    to undo it, so a block that raises rolls back just its own changes (a
+    savepoint, when nested), in time proportional to what it changed.
     """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._depth = 0
+        self._undo: list[Callable[[], object]] = []
         self.runs: dict[str, RunState] = {}
         self.journals: dict[str, dict[int, StepRecord]] = {}
         self.events: dict[str, list[str]] = {}
@@ -146,30 +148,32 @@ class MemoryStore:
     @contextlib.contextmanager
     def atomic(self) -> Generator[None, None, None]:
         with self._lock:
-            snapshot = self._snapshot() if self._depth == 0 else None
+            undo_mark, hooks_mark = len(self._undo), len(self._commit_hooks)
             self._depth += 1
             try:
                 yield
             except BaseException:
                 self._depth -= 1
-                if snapshot is not None:
-                    self.runs, self.journals, self.events = snapshot
-                    self._commit_hooks.clear()
+                while len(self._undo) > undo_mark:
+                    self._undo.pop()()
+                del self._commit_hooks[hooks_mark:]
                 raise
             self._depth -= 1
             if self._depth == 0:
+                self._undo.clear()
                 hooks, self._commit_hooks = self._commit_hooks, []
                 for hook in hooks:
                     hook()
 
-    def _snapshot(
-        self,
-    ) -> tuple[dict[str, RunState], dict[str, dict[int, StepRecord]], dict[str, list[str]]]:
-        return (
-            dict(self.runs),
-            {run_id: dict(journal) for run_id, journal in self.journals.items()},
-            {key: list(queue) for key, queue in self.events.items()},
-        )
+    def _put(self, mapping: dict[Any, Any], key: object, value: object) -> None:
+        """``mapping[key] = value``, undoable."""
+        if self._depth:
+            if key in mapping:
+                old = mapping[key]
+                self._undo.append(lambda: mapping.__setitem__(key, old))
+            else:
+                self._undo.append(lambda: mapping.pop(key, None))
+        mapping[key] = value
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         if self._depth == 0:
@@ -181,8 +185,8 @@ class MemoryStore:
         existing = self.runs.get(run.run_id)
         if existing is not None:
             return existing, False
-        self.runs[run.run_id] = run
-        self.journals[run.run_id] = {}
+        self._put(self.runs, run.run_id, run)
+        self._put(self.journals, run.run_id, {})
         return run, True
 
     def get_run(self, run_id: str) -> RunState | None:
@@ -192,25 +196,37 @@ class MemoryStore:
         return self.runs.get(run_id)
 
     def save_run(self, run: RunState) -> None:
-        self.runs[run.run_id] = run
+        self._put(self.runs, run.run_id, run)
 
     def steps(self, run_id: str, from_position: int = 0) -> list[StepRecord]:
         journal = self.journals.get(run_id, {})
         return [journal[p] for p in sorted(journal) if p >= from_position]
 
     def save_step(self, run_id: str, record: StepRecord) -> None:
-        self.journals.setdefault(run_id, {})[record.position] = record
+        if run_id not in self.journals:
+            self._put(self.journals, run_id, {})
+        self._put(self.journals[run_id], record.position, record)
 
     def save_steps(self, run_id: str, records: Sequence[StepRecord]) -> None:
         for record in records:
             self.save_step(run_id, record)
 
     def add_event(self, key: str, payload: str) -> None:
-        self.events.setdefault(key, []).append(payload)
+        if key not in self.events:
+            self._put(self.events, key, [])
+        queue = self.events[key]
+        queue.append(payload)
+        if self._depth:
+            self._undo.append(queue.pop)
 
     def take_event(self, key: str) -> str | None:
         queue = self.events.get(key)
-        return queue.pop(0) if queue else None
+        if not queue:
+            return None
+        payload = queue.pop(0)
+        if self._depth:
+            self._undo.append(lambda: queue.insert(0, payload))
+        return payload
 
     def event_waiters(self, key: str) -> list[tuple[str, int]]:
         waiters = [

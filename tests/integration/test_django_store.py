@@ -237,3 +237,23 @@ def test_datetime_parameters_match_what_the_orm_stores() -> None:
     ):
         expected = field.get_db_prep_save(value, connection)
         assert (prep(value) if prep is not None else value) == expected
+
+
+def test_a_failing_nested_block_rolls_back_only_its_own_writes(store: Store) -> None:
+    """A nested atomic() that raises undoes its writes (a savepoint); the outer block's stay."""
+    with store.atomic():
+        store.create_run(_run())
+        store.save_step("r1", StepRecord(0, "run", "a", result="1"))
+
+        def failing_block() -> None:
+            with store.atomic():
+                store.save_step("r1", StepRecord(0, "run", "a", result="2"))
+                store.save_step("r1", StepRecord(1, "run", "b", result="3"))
+                store.add_event("k", "{}")
+                raise RuntimeError("roll back the inner block")
+
+        with pytest.raises(RuntimeError):
+            failing_block()
+        assert [(r.position, r.result) for r in store.steps("r1")] == [(0, "1")]
+        assert store.take_event("k") is None
+    assert store.get_run("r1") is not None
