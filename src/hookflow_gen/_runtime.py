@@ -49,7 +49,14 @@ from .exceptions import (
     UnknownRunError,
 )
 
-__all__ = ["CallDispatcher", "Runtime", "StepInfo", "TickReport", "current_step"]
+__all__ = [
+    "CallDispatcher",
+    "Runtime",
+    "StepInfo",
+    "TickReport",
+    "current_step",
+    "waiting_children",
+]
 
 log = logging.getLogger("hookflow_gen")
 
@@ -324,11 +331,7 @@ class Runtime:
             if run.status.finished:
                 return run
             run = self._finish(run, RunStatus.CANCELLED, error=None)
-            children = [
-                record.key
-                for record in self.store.steps(run_id)
-                if record.kind == "invoke" and record.status is _PENDING and record.key
-            ]
+            children = waiting_children(self.store, run_id)
         replay = self._warm.pop(run_id, None)
         if replay is not None:
             replay.close()
@@ -893,6 +896,15 @@ class _Claim:
     #: The workflow waits on this step alone (not a gather's branch), so
     #: while the lease holds nobody else can change the run's journal.
     alone: bool = False
+
+
+def waiting_children(store: Store, run_id: str) -> list[str]:
+    """The ids of the child runs that the run's pending ``invoke`` steps wait for."""
+    return [
+        record.key
+        for record in store.steps(run_id)
+        if record.kind == "invoke" and record.status is _PENDING and record.key
+    ]
 
 
 def _step_info(run: RunState, claim: _Claim) -> StepInfo:

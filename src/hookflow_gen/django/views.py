@@ -44,7 +44,8 @@ from qstash import Receiver
 from qstash.errors import QStashError, SignatureError
 
 from .._client import current_runtime
-from .._runtime import call_response
+from .._journal import StepStatus
+from .._runtime import call_response, waiting_children
 from .._store import RunState
 from ..exceptions import ConfigurationError, UnknownRunError, UnknownWorkflowError
 from ._qstash import QStashConfig, QStashScheduler
@@ -267,11 +268,7 @@ def _relatives(runtime: Runtime, run: RunState) -> list[RunState]:
     if run.parent_run_id is not None:
         ids.append(run.parent_run_id)
     if not run.status.finished:
-        ids.extend(
-            record.key
-            for record in store.steps(run.run_id)
-            if record.kind == "invoke" and record.status.value == "pending" and record.key
-        )
+        ids.extend(waiting_children(store, run.run_id))
     found = [store.get_run(other) for other in ids]
     return [other for other in found if other is not None and not other.status.finished]
 
@@ -282,7 +279,7 @@ def _lease_lapses(runtime: Runtime, run: RunState) -> int | None:
     leases = [
         record.lease_until
         for record in runtime.store.steps(run.run_id)
-        if record.status.value == "pending"
+        if record.status is StepStatus.PENDING
         and record.lease_until is not None
         and record.lease_until > now
     ]
