@@ -114,7 +114,7 @@ def test_retry_after_non_retryable_and_bad_results() -> None:
         "done",
         "0:07:00",
         "refuse:1:hookflow_gen.exceptions.NonRetryableError",
-        "typed:1:hookflow_gen._runtime._Fatal",
+        "typed:1:hookflow_gen._runtime._execute.Fatal",
     ]
 
 

@@ -29,7 +29,8 @@ from .._codec import encode
 from .._context import RunInfo
 from .._engine import Completed, Decision, Failed, Replay, Waiting
 from .._journal import ErrorInfo, StepRecord, StepStatus
-from .._runtime import Runtime
+from .._runtime import Runtime, http_call
+from .._runtime._execute import StepExecutor
 from .._scheduler import InlineScheduler
 from .._steps import CallStep, LeafStep, RetryPolicy, RunStep, SleepStep, Step
 from .._store import MemoryStore
@@ -210,14 +211,14 @@ def _is_gather(step: Step[Any]) -> bool:
 Stub = Callable[..., Any] | object
 
 
-class _TestRuntime(Runtime):
-    """The real runtime with some steps stubbed out by name."""
+class _StubExecutor(StepExecutor):
+    """The real step executor, with some steps stubbed out by name."""
 
-    def __init__(self, stubs: dict[str, Stub], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, stubs: dict[str, Stub]) -> None:
+        super().__init__(http_call)
         self.stubs = stubs
 
-    def _call(self, step: LeafStep) -> Any:
+    def _call(self, step: LeafStep, *, timeout: float | None) -> Any:
         if step.name in self.stubs:
             stub = self.stubs[step.name]
             if isinstance(stub, BaseException):
@@ -229,7 +230,16 @@ class _TestRuntime(Runtime):
             if isinstance(step, CallStep):
                 return {"status": 200, "headers": {}, "body": stub}
             return stub
-        return super()._call(step)
+        return super()._call(step, timeout=timeout)
+
+
+class _TestRuntime(Runtime):
+    """The real runtime with some steps stubbed out by name."""
+
+    def __init__(self, stubs: dict[str, Stub], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stubs = stubs
+        self.executor = _StubExecutor(stubs)
 
 
 class WorkflowEnvironment:

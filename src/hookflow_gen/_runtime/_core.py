@@ -16,114 +16,48 @@ lapses and it is claimed again (at most one extra run of a non-atomic step).
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
-import contextvars
 import dataclasses
-import inspect
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import httpx
-import pydantic
-
-from ._clock import Clock, SystemClock
-from ._codec import adapter_for, decode, encode
-from ._context import RunInfo
-from ._engine import Completed, Failed, Pending, Replay, Waiting
-from ._journal import ErrorInfo, StepRecord, StepStatus
-from ._scheduler import Scheduler
-from ._steps import CallStep, EventStep, InvokeStep, LeafStep, RetryPolicy, RunStep, SleepStep
-from ._store import RunState, RunStatus, Store
-from ._workflow import Workflow, get_workflow
-from .exceptions import (
+from .._clock import Clock, SystemClock
+from .._codec import adapter_for, decode, encode
+from .._context import RunInfo
+from .._engine import Completed, Failed, Pending, Replay, Waiting
+from .._journal import ErrorInfo, StepRecord, StepStatus
+from .._scheduler import Scheduler
+from .._steps import CallStep, EventStep, InvokeStep, RetryPolicy, RunStep, SleepStep
+from .._store import RunState, RunStatus, Store
+from .._workflow import Workflow, get_workflow
+from ..exceptions import (
     NonDeterminismError,
-    NonRetryableError,
     PayloadValidationError,
     RetryAfter,
     UnknownRunError,
 )
+from ._execute import (
+    CallDispatcher,
+    CallExecutor,
+    Fatal,
+    Outcome,
+    StepExecutor,
+    StepInfo,
+    StillRunning,
+    http_call,
+)
 
-__all__ = [
-    "CallDispatcher",
-    "Runtime",
-    "StepInfo",
-    "TickReport",
-    "current_step",
-    "waiting_children",
-]
+__all__ = ["Runtime", "TickReport", "waiting_children"]
 
 log = logging.getLogger("hookflow_gen")
 
 _ANY = adapter_for(Any)
 
 _PENDING = StepStatus.PENDING
-
-
-@dataclass(frozen=True, slots=True)
-class StepInfo:
-    """About the step being run, for step functions: ``current_step()``.
-
-    Attributes:
-        run_id: the run.
-        workflow_name: its workflow.
-        step_name: the step.
-        position: the step's journal position.
-        attempt: 1 on the first try, 2 on the first retry, ...
-        idempotency_key: stable across retries and redeliveries of this step;
-            pass it to APIs that deduplicate (payment providers, ...).
-    """
-
-    run_id: str
-    workflow_name: str
-    step_name: str
-    position: int
-    attempt: int
-
-    @property
-    def idempotency_key(self) -> str:
-        """``"<run id>:<position>"``: the same on every attempt of this step."""
-        return f"{self.run_id}:{self.position}"
-
-
-_current_step: contextvars.ContextVar[StepInfo] = contextvars.ContextVar("hookflow_step")
-
-
-def current_step() -> StepInfo:
-    """The step being run; only inside a step function.
-
-    Raises:
-        LookupError: called outside a step function.
-    """
-    try:
-        return _current_step.get()
-    except LookupError:
-        raise LookupError("current_step() is only available inside a step function") from None
-
-
-class _HTTPStatusError(Exception):
-    """A ``call`` step got a non-2xx answer."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:500]}")
-        self.status = status
-
-
-class _Fatal(NonRetryableError):
-    """A failure no retry can fix (e.g. a result that does not fit its type)."""
-
-
-@dataclass(slots=True)
-class _Outcome:
-    pending: Pending
-    owner: str | None
-    value: str | None = None  # result JSON on success
-    exc: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,68 +68,6 @@ class TickReport:
     status: RunStatus
     steps_run: int
     wake_at: datetime | None
-
-
-CallExecutor = Callable[[CallStep[Any], timedelta | None], dict[str, Any]]
-
-
-@runtime_checkable
-class CallDispatcher(Protocol):
-    """Hands ``call`` steps' requests to someone else (QStash), so no worker waits.
-
-    A scheduler that has these members is used as the runtime's dispatcher:
-    a claimed ``call`` step is passed to ``dispatch_call`` and stays pending
-    under its lease until the answer comes back through
-    ``Runtime.complete_step`` with the same ``owner``.
-    """
-
-    #: How long a dispatched call may stay in flight (the request, its
-    #: retries and the delivery of its answer) before it may be claimed again.
-    call_lease: timedelta
-
-    def dispatch_call(self, info: StepInfo, owner: str, step: CallStep[Any]) -> None:
-        """Send the request; raise if it could not be handed over."""
-        ...
-
-
-def http_call(step: CallStep[Any], timeout: timedelta | None) -> dict[str, Any]:
-    """Make a ``call`` step's request with httpx; the response as a plain dict."""
-    body = step.body
-    content: bytes | str | None = None
-    json_body: Any = None
-    if isinstance(body, (bytes, str)):
-        content = body
-    elif body is not None:
-        json_body = _ANY.dump_python(body, mode="json")
-    seconds = timeout.total_seconds() if timeout else 30.0
-    response = httpx.request(
-        step.method,
-        step.url,
-        headers=dict(step.headers),
-        content=content,
-        json=json_body,
-        timeout=seconds,
-    )
-    return call_response(step, response.status_code, dict(response.headers), response.text)
-
-
-def call_response(
-    step: CallStep[Any], status: int, headers: dict[str, str], text: str
-) -> dict[str, Any]:
-    """Turn an HTTP answer into a ``CallResponse`` dict, or raise for a non-2xx one."""
-    if not 200 <= status < 300:
-        error = _HTTPStatusError(status, text)
-        if status == 429 or status >= 500:
-            raise error
-        raise NonRetryableError(str(error)) from error
-    body: Any = text
-    if step.response_model is not str:
-        try:
-            body = _ANY.validate_json(text) if text else None
-        except pydantic.ValidationError as exc:
-            raise NonRetryableError(f"call {step.name!r}: the answer is not JSON: {exc}") from exc
-    lower = {name.lower(): value for name, value in headers.items()}
-    return {"status": status, "headers": lower, "body": body}
 
 
 class Runtime:
@@ -214,6 +86,8 @@ class Runtime:
         call_executor: makes ``call`` steps' HTTP requests.
         call_dispatcher: hands ``call`` steps to another process instead;
             by default the scheduler, if it is a ``CallDispatcher``.
+        thread_exit: called at the end of each thread a step runs on (one
+            with a timeout); the Django app closes its database connections.
     """
 
     def __init__(
@@ -228,6 +102,7 @@ class Runtime:
         warm_runs: int = 256,
         call_executor: CallExecutor = http_call,
         call_dispatcher: CallDispatcher | None = None,
+        thread_exit: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -241,7 +116,7 @@ class Runtime:
         self.call_dispatcher = call_dispatcher
         self._warm: collections.OrderedDict[str, Replay] = collections.OrderedDict()
         self._warm_max = warm_runs
-        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self.executor = StepExecutor(call_executor, thread_exit=thread_exit)
         bind = getattr(scheduler, "bind", None)
         if callable(bind):
             bind(self)
@@ -349,7 +224,7 @@ class Runtime:
         """
         deadline = self.clock.monotonic() + self.budget.total_seconds()
         replay: Replay | None = None
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         # Until when this tick may trust its own view of the journal without
         # reading it again: it held the lease on the only step the workflow
         # waited on (a margin of a tenth of the lease covers clock skew).
@@ -378,7 +253,7 @@ class Runtime:
                         # Exactly once: the function's writes and its checkpoint
                         # commit together, under the run's lock.
                         replay.settle(claimed.record)
-                        done = self._execute(run, claimed, owner=None, savepoint=True)
+                        done = self._execute(run, claimed, atomic=True)
                         self._checkpoint(run, replay, done, writes)
                         steps_run += 1
                         continue
@@ -391,7 +266,7 @@ class Runtime:
                     # other ready steps (a gather's other branches) meanwhile.
                     outcome = self._dispatch(run, claimed)
                     continue
-                outcome = self._execute(run, claimed, owner=claimed.record_owner)
+                outcome = self._execute(run, claimed)
                 if claimed.alone and claimed.lease_until is not None:
                     trusted_until = claimed.lease_until - self.lease / 10
                 steps_run += 1
@@ -573,48 +448,19 @@ class Runtime:
             return timeout * 2
         return self.lease
 
-    def _execute(
-        self, run: RunState, claim: _Claim, *, owner: str | None, savepoint: bool = False
-    ) -> _Outcome:
-        """Run the claimed step's function (or HTTP call); never raises for its errors."""
-        step = claim.pending.step
+    def _execute(self, run: RunState, claim: _Claim, *, atomic: bool = False) -> Outcome:
+        """Run one attempt of the claimed step; never raises for the step's own errors."""
         info = _step_info(run, claim)
-        token = _current_step.set(info)
+        owner = claim.record_owner
         try:
-            if savepoint:
-                with self.store.atomic():
-                    value = self._call(step)
-            else:
-                value = self._call(step)
-            result = encode(step.adapter, value, what=f"the result of step {step.name!r}")
-        except PayloadValidationError as exc:
-            return _Outcome(claim.pending, owner, exc=_Fatal(str(exc)))
-        except Exception as exc:
-            return _Outcome(claim.pending, owner, exc=exc)
-        finally:
-            _current_step.reset(token)
-        return _Outcome(claim.pending, owner, value=result)
-
-    def _call(self, step: LeafStep) -> Any:
-        if isinstance(step, CallStep):
-            return self.call_executor(step, step.timeout)
-        assert isinstance(step, RunStep)
-        fn: Callable[..., Any] = step.fn
-        timeout = step.timeout.total_seconds() if step.timeout is not None else None
-        if inspect.iscoroutinefunction(fn):
-            return _run_coroutine(fn(*step.args, **step.kwargs), timeout)
-        if timeout is None:
-            return fn(*step.args, **step.kwargs)
-        if self._threads is None:
-            self._threads = concurrent.futures.ThreadPoolExecutor(
-                thread_name_prefix="hookflow-step"
+            value = self.executor.attempt(
+                claim.pending.step, info, self.store.atomic if atomic else None
             )
-        context = contextvars.copy_context()
-        future = self._threads.submit(context.run, fn, *step.args, **step.kwargs)
-        try:
-            return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"step {step.name!r} took longer than {timeout:g}s") from None
+        except StillRunning:
+            raise
+        except Exception as exc:
+            return Outcome(claim.pending, owner, exc=exc)
+        return Outcome(claim.pending, owner, value=value)
 
     def _dispatches(self, claim: _Claim) -> bool:
         return (
@@ -623,7 +469,7 @@ class Runtime:
             and isinstance(claim.pending.step, CallStep)
         )
 
-    def _dispatch(self, run: RunState, claim: _Claim) -> _Outcome | None:
+    def _dispatch(self, run: RunState, claim: _Claim) -> Outcome | None:
         """Hand a claimed call to the dispatcher: None once in flight, else its failure."""
         assert self.call_dispatcher is not None and claim.record_owner is not None
         step = claim.pending.step
@@ -636,7 +482,7 @@ class Runtime:
             # schedules another try, where an exception here would leave the
             # step leased with no request out and nothing to wake the run.
             log.warning("run %s: could not dispatch call %r: %s", run.run_id, step.name, exc)
-            return _Outcome(claim.pending, claim.record_owner, exc=exc)
+            return Outcome(claim.pending, claim.record_owner, exc=exc)
         return None
 
     def complete_step(
@@ -690,11 +536,11 @@ class Runtime:
                 try:
                     value = answer(step)
                     result = encode(step.adapter, value, what=f"the result of step {step.name!r}")
-                    outcome = _Outcome(pending, owner, value=result)
+                    outcome = Outcome(pending, owner, value=result)
                 except PayloadValidationError as exc:
-                    outcome = _Outcome(pending, owner, exc=_Fatal(str(exc)))
+                    outcome = Outcome(pending, owner, exc=Fatal(str(exc)))
                 except Exception as exc:
-                    outcome = _Outcome(pending, owner, exc=exc)
+                    outcome = Outcome(pending, owner, exc=exc)
                 accepted = self._checkpoint(run, replay, outcome)
             if decision is not None:
                 self._keep_warm(run_id, replay)
@@ -704,7 +550,7 @@ class Runtime:
         return accepted
 
     def _checkpoint(
-        self, run: RunState, replay: Replay, outcome: _Outcome, writes: _Writes | None = None
+        self, run: RunState, replay: Replay, outcome: Outcome, writes: _Writes | None = None
     ) -> bool:
         """Record a step's outcome, if this worker still holds the step; whether it did."""
         position = outcome.pending.position
@@ -849,13 +695,10 @@ class Runtime:
             log.exception("run %s: the on_failure handler raised", run.run_id)
 
     def close(self) -> None:
-        """Close warm generators and the step thread pool."""
+        """Close warm generators."""
         while self._warm:
             _, replay = self._warm.popitem()
             replay.close()
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
-            self._threads = None
 
 
 class _Writes:
@@ -928,16 +771,3 @@ def _pending_at(decision: Any, position: int) -> Any:
             if pending.position == position:
                 return pending.step
     return None
-
-
-def _run_coroutine(coro: Any, timeout: float | None) -> Any:
-    async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(bounded())
-    # Called from inside an event loop (an async view): run it on a thread of its own.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, bounded()).result()
