@@ -36,7 +36,9 @@ from ._store import RunStatus as RunStatus
 from ._workflow import Workflow as Workflow
 from ._workflow import get_workflow as get_workflow
 from ._workflow import workflow as workflow
+from .exceptions import Cancelled as Cancelled
 from .exceptions import HookflowError as HookflowError
+from .exceptions import InvalidIdError as InvalidIdError
 from .exceptions import NonDeterminismError as NonDeterminismError
 from .exceptions import NonRetryableError as NonRetryableError
 from .exceptions import PayloadValidationError as PayloadValidationError
@@ -49,12 +51,14 @@ from .exceptions import WorkflowFailed as WorkflowFailed
 __all__ = [
     "CallResponse",
     "CallStep",
+    "Cancelled",
     "Context",
     "ErrorInfo",
     "EventStep",
     "Flow",
     "GatherStep",
     "HookflowError",
+    "InvalidIdError",
     "InvokeStep",
     "NonDeterminismError",
     "NonRetryableError",

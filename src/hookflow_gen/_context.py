@@ -32,12 +32,13 @@ from .exceptions import WorkflowDefinitionError
 if TYPE_CHECKING:
     from ._workflow import Workflow
 
-__all__ = ["Context", "RunInfo"]
+__all__ = ["Context", "RunInfo", "StepTracker"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 M = TypeVar("M")
 R = TypeVar("R")
+S = TypeVar("S", bound="Step[Any]")
 T1 = TypeVar("T1")
 T2 = TypeVar("T2")
 T3 = TypeVar("T3")
@@ -61,6 +62,21 @@ class RunInfo:
     workflow_name: str
     started_at: datetime
     parent_run_id: str | None = None
+
+
+class StepTracker:
+    """What the engine driving a context watches: which steps were built, and when.
+
+    ``live`` is true while the workflow's body runs (steps are built there,
+    never inside a step function); ``built`` holds the steps built and not
+    yet yielded, so a forgotten ``yield from`` is reported, not skipped.
+    """
+
+    __slots__ = ("built", "live")
+
+    def __init__(self) -> None:
+        self.live = False
+        self.built: list[Step[Any]] = []
 
 
 def _check_name(name: object) -> str:
@@ -89,7 +105,7 @@ class Context:
     values when the run is replayed.
     """
 
-    __slots__ = ("_clock", "_info", "_random", "_replaying")
+    __slots__ = ("_clock", "_info", "_random", "_replaying", "_tracker")
 
     def __init__(
         self,
@@ -97,11 +113,25 @@ class Context:
         *,
         clock: Callable[[], datetime] | None = None,
         replaying: Callable[[], bool] | None = None,
+        tracker: StepTracker | None = None,
     ) -> None:
         self._info = info
+        self._tracker = tracker
         self._clock = clock or (lambda: info.started_at)
         self._replaying = replaying or (lambda: False)
         self._random = random.Random(info.run_id)
+
+    def _track(self, step: S) -> S:
+        tracker = self._tracker
+        if tracker is not None:
+            if not tracker.live:
+                raise WorkflowDefinitionError(
+                    f"{step.describe()} was built outside the workflow's body (inside a step "
+                    "function, or after the run ended); steps are built and yielded by the "
+                    "workflow generator itself"
+                )
+            tracker.built.append(step)
+        return step
 
     # -- facts ---------------------------------------------------------------
 
@@ -183,15 +213,17 @@ class Context:
             spec = _step_spec(fn, name)
         if not name or name.__class__ is not str:
             _check_name(name)
-        return RunStep(
-            name,
-            fn,
-            args,
-            kwargs,
-            retry=spec.retry,
-            timeout=spec.timeout,
-            atomic=spec.atomic,
-            adapter=spec.adapter,
+        return self._track(
+            RunStep(
+                name,
+                fn,
+                args,
+                kwargs,
+                retry=spec.retry,
+                timeout=spec.timeout,
+                atomic=spec.atomic,
+                adapter=spec.adapter,
+            )
         )
 
     def sleep(self, name: str, duration: timedelta | float) -> SleepStep:
@@ -199,11 +231,11 @@ class Context:
         delay = as_timedelta(duration)
         if delay < timedelta(0):
             raise WorkflowDefinitionError(f"sleep {name!r} got a negative duration {delay}")
-        return SleepStep(_check_name(name), duration=delay)
+        return self._track(SleepStep(_check_name(name), duration=delay))
 
     def sleep_until(self, name: str, when: datetime) -> SleepStep:
         """Sleep until the aware datetime ``when`` (a naive one is an error)."""
-        return SleepStep(_check_name(name), until=_check_aware(when, "sleep_until"))
+        return self._track(SleepStep(_check_name(name), until=_check_aware(when, "sleep_until")))
 
     @overload
     def call(
@@ -253,16 +285,18 @@ class Context:
         """
         if not url.startswith(("http://", "https://")):
             raise WorkflowDefinitionError(f"call {name!r} needs an http(s) URL, got {url!r}")
-        return CallStep(
-            _check_name(name),
-            url,
-            method=method.upper(),
-            body=body,
-            headers=dict(headers or {}),
-            timeout=as_timedelta(timeout) if timeout is not None else None,
-            retry=retry,
-            response_model=response_model,
-            adapter=adapter_for(CallResponse[response_model]),
+        return self._track(
+            CallStep(
+                _check_name(name),
+                url,
+                method=method.upper(),
+                body=body,
+                headers=dict(headers or {}),
+                timeout=as_timedelta(timeout) if timeout is not None else None,
+                retry=retry,
+                response_model=response_model,
+                adapter=adapter_for(CallResponse[response_model]),
+            )
         )
 
     @overload
@@ -286,10 +320,14 @@ class Context:
             raise WorkflowDefinitionError(f"wait_for_event {name!r} needs a non-empty string key")
         event_adapter = adapter_for(model)
         if timeout is None:
-            return EventStep(_check_name(name), key, model, None, event_adapter, event_adapter)
+            return self._track(
+                EventStep(_check_name(name), key, model, None, event_adapter, event_adapter)
+            )
         limit = as_timedelta(timeout)
-        return EventStep(
-            _check_name(name), key, model, limit, adapter_for(model | None), event_adapter
+        return self._track(
+            EventStep(
+                _check_name(name), key, model, limit, adapter_for(model | None), event_adapter
+            )
         )
 
     def invoke(
@@ -305,8 +343,10 @@ class Context:
 
         if not isinstance(workflow, Workflow):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise WorkflowDefinitionError(f"invoke {name!r} needs a @workflow, got {workflow!r}")
-        return InvokeStep(
-            _check_name(name), workflow, payload, run_id, adapter=workflow.result_adapter
+        return self._track(
+            InvokeStep(
+                _check_name(name), workflow, payload, run_id, adapter=workflow.result_adapter
+            )
         )
 
     @overload
@@ -364,7 +404,7 @@ class Context:
                 )
             seen[step.name] = None
             branches.append(step)
-        return GatherStep(f"gather({', '.join(seen)})", tuple(branches))
+        return self._track(GatherStep(f"gather({', '.join(seen)})", tuple(branches)))
 
 
 @dataclass(frozen=True, slots=True)

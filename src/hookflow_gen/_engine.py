@@ -19,11 +19,12 @@ from typing import Any, TypeAlias, cast
 import pydantic
 
 from ._codec import decode, encode
-from ._context import Context, RunInfo
+from ._context import Context, RunInfo, StepTracker
 from ._journal import ErrorInfo, StepRecord, StepStatus
 from ._steps import GatherStep, LeafStep, Step, is_step
 from ._workflow import Workflow
 from .exceptions import (
+    Cancelled,
     NonDeterminismError,
     PayloadValidationError,
     StepFailed,
@@ -91,9 +92,12 @@ class Replay:
         "_now",
         "_records",
         "_replay_until",
+        "_request_at",
         "_send",
         "_throw",
+        "_tracker",
         "context",
+        "failed_at",
         "position",
         "workflow",
     )
@@ -119,7 +123,14 @@ class Replay:
         self._replay_until = max(settled, default=-1) + 1
         self._now = info.started_at
         self.position = 0
-        self.context = Context(info, clock=self._clock, replaying=self._is_replaying)
+        #: Where the request that the workflow failed on began (``resume``
+        #: retries the failed steps from there); None until it fails.
+        self.failed_at: int | None = None
+        self._request_at = 0
+        self._tracker = StepTracker()
+        self.context = Context(
+            info, clock=self._clock, replaying=self._is_replaying, tracker=self._tracker
+        )
         value = decode(
             workflow.payload_adapter, payload, what=f"the payload of workflow {workflow.name!r}"
         )
@@ -145,6 +156,18 @@ class Replay:
         self._records[record.position] = record
         self._last = max(self._last, record.position)
 
+    def catch_up(self, records: Iterable[StepRecord]) -> None:
+        """Settle records read back from the store, written by others since.
+
+        Unlike ``settle`` (this execution's own results), steps settled
+        elsewhere are replayed: ``ctx.is_replaying`` stays true until the
+        workflow has passed them.
+        """
+        for record in records:
+            self.settle(record)
+            if record.status is not _PENDING and record.position >= self._replay_until:
+                self._replay_until = record.position + 1
+
     def advance(self) -> Decision:
         """Run the workflow as far as the journal allows.
 
@@ -157,9 +180,11 @@ class Replay:
             return self._done
         gen = self._gen
         records = self._records
+        tracker = self._tracker
         while True:
             request = self._blocked
             if request is None:
+                tracker.live = True
                 try:
                     if self._throw is not None:
                         exc, self._throw = self._throw, None
@@ -168,16 +193,27 @@ class Replay:
                         value, self._send = self._send, None
                         request = gen.send(value)
                 except StopIteration as stop:
+                    tracker.live = False
+                    if tracker.built:
+                        return self._fail(_unyielded(tracker.built))
                     return self._finish(stop.value)
-                except Exception as exc:
+                except Cancelled as exc:
+                    tracker.live = False
                     return self._fail(exc)
+                except Exception as exc:
+                    tracker.live = False
+                    return self._fail(exc)
+                tracker.live = False
                 if not is_step(request):
                     self._throw = WorkflowDefinitionError(
                         f"workflow {self.workflow.name!r} yielded {request!r}; a workflow "
                         "yields steps built by its context: `x = yield from ctx.run(...)`"
                     )
                     continue
+                if tracker.built:
+                    _mark_yielded(tracker.built, request)
                 self._blocked = request
+                self._request_at = self.position
             position = self.position
             if request.__class__ is not GatherStep:  # a single step: the common case, kept lean
                 leaf = cast("LeafStep", request)
@@ -222,7 +258,9 @@ class Replay:
         for record in settled:
             if record.completed_at is not None and record.completed_at > self._now:
                 self._now = record.completed_at
-        failed = next((r for r in settled if r.status is not _COMPLETED), None)
+        failed = next(
+            (r for r in settled if r.error is not None and r.error.is_cancellation), None
+        ) or next((r for r in settled if r.status is not _COMPLETED), None)
         if failed is not None:
             self._throw = _step_failed(failed)
         else:
@@ -271,15 +309,28 @@ class Replay:
         self._done = done
         return done
 
-    def _fail(self, exc: Exception) -> Decision:
+    def _fail(self, exc: BaseException) -> Decision:
         if not isinstance(exc, NonDeterminismError):
             self._check_consumed()
+        self.failed_at = self._request_at
         self._done = Failed(ErrorInfo.from_exception(exc))
         return self._done
 
-    def close(self) -> None:
-        """Close the generator (its ``finally`` blocks run); used on cancel."""
-        self._gen.close()
+    def discard(self) -> None:
+        """Let the generator go without letting it act.
+
+        Python runs a dropped generator's ``finally`` blocks (with
+        ``GeneratorExit``) when it is collected; this does it now, where it
+        is safe: a step the workflow yields from a ``finally`` is never
+        carried out, and nothing it raises reaches the caller.
+        """
+        self._tracker.live = False
+        try:
+            self._gen.close()
+        except BaseException:  # a finally that yields or raises: it is not ours to report
+            pass
+        finally:
+            self._tracker.built.clear()
 
 
 def _mismatch(position: int, record: StepRecord, leaf: LeafStep) -> NonDeterminismError:
@@ -293,8 +344,35 @@ def _mismatch(position: int, record: StepRecord, leaf: LeafStep) -> NonDetermini
     )
 
 
-def _step_failed(record: StepRecord) -> StepFailed:
+def _unyielded(built: list[Step[Any]]) -> WorkflowDefinitionError:
+    names = ", ".join(step.describe() for step in built)
+    built.clear()
+    return WorkflowDefinitionError(
+        f"the workflow built {names} but never yielded it, so it never ran; write "
+        "`x = yield from ctx.run(...)` (a step is carried out only when yielded)"
+    )
+
+
+def _mark_yielded(built: list[Step[Any]], request: Step[Any]) -> None:
+    """Strike ``request`` (and its branches) off the steps built but not yet yielded."""
+    if len(built) == 1 and built[0] is request:
+        built.clear()
+        return
+    leaves = request.leaves if isinstance(request, GatherStep) else (request,)
+    yielded = {id(request), *(id(leaf) for leaf in leaves)}
+    # A step re-built by ``.options(...)`` keeps its kind and name.
+    names = {(leaf.kind, leaf.name) for leaf in leaves}
+    built[:] = [
+        s
+        for s in built
+        if id(s) not in yielded and (s.kind, s.name) not in names and not isinstance(s, GatherStep)
+    ]
+
+
+def _step_failed(record: StepRecord) -> BaseException:
     error = record.error or ErrorInfo(type="hookflow_gen.UnknownError", message="no error recorded")
+    if error.is_cancellation:
+        return Cancelled(error.message)
     return StepFailed(
         step_name=record.name, position=record.position, error=error, attempts=record.attempts
     )

@@ -8,7 +8,22 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["ErrorInfo", "StepRecord", "StepStatus"]
+__all__ = ["CANCELLED", "ErrorInfo", "StepRecord", "StepStatus", "storable"]
+
+#: The recorded type of a cancellation, in a step's record and a run's error.
+CANCELLED = "hookflow_gen.exceptions.Cancelled"
+#: Bounds on recorded error text (characters).
+MAX_MESSAGE = 4_000
+MAX_TRACEBACK = 32_000
+
+
+def storable(text: str, limit: int) -> str:
+    """``text`` without NUL characters, cut to ``limit`` characters (marked)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if len(text) > limit:
+        text = text[: limit - 20] + " ... [truncated]"
+    return text
 
 
 class StepStatus(StrEnum):
@@ -38,14 +53,34 @@ class ErrorInfo:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Record ``exc``: its type names, message and traceback."""
+        """Record ``exc``: its type names, message and traceback.
+
+        The text is made storable whatever the exception holds: NUL
+        characters (which PostgreSQL's JSON and text columns refuse) are
+        replaced, and the message and traceback are cut to a bounded size,
+        so recording a failure can never itself fail.
+        """
         mro = tuple(
             f"{klass.__module__}.{klass.__qualname__}"
             for klass in type(exc).__mro__
             if klass is not object
         )
+        try:
+            message = str(exc)
+        except Exception:  # a broken __str__ must not lose the failure
+            message = f"<{type(exc).__name__} whose str() raised>"
         text = "".join(_traceback.format_exception(exc)) if exc.__traceback__ else None
-        return cls(type=mro[0], message=str(exc), mro=mro, traceback=text)
+        return cls(
+            type=mro[0],
+            message=storable(message, MAX_MESSAGE),
+            mro=mro,
+            traceback=storable(text, MAX_TRACEBACK) if text is not None else None,
+        )
+
+    @property
+    def is_cancellation(self) -> bool:
+        """True for the record of a cancellation (``Cancelled`` thrown in)."""
+        return self.type == CANCELLED
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able form, for storage."""

@@ -53,6 +53,11 @@ class RunState:
             it waits for an event, a child or a running step).
         wake_seq: bumped each time a wake-up is scheduled; a QStash message
             carries it to tell stale deliveries apart.
+        cancel_requested: ``cancel`` was called; the next tick throws
+            ``Cancelled`` into the workflow.
+        tick_failures: ticks in a row that raised (reset by one that does
+            not); the run fails when they reach the runtime's bound.
+        past_errors: the errors the run failed with before each ``resume``.
     """
 
     run_id: str
@@ -67,6 +72,9 @@ class RunState:
     parent_position: int | None = None
     wake_at: datetime | None = None
     wake_seq: int = 0
+    cancel_requested: bool = False
+    tick_failures: int = 0
+    past_errors: tuple[ErrorInfo, ...] = ()
 
 
 class Store(Protocol):
@@ -122,8 +130,21 @@ class Store(Protocol):
         """Remove and return the oldest buffered event for ``key``."""
         ...
 
-    def event_waiters(self, key: str) -> list[tuple[str, int]]:
-        """(run id, position) of pending event steps waiting on ``key``, oldest first."""
+    def waiters(self, kind: str, key: str) -> list[tuple[str, int]]:
+        """(run id, position) of running runs' pending ``kind`` steps on ``key``, oldest first.
+
+        For ``"event"`` steps ``key`` is the event key; for ``"invoke"``
+        steps, the child run's id.
+        """
+        ...
+
+    def lock_key(self, key: str) -> None:
+        """Exclude other transactions that lock ``key`` until this one ends.
+
+        Serialises a run that starts waiting on an event key with ``notify``
+        on that key (an advisory lock on PostgreSQL; SQLite's write lock and
+        the memory store's lock already serialise every transaction).
+        """
         ...
 
 
@@ -228,12 +249,15 @@ class MemoryStore:
             self._undo.append(lambda: queue.insert(0, payload))
         return payload
 
-    def event_waiters(self, key: str) -> list[tuple[str, int]]:
+    def waiters(self, kind: str, key: str) -> list[tuple[str, int]]:
         waiters = [
             (run.created_at or datetime.min, run_id, record.position)
             for run_id, journal in self.journals.items()
             if (run := self.runs[run_id]).status is RunStatus.RUNNING
             for record in journal.values()
-            if record.kind == "event" and record.key == key and record.status is StepStatus.PENDING
+            if record.kind == kind and record.key == key and record.status is StepStatus.PENDING
         ]
         return [(run_id, position) for _, run_id, position in sorted(waiters)]
+
+    def lock_key(self, key: str) -> None:
+        pass  # one lock stands for every transaction already

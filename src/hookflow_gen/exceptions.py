@@ -9,6 +9,8 @@ The tree::
     │   └── DuplicateWorkflowError  two workflows registered under one name
     ├── PayloadValidationError      a payload, event or step result failed its
     │                               declared type (also a ``ValueError``)
+    ├── InvalidIdError              a run id or event key that cannot be stored
+    │                               (also a ``ValueError``)
     ├── NonDeterminismError         replayed code no longer matches its journal
     ├── StepFailed                  a step failed for good; thrown into the
     │                               workflow at the ``yield from``
@@ -26,8 +28,10 @@ exceptions, raised by user code, never control flow of the engine):
     RetryAfter                      retry after the given delay
 
 The engine itself needs no exception for control flow: a workflow suspends by
-yielding, and a cancelled generator is closed with ``GeneratorExit``, which a
-user's ``except Exception`` cannot swallow.
+yielding. Cancelling a run throws ``Cancelled`` into the workflow at its
+current ``yield``; it is a ``BaseException`` (like ``asyncio.CancelledError``),
+so a workflow's ``except Exception`` cannot swallow it by accident, and a
+workflow catches it by name to run cleanup steps.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ if TYPE_CHECKING:
     from ._journal import ErrorInfo
 
 __all__ = [
+    "Cancelled",
     "ConfigurationError",
     "DuplicateWorkflowError",
     "HookflowError",
+    "InvalidIdError",
     "NonDeterminismError",
     "NonRetryableError",
     "PayloadValidationError",
@@ -70,6 +76,11 @@ class DuplicateWorkflowError(WorkflowDefinitionError):
 
 class PayloadValidationError(HookflowError, ValueError):
     """A payload, event or step result does not match its declared type."""
+
+
+class InvalidIdError(HookflowError, ValueError):
+    """A run id or an event key that cannot be stored: not a string, empty,
+    longer than 255 characters, or holding a NUL character."""
 
 
 class ConfigurationError(HookflowError):
@@ -160,6 +171,19 @@ class WorkflowFailed(HookflowError):
 
 class RunCancelled(HookflowError):
     """The run was cancelled; raised by ``RunHandle.result()``."""
+
+
+class Cancelled(BaseException):
+    """Thrown into a workflow at its current ``yield`` when its run is cancelled.
+
+    Catch it to run cleanup steps; they run durably, like any step, and
+    further steps may be yielded until the workflow ends. A workflow that
+    lets it propagate (or raises it again) ends as cancelled; one that
+    catches it and returns ends as completed, with its return value.
+    """
+
+    def __init__(self, message: str = "the run was cancelled") -> None:
+        super().__init__(message)
 
 
 class NonRetryableError(Exception):

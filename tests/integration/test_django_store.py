@@ -154,8 +154,8 @@ def test_event_waiters(store: Store) -> None:
         store.save_step("early", StepRecord(0, "event", "first", key="k", result="null"))
         store.save_step("early", StepRecord(2, "event", "other", status=StepStatus.PENDING,
                                             key="k2"))  # fmt: skip
-        assert store.event_waiters("k") == [("early", 1), ("late", 1)]
-        assert store.event_waiters("none") == []
+        assert store.waiters("event", "k") == [("early", 1), ("late", 1)]
+        assert store.waiters("event", "none") == []
 
 
 def test_atomic_rolls_back(store: Store) -> None:

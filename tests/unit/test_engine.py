@@ -383,7 +383,7 @@ def test_close_runs_the_workflow_finally_blocks() -> None:
 
     replay = Replay(tidy, payload(), INFO)
     replay.advance()
-    replay.close()
+    replay.discard()
     assert cleaned == [True]
 
 

@@ -9,12 +9,14 @@ import hookflow_gen.testing
 EXPECTED = [
     "CallResponse",
     "CallStep",
+    "Cancelled",
     "Context",
     "ErrorInfo",
     "EventStep",
     "Flow",
     "GatherStep",
     "HookflowError",
+    "InvalidIdError",
     "InvokeStep",
     "NonDeterminismError",
     "NonRetryableError",
@@ -61,12 +63,14 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_every_error_descends_from_the_root() -> None:
-    """All hookflow_gen errors share the HookflowError root; step-steering ones do not."""
+    """All hookflow_gen errors share the HookflowError root; step-steering ones and Cancelled do not."""
     ex = hookflow_gen.exceptions
     for name in ex.__all__:
         cls = getattr(ex, name)
         if name in ("NonRetryableError", "RetryAfter"):
             assert not issubclass(cls, ex.HookflowError)
+        elif name == "Cancelled":  # thrown into workflows; no `except Exception` may swallow it
+            assert not issubclass(cls, Exception)
         else:
             assert issubclass(cls, ex.HookflowError), name
 

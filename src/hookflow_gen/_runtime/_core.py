@@ -1,45 +1,52 @@
-"""The runtime: ``tick`` drives a run's workflow against its stored journal.
+"""The tick, claims and checkpoints, and the run lifecycle behind ``Runtime``.
 
 A tick locks the run, replays its journal once into a live generator, and
 then keeps going: it settles what is due (sleeps that ended, buffered events,
-timeouts), claims a ready step with a lease, commits, runs the step function
-*without* holding the lock, and locks again to checkpoint the result and
-claim the next step, in the same transaction (one commit per step). When time
-must pass (a sleep, an event, a retry back-off) it records the run's next
-wake-up and hands it to the scheduler.
+timeouts, cancellation), claims a ready step with a lease, commits, runs the
+step function *without* holding the lock, and locks again to checkpoint the
+result and claim the next step, in the same transaction (one commit per
+step). An ``atomic`` step is claimed the same way and then run *under* the
+lock, in the transaction that checkpoints it. When time must pass it records
+the run's next wake-up and hands it to the scheduler.
 
-Deliveries may be duplicated, concurrent or late: a tick only ever does what
-is due, and a step is run only by the holder of its lease, so extra ticks do
-nothing but look. A tick that dies mid-step loses nothing: the step's lease
-lapses and it is claimed again (at most one extra run of a non-atomic step).
+Every transaction leaves a running run guarded (``_transitions``): a
+wake-up, a step under a live lease, or a registered wait. Deliveries may be
+duplicated, concurrent or late: a tick only ever does what is due, and a step
+is run only by the holder of its lease. A lease that lapses counts as a
+failed attempt; an error that recurs on every tick fails the run after a
+bounded number of tries, with the error shown.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from .._clock import Clock, SystemClock
 from .._codec import adapter_for, decode, encode
 from .._context import RunInfo
-from .._engine import Completed, Failed, Pending, Replay, Waiting
-from .._journal import ErrorInfo, StepRecord, StepStatus
+from .._engine import Completed, Decision, Failed, Pending, Replay, Waiting
+from .._journal import ErrorInfo, StepRecord, StepStatus, storable
 from .._scheduler import Scheduler
 from .._steps import CallStep, EventStep, InvokeStep, RetryPolicy, RunStep, SleepStep
 from .._store import RunState, RunStatus, Store
 from .._workflow import Workflow, get_workflow
 from ..exceptions import (
+    HookflowError,
+    InvalidIdError,
     NonDeterminismError,
     PayloadValidationError,
     RetryAfter,
     UnknownRunError,
+    UnknownWorkflowError,
 )
+from . import _transitions as T
 from ._execute import (
     CallDispatcher,
     CallExecutor,
@@ -50,14 +57,43 @@ from ._execute import (
     StillRunning,
     http_call,
 )
+from ._warm import WarmCache
 
-__all__ = ["Runtime", "TickReport", "waiting_children"]
+__all__ = ["Runtime", "TickReport", "check_id", "waiting_children"]
 
 log = logging.getLogger("hookflow_gen")
 
 _ANY = adapter_for(Any)
 
 _PENDING = StepStatus.PENDING
+
+#: The longest run id or event key the store keeps.
+MAX_ID = 255
+
+
+def check_id(value: object, what: str) -> str:
+    """``value`` if it can be stored as a run id or event key.
+
+    Raises:
+        InvalidIdError: not a string, empty, over 255 characters, or with a NUL.
+    """
+    if not isinstance(value, str):
+        raise InvalidIdError(f"{what} must be a string, got {type(value).__name__} {value!r}")
+    if not value:
+        raise InvalidIdError(f"{what} must not be empty")
+    if len(value) > MAX_ID:
+        raise InvalidIdError(f"{what} is {len(value)} characters long; at most {MAX_ID} fit")
+    if "\x00" in value:
+        raise InvalidIdError(f"{what} holds a NUL character")
+    return value
+
+
+def _event_lock(key: str) -> str:
+    return f"event:{key}"
+
+
+class _LeaseLapsed(Exception):
+    """The worker running an attempt stopped before it finished (its lease lapsed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +124,10 @@ class Runtime:
             by default the scheduler, if it is a ``CallDispatcher``.
         thread_exit: called at the end of each thread a step runs on (one
             with a timeout); the Django app closes its database connections.
+        max_tick_failures: ticks in a row that may raise (a checkpoint the
+            database refuses, ...) before the run fails with the error.
+        suspend_for: how long a run whose workflow this code does not know
+            waits before it is tried again.
     """
 
     def __init__(
@@ -103,6 +143,8 @@ class Runtime:
         call_executor: CallExecutor = http_call,
         call_dispatcher: CallDispatcher | None = None,
         thread_exit: Callable[[], None] | None = None,
+        max_tick_failures: int = 5,
+        suspend_for: timedelta = timedelta(minutes=1),
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -114,14 +156,15 @@ class Runtime:
         if call_dispatcher is None and isinstance(scheduler, CallDispatcher):
             call_dispatcher = scheduler
         self.call_dispatcher = call_dispatcher
-        self._warm: collections.OrderedDict[str, Replay] = collections.OrderedDict()
-        self._warm_max = warm_runs
+        self.max_tick_failures = max_tick_failures
+        self.suspend_for = suspend_for
+        self._warm = WarmCache(warm_runs)
         self.executor = StepExecutor(call_executor, thread_exit=thread_exit)
         bind = getattr(scheduler, "bind", None)
         if callable(bind):
             bind(self)
 
-    # -- starting, notifying, cancelling ----------------------------------------
+    # -- starting ------------------------------------------------------------------
 
     def start_run(
         self,
@@ -135,10 +178,15 @@ class Runtime:
 
         Raises:
             PayloadValidationError: the payload does not fit the workflow.
+            InvalidIdError: ``run_id`` cannot be stored.
         """
-        payload_json = encode(
-            workflow.payload_adapter, payload, what=f"the payload of workflow {workflow.name!r}"
-        )
+        if run_id is not None:
+            check_id(run_id, "run_id")
+        what = f"the payload of workflow {workflow.name!r}"
+        payload_json = encode(workflow.payload_adapter, payload, what=what)
+        # Decoded once more, as every tick will: a payload built without
+        # validation (``model_construct``) is refused here, not at its first tick.
+        decode(workflow.payload_adapter, payload_json, what=what)
         now = self.clock.now()
         state = RunState(
             run_id=run_id or uuid.uuid4().hex,
@@ -156,45 +204,105 @@ class Runtime:
                 self.scheduler.wake(self.store, run)
         return run, created
 
+    # -- events ----------------------------------------------------------------------
+
     def notify(self, key: str, payload: object) -> int:
         """Deliver an event to every run waiting on ``key``; buffer it if none waits.
 
         Returns how many runs received it. The payload is validated against
         each waiting step's model first: if it does not fit, nothing changes
-        and ``PayloadValidationError`` is raised.
+        and ``PayloadValidationError`` is raised. A waiting run whose code no
+        longer replays is skipped (and woken, so its tick fails it visibly).
+
+        Looking for waiters and buffering happen under a lock on the key,
+        which a run that starts to wait takes too: an event is never buffered
+        while a run is about to wait for it without seeing it.
+
+        Raises:
+            InvalidIdError: the key cannot be stored.
+            PayloadValidationError: the payload does not fit a waiting step.
         """
+        check_id(key, "the event key")
         data = encode(_ANY, payload, what=f"the event for key {key!r}")
-        delivered = 0
-        with self.store.atomic():
-            waiters = self.store.event_waiters(key)
+        for _ in range(3):
+            with self.store.atomic():
+                self.store.lock_key(_event_lock(key))
+                waiters = self.store.waiters("event", key)
+                if not waiters:
+                    self.store.add_event(key, data)
+                    return 0
+            targets: list[tuple[str, int, EventStep[Any]]] = []
             for run_id, position in waiters:
+                step = self._event_step_at(run_id, position)
+                if step is not None:
+                    decode(step.event_adapter, data, what=f"the event for key {key!r}")
+                    targets.append((run_id, position, step))
+            delivered = sum(self._deliver(run_id, p, step, data) for run_id, p, step in targets)
+            if delivered:
+                return delivered
+            # Every waiter moved on meanwhile: look again, and buffer if none is left.
+        return 0
+
+    def _event_step_at(self, run_id: str, position: int) -> EventStep[Any] | None:
+        """The event step a waiting run is blocked on at ``position``, if it still is."""
+        run = self.store.get_run(run_id)
+        if run is None or run.status.finished:
+            return None
+        replay = self._warm.take(run_id)
+        try:
+            with self.store.atomic():
+                if replay is None:
+                    replay = self._new_replay(run)
+                else:
+                    replay.catch_up(self.store.steps(run_id, replay.position))
+            decision = replay.advance()
+        except Exception as exc:
+            log.warning("run %s no longer replays, so it gets no event: %s", run_id, exc)
+            if replay is not None:
+                replay.discard()
+            self._wake_now(run_id)
+            return None
+        self._warm.put(run_id, replay)
+        step = _pending_at(decision, position)
+        return cast("EventStep[Any]", step) if isinstance(step, EventStep) else None
+
+    def _deliver(self, run_id: str, position: int, step: EventStep[Any], data: str) -> bool:
+        with self.store.atomic():
+            run = self.store.lock_run(run_id)
+            if run is None or run.status.finished:
+                return False
+            records = self.store.steps(run_id, position)
+            if not records or records[0].position != position:
+                return False
+            record = records[0]
+            if record.status is not _PENDING or record.kind != "event":
+                return False
+            what = f"the event for key {record.key!r}"
+            result = encode(step.adapter, decode(step.event_adapter, data, what=what), what=what)
+            now = self.clock.now()
+            done = dataclasses.replace(T.complete(record, result, now), attempts=1)
+            self.store.save_step(run_id, done)
+            self._wake(run, now)
+        return True
+
+    def _wake_now(self, run_id: str) -> None:
+        try:
+            with self.store.atomic():
                 run = self.store.lock_run(run_id)
-                if run is None or run.status.finished:
-                    continue
-                replay = self._replay_for(run)
-                waiting = replay.advance()
-                self._keep_warm(run.run_id, replay)
-                step = _pending_at(waiting, position)
-                if not isinstance(step, EventStep):
-                    continue  # the journal moved on since the waiter list was read
-                event = decode(step.event_adapter, data, what=f"the event for key {key!r}")
-                record = replay.records[position]
-                done = dataclasses.replace(
-                    record,
-                    status=StepStatus.COMPLETED,
-                    result=encode(step.adapter, event, what=f"the event for key {key!r}"),
-                    completed_at=self.clock.now(),
-                    wake_at=None,
-                )
-                self.store.save_step(run_id, done)
-                self._wake(run, self.clock.now())
-                delivered += 1
-            if not delivered:
-                self.store.add_event(key, data)
-        return delivered
+                if run is not None and not run.status.finished:
+                    self._wake(run, self.clock.now())
+        except Exception:
+            log.exception("run %s: could not be woken", run_id)
+
+    # -- cancel and resume -------------------------------------------------------------
 
     def cancel(self, run_id: str) -> RunState:
-        """Cancel a run (and its children); a finished run is left as it is.
+        """Cancel a run: ``Cancelled`` is thrown into its workflow at its current ``yield``.
+
+        The workflow may catch it and run cleanup steps; the run's children
+        are cancelled too. The run is ticked here at once, so a workflow
+        without cleanup is cancelled when this returns. A finished run is
+        left as it is.
 
         Raises:
             UnknownRunError: no run has that id.
@@ -205,16 +313,64 @@ class Runtime:
                 raise UnknownRunError(f"no run has id {run_id!r}")
             if run.status.finished:
                 return run
-            run = self._finish(run, RunStatus.CANCELLED, error=None)
-            children = waiting_children(self.store, run_id)
-        replay = self._warm.pop(run_id, None)
-        if replay is not None:
-            replay.close()
-        for child in children:
-            self.cancel(child)
+            run = T.request_cancel(run, self.clock.now())
+            self.store.save_run(run)
+            self.scheduler.wake(self.store, run)
+        try:
+            self.tick(run_id)
+        except Exception:
+            log.exception("run %s: the tick after cancel failed; its wake-up retries it", run_id)
+        return self.store.get_run(run_id) or run
+
+    def resume(self, run_id: str) -> RunState:
+        """Run a failed run again, from where it failed, with the current code.
+
+        The steps that failed it are tried again with a fresh retry budget
+        (a run that failed on a replay error or a tick error just runs
+        again); its previous error is kept in ``past_errors``.
+
+        Raises:
+            UnknownRunError: no run has that id.
+            HookflowError: the run has not failed.
+        """
+        with self.store.atomic():
+            run = self.store.lock_run(run_id)
+            if run is None:
+                raise UnknownRunError(f"no run has id {run_id!r}")
+            if run.status is not RunStatus.FAILED:
+                raise HookflowError(
+                    f"run {run_id} is {run.status.value}; only a failed run can be resumed"
+                )
+            now = self.clock.now()
+            failed_at = self._failed_at(run)
+            if failed_at is not None:
+                for record in self.store.steps(run_id, failed_at):
+                    if record.status is StepStatus.FAILED and not _cancelled(record):
+                        retry = dataclasses.replace(
+                            record, status=_PENDING, completed_at=None, wake_at=now, attempts=0
+                        )
+                        self.store.save_step(run_id, retry)
+            run = T.resume(run, now)
+            self.store.save_run(run)
+            self.scheduler.wake(self.store, run)
+        log.info("run %s resumed", run_id)
         return run
 
-    # -- the tick ---------------------------------------------------------------
+    def _failed_at(self, run: RunState) -> int | None:
+        """Where the failed run's workflow failed now: the start of its last request."""
+        try:
+            replay = self._new_replay(run)
+        except Exception:
+            return None
+        try:
+            decision = replay.advance()
+        except Exception:
+            return None
+        finally:
+            replay.discard()
+        return replay.failed_at if isinstance(decision, Failed) else None
+
+    # -- the tick ------------------------------------------------------------------------
 
     def tick(self, run_id: str) -> TickReport:
         """Do everything that is due for the run, within the time budget.
@@ -225,64 +381,111 @@ class Runtime:
         deadline = self.clock.monotonic() + self.budget.total_seconds()
         replay: Replay | None = None
         outcome: Outcome | None = None
+        atomic: _Claim | None = None
         # Until when this tick may trust its own view of the journal without
         # reading it again: it held the lease on the only step the workflow
         # waited on (a margin of a tenth of the lease covers clock skew).
         trusted_until: datetime | None = None
         steps_run = 0
+        # Set once a transaction of this tick commits; an error after that (a
+        # hook's, such as a publish) is not the tick's to count.
+        committed = _Flag()
         try:
             while True:
                 with self.store.atomic(), _Writes(self.store, run_id) as writes:
+                    committed.value = False
+                    self.store.on_commit(committed.set)
                     run = self.store.lock_run(run_id)
                     if run is None:
                         raise UnknownRunError(f"no run has id {run_id!r}")
                     if run.status.finished:
-                        replay = None  # nothing more to replay: let it go
+                        self._warm.drop(run_id)
+                        replay = None
                         return TickReport(run_id, run.status, steps_run, None)
                     if replay is None:
-                        replay = self._replay_for(run)
+                        replay, run = self._replay_or_settle(run)
+                        if replay is None:
+                            return TickReport(run_id, run.status, steps_run, run.wake_at)
                     elif trusted_until is None or self.clock.now() >= trusted_until:
-                        for record in self.store.steps(run_id, replay.position):
-                            replay.settle(record)
+                        replay.catch_up(self.store.steps(run_id, replay.position))
                     trusted_until = None
                     if outcome is not None:
                         self._checkpoint(run, replay, outcome, writes)
                         outcome = None
+                    if atomic is not None:
+                        claim, atomic = atomic, None
+                        if _holds(replay, claim):
+                            # Exactly once: the function's writes and its checkpoint
+                            # commit together, under the run's lock.
+                            done = self._execute(run, claim, atomic=True)
+                            self._checkpoint(run, replay, done, writes)
+                            steps_run += 1
                     run, claimed = self._drive(run, replay, deadline, writes)
-                    if claimed is not None and _is_atomic(claimed):
-                        # Exactly once: the function's writes and its checkpoint
-                        # commit together, under the run's lock.
-                        replay.settle(claimed.record)
-                        done = self._execute(run, claimed, atomic=True)
-                        self._checkpoint(run, replay, done, writes)
-                        steps_run += 1
-                        continue
                 if claimed is None:
                     if run.status.finished:
                         replay = None  # a finished run is not kept warm
                     return TickReport(run_id, run.status, steps_run, run.wake_at)
+                if claimed.alone and claimed.lease_until is not None:
+                    trusted_until = claimed.lease_until - self.lease / 10
+                if claimed.pending.step.kind == "run" and _is_atomic(claimed.pending):
+                    atomic = claimed  # run in the next transaction, under the lock
+                    continue
                 if self._dispatches(claimed):
                     # In flight: its answer arrives through complete_step. Look for
                     # other ready steps (a gather's other branches) meanwhile.
+                    trusted_until = None
                     outcome = self._dispatch(run, claimed)
                     continue
                 outcome = self._execute(run, claimed)
-                if claimed.alone and claimed.lease_until is not None:
-                    trusted_until = claimed.lease_until - self.lease / 10
                 steps_run += 1
-        except BaseException:
+        except StillRunning as exc:
+            replay = None
+            log.warning("run %s: %s; it keeps its lease until it ends", run_id, exc)
+            return TickReport(run_id, RunStatus.RUNNING, steps_run, None)
+        except BaseException as exc:
             replay = None  # its state may not match the store any more
+            if isinstance(exc, Exception) and not committed.value and self._counts(exc):
+                self._tick_failed(run_id, exc, outcome)
             raise
         finally:
             if replay is not None:
-                self._keep_warm(run_id, replay)
+                self._warm.put(run_id, replay)
+
+    def _counts(self, exc: Exception) -> bool:
+        """Whether a tick's exception counts toward failing the run (not a lost connection)."""
+        if isinstance(exc, UnknownRunError):
+            return False
+        transient = getattr(self.store, "is_transient", None)
+        return not (callable(transient) and transient(exc))
+
+    def _replay_or_settle(self, run: RunState) -> tuple[Replay | None, RunState]:
+        """The run's live replay; or None when it cannot have one, the run dealt with."""
+        try:
+            replay = self._replay_for(run)
+        except UnknownWorkflowError as exc:
+            if run.cancel_requested:
+                return None, self._finish(run, RunStatus.CANCELLED, error=None)
+            # Maybe a deploy in progress: another worker may know it, or the next one.
+            log.error("run %s: %s; tried again in %s", run.run_id, exc, self.suspend_for)
+            run = T.suspend(run, ErrorInfo.from_exception(exc), self.clock.now() + self.suspend_for)
+            self._save_woken(run)
+            return None, run
+        except PayloadValidationError as exc:
+            log.error("run %s: its stored payload no longer fits: %s", run.run_id, exc)
+            return None, self._finish(run, RunStatus.FAILED, error=ErrorInfo.from_exception(exc))
+        if run.tick_failures or run.error is not None:
+            run = dataclasses.replace(run, tick_failures=0, error=None)
+            self.store.save_run(run)
+        return replay, run
 
     def _replay_for(self, run: RunState) -> Replay:
-        replay = self._warm.pop(run.run_id, None)
+        replay = self._warm.take(run.run_id)
         if replay is not None:
-            for record in self.store.steps(run.run_id, replay.position):
-                replay.settle(record)
+            replay.catch_up(self.store.steps(run.run_id, replay.position))
             return replay
+        return self._new_replay(run)
+
+    def _new_replay(self, run: RunState) -> Replay:
         workflow = get_workflow(run.workflow)
         info = RunInfo(
             run_id=run.run_id,
@@ -291,15 +494,6 @@ class Runtime:
             parent_run_id=run.parent_run_id,
         )
         return Replay(workflow, run.payload, info, self.store.steps(run.run_id))
-
-    def _keep_warm(self, run_id: str, replay: Replay) -> None:
-        if self._warm_max <= 0:
-            return
-        self._warm[run_id] = replay
-        self._warm.move_to_end(run_id)
-        while len(self._warm) > self._warm_max:
-            _, old = self._warm.popitem(last=False)
-            old.close()
 
     def _drive(
         self, run: RunState, replay: Replay, deadline: float, writes: _Writes
@@ -312,13 +506,17 @@ class Runtime:
                 decision = replay.advance()
             except NonDeterminismError as exc:
                 log.error("run %s: %s", run.run_id, exc)
-                return self._finish(
-                    run, RunStatus.FAILED, error=ErrorInfo.from_exception(exc)
-                ), None
+                error = ErrorInfo.from_exception(exc)
+                return self._finish(run, RunStatus.FAILED, error=error), None
             if isinstance(decision, Completed):
                 return self._finish(run, RunStatus.COMPLETED, result=decision.result), None
             if isinstance(decision, Failed):
+                if decision.error.is_cancellation:
+                    return self._finish(run, RunStatus.CANCELLED, error=None), None
                 return self._finish(run, RunStatus.FAILED, error=decision.error), None
+            if run.cancel_requested:
+                run = self._deliver_cancel(run, replay, decision, now, writes)
+                continue
             progressed = False
             ready: list[tuple[Pending, StepRecord]] = []
             timers: list[datetime] = []
@@ -333,24 +531,36 @@ class Runtime:
                     progressed = True
                     continue
                 due = record.wake_at
-                kind = pending.step.kind
+                kind = record.kind
                 if kind in ("sleep", "event"):
                     if due is not None and due <= now:
-                        done = dataclasses.replace(
-                            record, status=StepStatus.COMPLETED, result="null", completed_at=now
-                        )
+                        done = T.complete(record, "null", now)
                         store.save_step(run.run_id, done)
                         replay.settle(done)
                         progressed = True
                     elif due is not None:
                         timers.append(due)
-                elif kind in ("run", "call"):
-                    if record.lease_until is not None and record.lease_until > now:
-                        leases.append(record.lease_until)
-                    elif due is not None and due > now:
-                        timers.append(due)  # waiting out a retry back-off
-                    else:
-                        ready.append((pending, record))
+                elif kind == "invoke":
+                    if due is not None and due <= now:
+                        checked = self._check_child(run, record, now)
+                        replay.settle(checked)
+                        if checked.status is not _PENDING:
+                            progressed = True
+                        elif checked.wake_at is not None:
+                            timers.append(checked.wake_at)
+                    elif due is not None:
+                        timers.append(due)
+                elif record.lease_until is not None and record.lease_until > now:
+                    leases.append(record.lease_until)
+                elif T.lapsed(record, now) and not self._may_retry(run, pending, record):
+                    failed = T.fail(record, _lapsed_error(record), now)
+                    writes.add(failed)
+                    replay.settle(failed)
+                    progressed = True
+                elif due is not None and due > now:
+                    timers.append(due)  # waiting out a retry back-off
+                else:
+                    ready.append((pending, record))
             if progressed:
                 continue
             claimed: _Claim | None = None
@@ -360,14 +570,70 @@ class Runtime:
                     pending, record, now, writes, alone=len(decision.pending) == 1
                 )
                 replay.settle(claimed.record)
-                if claimed.record_owner is not None and claimed.lease_until is not None:
+                if claimed.lease_until is not None:
                     leases.append(claimed.lease_until)
             if ready:
                 timers.append(now)  # more ready steps: another worker (or tick) may help
             wake_at = min(timers, default=None)
             if self.scheduler.lease_wakeups and leases:
                 wake_at = min(wake_at or leases[0], *leases)
-            return self._set_wake(run, wake_at, now), claimed
+            run = self._set_wake(run, wake_at, now)
+            current = [replay.records.get(p.position) for p in decision.pending]
+            if T.unguarded(run, (r for r in current if r is not None), now):
+                # Never expected: every path above guards the run. A wake-up
+                # keeps it from being stranded should one be missed.
+                log.error("run %s: nothing would wake it; waking it at the lease's end", run.run_id)
+                run = self._wake(run, now + self.lease)
+            return run, claimed
+
+    def _deliver_cancel(
+        self, run: RunState, replay: Replay, decision: Waiting, now: datetime, writes: _Writes
+    ) -> RunState:
+        """Settle every step the workflow waits on as cancelled: ``Cancelled`` is thrown there."""
+        children: list[str] = []
+        for pending in decision.pending:
+            record = pending.record or StepRecord(
+                position=pending.position,
+                kind=pending.step.kind,
+                name=pending.step.name,
+                status=_PENDING,
+                attempts=0,
+                started_at=now,
+            )
+            if record.status is not _PENDING:
+                continue
+            if record.kind == "invoke" and record.key:
+                children.append(record.key)
+            cancelled = T.cancel_step(record, now)
+            writes.add(cancelled)
+            replay.settle(cancelled)
+        run = dataclasses.replace(run, cancel_requested=False)
+        self.store.save_run(run)
+        for child in children:
+            # After the commit: locking a child while holding its parent could
+            # deadlock with the child's own end, which locks its parents.
+            self.store.on_commit(functools.partial(self._cancel_quietly, child))
+        return run
+
+    def _cancel_quietly(self, run_id: str) -> None:
+        try:
+            self.cancel(run_id)
+        except Exception:
+            log.exception("run %s: could not be cancelled with its parent", run_id)
+
+    def _may_retry(self, run: RunState, pending: Pending, record: StepRecord) -> bool:
+        """A lapsed lease is a failed attempt: may the step be tried again?"""
+        policy = self._policy(run, pending.step)
+        lost = _LeaseLapsed()
+        if policy.retries(lost, record.attempts):
+            log.warning(
+                "run %s: attempt %d of step %r stopped before it finished; trying again",
+                run.run_id,
+                record.attempts,
+                record.name,
+            )
+            return True
+        return False
 
     def _begin(self, run: RunState, pending: Pending, now: datetime) -> StepRecord:
         """First time the workflow reaches this step: record it as pending (or settled)."""
@@ -384,59 +650,93 @@ class Runtime:
             wake = step.until if step.until is not None else now + (step.duration or timedelta(0))
             record = dataclasses.replace(record, wake_at=wake)
         elif isinstance(step, EventStep):
-            record = dataclasses.replace(
-                record,
-                key=step.key,
-                wake_at=now + step.timeout if step.timeout is not None else None,
-            )
-            buffered = self.store.take_event(step.key)
-            if buffered is not None:
-                record = self._event_record(record, step, buffered, now)
+            record = self._begin_wait(record, step, now)
         elif isinstance(step, InvokeStep):
-            child_id = step.run_id or f"{run.run_id}-{pending.position}"
-            child, _ = self.start_run(
-                step.workflow, step.payload, run_id=child_id, parent=(run.run_id, pending.position)
-            )
-            record = dataclasses.replace(record, key=child.run_id)
+            record = self._begin_child(run, record, step, now)
         if step.kind not in ("run", "call"):
             # A run or call step is saved when claimed: one write, not two.
             self.store.save_step(run.run_id, record)
         return record
 
-    def _event_record(
-        self, record: StepRecord, step: EventStep[Any], data: str, now: datetime
-    ) -> StepRecord:
+    def _begin_wait(self, record: StepRecord, step: EventStep[Any], now: datetime) -> StepRecord:
         try:
-            event = decode(step.event_adapter, data, what=f"the event for key {step.key!r}")
-            result = encode(step.adapter, event, what=f"the event for key {step.key!r}")
+            key = check_id(step.key, f"the key of event step {step.name!r}")
+        except InvalidIdError as exc:
+            return T.fail(record, ErrorInfo.from_exception(exc), now)
+        record = dataclasses.replace(
+            record, key=key, wake_at=now + step.timeout if step.timeout is not None else None
+        )
+        # The same lock as notify's: a notify either sees this wait or has
+        # buffered its event before the lookup below.
+        self.store.lock_key(_event_lock(key))
+        buffered = self.store.take_event(key)
+        if buffered is None:
+            return record
+        try:
+            event = decode(step.event_adapter, buffered, what=f"the event for key {key!r}")
+            result = encode(step.adapter, event, what=f"the event for key {key!r}")
         except PayloadValidationError as exc:
             return dataclasses.replace(
-                record,
-                status=StepStatus.FAILED,
-                error=ErrorInfo.from_exception(exc),
-                attempts=1,
-                completed_at=now,
+                T.fail(record, ErrorInfo.from_exception(exc), now), attempts=1
             )
-        return dataclasses.replace(
-            record, status=StepStatus.COMPLETED, result=result, attempts=1, completed_at=now
-        )
+        return dataclasses.replace(T.complete(record, result, now), attempts=1)
+
+    def _begin_child(
+        self, run: RunState, record: StepRecord, step: InvokeStep[Any], now: datetime
+    ) -> StepRecord:
+        child_id = step.run_id or f"{run.run_id}-{record.position}"
+        try:
+            check_id(child_id, f"the run id of invoke step {step.name!r}")
+            child, created = self.start_run(
+                step.workflow, step.payload, run_id=child_id, parent=(run.run_id, record.position)
+            )
+        except (InvalidIdError, PayloadValidationError) as exc:
+            return dataclasses.replace(
+                T.fail(record, ErrorInfo.from_exception(exc), now), attempts=1
+            )
+        record = dataclasses.replace(record, key=child.run_id)
+        if created:
+            return record  # its end settles this step (same commit: nothing to race)
+        if child.workflow != step.workflow.name:
+            error = ErrorInfo(
+                type="hookflow_gen.exceptions.HookflowError",
+                message=f"run {child.run_id!r} exists already, for workflow {child.workflow!r}, "
+                f"not {step.workflow.name!r}",
+                mro=("hookflow_gen.exceptions.HookflowError",),
+            )
+            return dataclasses.replace(T.fail(record, error, now), attempts=1)
+        # An existing run: it may end before this commit, unseen; look again later too.
+        return self._child_outcome(record, child, now)
+
+    def _check_child(self, run: RunState, record: StepRecord, now: datetime) -> StepRecord:
+        """A timed look at the child of an invoke step that attached to an existing run."""
+        child = self.store.get_run(record.key) if record.key else None
+        if child is None:
+            error = ErrorInfo(
+                type="hookflow_gen.exceptions.UnknownRunError",
+                message=f"child run {record.key!r} no longer exists",
+                mro=("hookflow_gen.exceptions.UnknownRunError",),
+            )
+            checked = dataclasses.replace(T.fail(record, error, now), attempts=1)
+        else:
+            checked = self._child_outcome(record, child, now)
+        if checked != record:
+            self.store.save_step(run.run_id, checked)
+        return checked
+
+    def _child_outcome(self, record: StepRecord, child: RunState, now: datetime) -> StepRecord:
+        if child.status is RunStatus.COMPLETED:
+            return dataclasses.replace(T.complete(record, child.result, now), attempts=1)
+        if child.status.finished:
+            return dataclasses.replace(T.fail(record, _child_error(child), now), attempts=1)
+        return dataclasses.replace(record, wake_at=now + self.lease)
 
     def _claim(
         self, pending: Pending, record: StepRecord, now: datetime, writes: _Writes, *, alone: bool
     ) -> _Claim:
-        if _is_atomic(pending):
-            # Saved by its checkpoint, in the same transaction as the function's writes.
-            claim = dataclasses.replace(record, attempts=record.attempts + 1, wake_at=None)
-            return _Claim(pending, claim, None, None, alone)
         owner = uuid.uuid4().hex
         lease_until = now + self._lease_for(pending.step)
-        claim = dataclasses.replace(
-            record,
-            attempts=record.attempts + 1,
-            wake_at=None,
-            lease_until=lease_until,
-            lease_owner=owner,
-        )
+        claim = T.claim(record, owner, lease_until)
         writes.add(claim)
         return _Claim(pending, claim, owner, lease_until, alone)
 
@@ -452,10 +752,9 @@ class Runtime:
         """Run one attempt of the claimed step; never raises for the step's own errors."""
         info = _step_info(run, claim)
         owner = claim.record_owner
+        savepoint = self.store.atomic if atomic else None
         try:
-            value = self.executor.attempt(
-                claim.pending.step, info, self.store.atomic if atomic else None
-            )
+            value = self.executor.attempt(claim.pending.step, info, savepoint)
         except StillRunning:
             raise
         except Exception as exc:
@@ -463,11 +762,7 @@ class Runtime:
         return Outcome(claim.pending, owner, value=value)
 
     def _dispatches(self, claim: _Claim) -> bool:
-        return (
-            self.call_dispatcher is not None
-            and claim.record_owner is not None
-            and isinstance(claim.pending.step, CallStep)
-        )
+        return self.call_dispatcher is not None and isinstance(claim.pending.step, CallStep)
 
     def _dispatch(self, run: RunState, claim: _Claim) -> Outcome | None:
         """Hand a claimed call to the dispatcher: None once in flight, else its failure."""
@@ -514,14 +809,16 @@ class Runtime:
                 raise UnknownRunError(f"no run has id {run_id!r}")
             if run.status.finished:
                 return False
-            replay = self._replay_for(run)
             try:
-                decision = replay.advance()
-            except NonDeterminismError:
-                decision = None  # the tick below fails the run and says why
-            except BaseException:
-                replay.close()
-                raise
+                replay = self._replay_for(run)
+            except (UnknownWorkflowError, PayloadValidationError):
+                replay = None  # the tick below deals with the run
+            decision: Decision | None = None
+            if replay is not None:
+                try:
+                    decision = replay.advance()
+                except NonDeterminismError:
+                    decision = None  # the tick below fails the run and says why
             pending = next(
                 (
                     p
@@ -530,7 +827,7 @@ class Runtime:
                 ),
                 None,
             )
-            if pending is not None:
+            if pending is not None and replay is not None:
                 step = pending.step
                 assert isinstance(step, CallStep)
                 try:
@@ -542,10 +839,15 @@ class Runtime:
                 except Exception as exc:
                     outcome = Outcome(pending, owner, exc=exc)
                 accepted = self._checkpoint(run, replay, outcome)
-            if decision is not None:
-                self._keep_warm(run_id, replay)
-            else:
-                replay.close()
+                if accepted:
+                    # Guarded until the tick below takes over. No message is
+                    # needed: this delivery is not answered until that tick ends.
+                    self.store.save_run(T.wake(run, self.clock.now()))
+            if replay is not None:
+                if decision is not None:
+                    self._warm.put(run_id, replay)
+                else:
+                    replay.discard()
         self.tick(run_id)
         return accepted
 
@@ -565,40 +867,41 @@ class Runtime:
             )
             return False
         now = self.clock.now()
-        released: dict[str, Any] = {"lease_until": None, "lease_owner": None}
         if outcome.exc is None:
-            record = dataclasses.replace(
-                current,
-                status=StepStatus.COMPLETED,
-                result=outcome.value,
-                completed_at=now,
-                **released,
-            )
+            record = T.complete(current, outcome.value, now)
         else:
-            exc = outcome.exc
-            policy = self._policy(run, outcome.pending.step)
-            error = ErrorInfo.from_exception(exc)
-            if policy.retries(exc, current.attempts):
-                delay = exc.delay if isinstance(exc, RetryAfter) else policy.delay(current.attempts)
-                record = dataclasses.replace(current, error=error, wake_at=now + delay, **released)
-                log.info(
-                    "run %s: step %r attempt %d failed (%s); retrying in %s",
-                    run.run_id,
-                    current.name,
-                    current.attempts,
-                    error.message,
-                    delay,
-                )
-            else:
-                record = dataclasses.replace(
-                    current, status=StepStatus.FAILED, error=error, completed_at=now, **released
-                )
+            record = self._failed_attempt(run, outcome.pending, current, outcome.exc, now)
         if writes is None:
             self.store.save_step(run.run_id, record)
         else:
             writes.add(record)
         replay.settle(record)
         return True
+
+    def _failed_attempt(
+        self,
+        run: RunState,
+        pending: Pending,
+        current: StepRecord,
+        exc: BaseException,
+        now: datetime,
+        *,
+        error: ErrorInfo | None = None,
+    ) -> StepRecord:
+        policy = self._policy(run, pending.step)
+        error = error or ErrorInfo.from_exception(exc)
+        if policy.retries(exc, current.attempts):
+            delay = exc.delay if isinstance(exc, RetryAfter) else policy.delay(current.attempts)
+            log.info(
+                "run %s: step %r attempt %d failed (%s); retrying in %s",
+                run.run_id,
+                current.name,
+                current.attempts,
+                error.message,
+                delay,
+            )
+            return T.retry_later(current, error, now + delay)
+        return T.fail(current, error, now)
 
     def _policy(self, run: RunState, step: Any) -> RetryPolicy:
         own: RetryPolicy | None = getattr(step, "retry", None)
@@ -607,7 +910,71 @@ class Runtime:
         workflow = get_workflow(run.workflow)
         return workflow.retry or self.default_retry
 
-    # -- run state ----------------------------------------------------------------
+    # -- a tick that raised ------------------------------------------------------------
+
+    def _tick_failed(self, run_id: str, exc: Exception, outcome: Outcome | None) -> None:
+        """Record a tick's error so that it cannot recur without bound.
+
+        A step outcome that could not be checkpointed is a failed attempt
+        of that step (the retry policy bounds it); any other error counts
+        against ``max_tick_failures``, after which the run fails. If even
+        that cannot be written, the run fails with a bare error.
+        """
+        error = ErrorInfo.from_exception(exc)
+        log.error("run %s: the tick failed: %s: %s", run_id, error.type, error.message)
+        try:
+            with self.store.atomic():
+                run = self.store.lock_run(run_id)
+                if run is None or run.status.finished:
+                    return
+                now = self.clock.now()
+                if outcome is not None and self._refused(run, outcome, exc, error, now):
+                    return
+                if run.tick_failures + 1 >= self.max_tick_failures:
+                    log.error("run %s: failed after %d failed ticks", run_id, run.tick_failures + 1)
+                    self._finish(run, RunStatus.FAILED, error=error)
+                    return
+                delay = min(timedelta(seconds=2**run.tick_failures), self.lease)
+                self._save_woken(T.tick_failed(run, error, now + delay))
+        except Exception:
+            log.exception("run %s: the tick's failure could not be recorded", run_id)
+            self._fail_bare(run_id, error)
+
+    def _refused(
+        self, run: RunState, outcome: Outcome, exc: Exception, error: ErrorInfo, now: datetime
+    ) -> bool:
+        """The step's checkpoint was refused: record a failed attempt instead, if still ours."""
+        position = outcome.pending.position
+        records = self.store.steps(run.run_id, position)
+        if not records or records[0].position != position:
+            return False
+        current = records[0]
+        if current.status is not _PENDING or current.lease_owner != outcome.owner:
+            return False
+        refused = ErrorInfo(
+            type=error.type,
+            message=storable(f"the step's outcome could not be recorded: {error.message}", 4000),
+            mro=error.mro,
+            traceback=error.traceback,
+        )
+        record = self._failed_attempt(run, outcome.pending, current, exc, now, error=refused)
+        self.store.save_step(run.run_id, record)
+        self._wake(run, now)
+        return True
+
+    def _fail_bare(self, run_id: str, error: ErrorInfo) -> None:
+        bare = ErrorInfo(type=error.type, message=ascii(error.message)[:500], mro=error.mro)
+        try:
+            with self.store.atomic():
+                run = self.store.lock_run(run_id)
+                if run is not None and not run.status.finished:
+                    self.store.save_run(
+                        T.finish(run, RunStatus.FAILED, self.clock.now(), error=bare)
+                    )
+        except Exception:
+            log.exception("run %s: could not be failed; it is tried again later", run_id)
+
+    # -- run state ----------------------------------------------------------------------
 
     def _set_wake(self, run: RunState, wake_at: datetime | None, now: datetime) -> RunState:
         current = run.wake_at
@@ -625,7 +992,9 @@ class Runtime:
         return self._wake(run, wake_at)
 
     def _wake(self, run: RunState, at: datetime) -> RunState:
-        run = dataclasses.replace(run, wake_at=at, wake_seq=run.wake_seq + 1)
+        return self._save_woken(T.wake(run, at))
+
+    def _save_woken(self, run: RunState) -> RunState:
         self.store.save_run(run)
         self.scheduler.wake(self.store, run)
         return run
@@ -639,47 +1008,32 @@ class Runtime:
         error: ErrorInfo | None = None,
     ) -> RunState:
         now = self.clock.now()
-        run = dataclasses.replace(
-            run, status=status, result=result, error=error, finished_at=now, wake_at=None
-        )
+        run = T.finish(run, status, now, result=result, error=error)
         self.store.save_run(run)
-        self._warm.pop(run.run_id, None)
-        if run.parent_run_id is not None and run.parent_position is not None:
-            self._settle_parent(run, now)
+        self._warm.drop(run.run_id)
+        self._settle_waiters(run, now)
         if status is RunStatus.FAILED and error is not None:
             self.store.on_commit(lambda: self._on_failure(run, error))
         return run
 
-    def _settle_parent(self, child: RunState, now: datetime) -> None:
-        assert child.parent_run_id is not None and child.parent_position is not None
-        parent = self.store.lock_run(child.parent_run_id)
-        if parent is None or parent.status.finished:
-            return
-        records = self.store.steps(parent.run_id, child.parent_position)
-        if not records or records[0].position != child.parent_position:
-            return
-        record = records[0]
-        if record.status is not _PENDING:
-            return
-        if child.status is RunStatus.COMPLETED:
-            done = dataclasses.replace(
-                record,
-                status=StepStatus.COMPLETED,
-                result=child.result,
-                completed_at=now,
-                attempts=1,
-            )
-        else:
-            error = child.error or ErrorInfo(
-                type="hookflow_gen.exceptions.RunCancelled",
-                message=f"child run {child.run_id} was cancelled",
-                mro=("hookflow_gen.exceptions.RunCancelled",),
-            )
-            done = dataclasses.replace(
-                record, status=StepStatus.FAILED, error=error, completed_at=now, attempts=1
-            )
-        self.store.save_step(parent.run_id, done)
-        self._wake(parent, now)
+    def _settle_waiters(self, child: RunState, now: datetime) -> None:
+        """Settle every pending invoke step waiting on the finished ``child``.
+
+        Locks each parent while holding the child (the one lock order of
+        parent and child): a parent's tick never locks a child's row.
+        """
+        for parent_id, position in self.store.waiters("invoke", child.run_id):
+            parent = self.store.lock_run(parent_id)
+            if parent is None or parent.status.finished:
+                continue
+            records = self.store.steps(parent_id, position)
+            if not records or records[0].position != position:
+                continue
+            record = records[0]
+            if record.status is not _PENDING or record.key != child.run_id:
+                continue
+            self.store.save_step(parent_id, self._child_outcome(record, child, now))
+            self._wake(parent, now)
 
     def _on_failure(self, run: RunState, error: ErrorInfo) -> None:
         try:
@@ -695,10 +1049,18 @@ class Runtime:
             log.exception("run %s: the on_failure handler raised", run.run_id)
 
     def close(self) -> None:
-        """Close warm generators."""
-        while self._warm:
-            _, replay = self._warm.popitem()
-            replay.close()
+        """Discard the warm generators (nothing they yield is carried out)."""
+        self._warm.clear()
+
+
+class _Flag:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
 
 
 class _Writes:
@@ -760,9 +1122,37 @@ def _step_info(run: RunState, claim: _Claim) -> StepInfo:
     )
 
 
-def _is_atomic(claim: _Claim | Pending) -> bool:
-    pending = claim.pending if isinstance(claim, _Claim) else claim
+def _holds(replay: Replay, claim: _Claim) -> bool:
+    record = replay.records.get(claim.pending.position)
+    return (
+        record is not None
+        and record.status is _PENDING
+        and record.lease_owner == claim.record_owner
+    )
+
+
+def _is_atomic(pending: Pending) -> bool:
     return isinstance(pending.step, RunStep) and pending.step.atomic
+
+
+def _cancelled(record: StepRecord) -> bool:
+    return record.error is not None and record.error.is_cancellation
+
+
+def _lapsed_error(record: StepRecord) -> ErrorInfo:
+    exc = _LeaseLapsed(
+        f"attempt {record.attempts} of step {record.name!r} stopped before it finished "
+        "(its worker died or hung past the lease), and no attempts are left"
+    )
+    return ErrorInfo.from_exception(exc)
+
+
+def _child_error(child: RunState) -> ErrorInfo:
+    return child.error or ErrorInfo(
+        type="hookflow_gen.exceptions.RunCancelled",
+        message=f"child run {child.run_id} was cancelled",
+        mro=("hookflow_gen.exceptions.RunCancelled",),
+    )
 
 
 def _pending_at(decision: Any, position: int) -> Any:

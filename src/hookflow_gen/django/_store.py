@@ -7,10 +7,11 @@ model instances, since these methods sit on the per-step hot path.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, router, transaction
+from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import Field, Min, Model
 from django.db.models.constants import OnConflict
 
@@ -41,6 +42,9 @@ _RUN_FIELDS = (
     "parent_position",
     "wake_at",
     "wake_seq",
+    "cancel_requested",
+    "tick_failures",
+    "past_errors",
 )
 _STEP_FIELDS = (
     "position",
@@ -70,7 +74,8 @@ def _error(data: Any) -> ErrorInfo | None:
 
 def _run(row: Sequence[Any]) -> RunState:
     (run_id, workflow, payload, status, created_at, result, error, finished_at,
-     parent_run_id, parent_position, wake_at, wake_seq) = row  # fmt: skip
+     parent_run_id, parent_position, wake_at, wake_seq, cancel_requested, tick_failures,
+     past_errors) = row  # fmt: skip
     return RunState(
         run_id=run_id,
         workflow=workflow,
@@ -84,6 +89,9 @@ def _run(row: Sequence[Any]) -> RunState:
         parent_position=parent_position,
         wake_at=wake_at,
         wake_seq=wake_seq,
+        cancel_requested=bool(cancel_requested),
+        tick_failures=tick_failures,
+        past_errors=tuple(ErrorInfo.from_json(e) for e in past_errors or ()),
     )
 
 
@@ -230,7 +238,17 @@ class _Statements:
         )
 
 
-_RUN_UPDATE_FIELDS = ("status", "result", "error", "finished_at", "wake_at", "wake_seq")
+_RUN_UPDATE_FIELDS = (
+    "status",
+    "result",
+    "error",
+    "finished_at",
+    "wake_at",
+    "wake_seq",
+    "cancel_requested",
+    "tick_failures",
+    "past_errors",
+)
 
 
 def _concrete(model: type[Model], name: str) -> Field[Any, Any]:
@@ -345,6 +363,9 @@ class DjangoStore:
             parent_position=run.parent_position,
             wake_at=run.wake_at,
             wake_seq=run.wake_seq,
+            cancel_requested=run.cancel_requested,
+            tick_failures=run.tick_failures,
+            past_errors=[error.to_json() for error in run.past_errors],
         )
         if run.created_at is not None:
             row.created_at = run.created_at
@@ -398,6 +419,9 @@ class DjangoStore:
             run.finished_at,
             run.wake_at,
             run.wake_seq,
+            run.cancel_requested,
+            run.tick_failures,
+            [error.to_json() for error in run.past_errors],
         )
         params = _params(statements.run_preps, values)
         with connection.cursor() as cursor:
@@ -464,13 +488,32 @@ class DjangoStore:
         Event.objects.using(self.db).filter(pk=event_id).delete()
         return payload
 
-    def event_waiters(self, key: str) -> list[tuple[str, int]]:
-        """Pending event steps on ``key`` of running runs, oldest run first; one query."""
+    def lock_key(self, key: str) -> None:
+        """A transaction-scoped advisory lock on PostgreSQL; SQLite's write lock elsewhere.
+
+        On SQLite (with ``transaction_mode: IMMEDIATE``) every transaction
+        already holds the database's write lock, which serialises them all.
+        """
+        connection = self._connection()
+        if connection.vendor != "postgresql":
+            return
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest, "big", signed=True)]
+            )
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """True for errors a retry can fix: a lost connection, a locked database."""
+        return isinstance(exc, (OperationalError, InterfaceError))
+
+    def waiters(self, kind: str, key: str) -> list[tuple[str, int]]:
+        """Pending ``kind`` steps on ``key`` of running runs, oldest run first; one query."""
         from .models import Step
 
         rows = (
             Step.objects.using(self.db)
-            .filter(key=key, kind="event", status=StepStatus.PENDING.value, run__status="running")
+            .filter(key=key, kind=kind, status=StepStatus.PENDING.value, run__status="running")
             .order_by("run__created_at", "run_id", "position")
             .values_list("run_id", "position")
         )

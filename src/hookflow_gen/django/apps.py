@@ -85,6 +85,8 @@ def build_runtime(
     Raises:
         ConfigurationError: the scheduler is unknown or cannot be built.
     """
+    from django.db import connections
+
     from .._runtime import Runtime
     from ._store import DjangoStore
 
@@ -96,6 +98,8 @@ def build_runtime(
         lease=settings.lease,
         default_retry=settings.default_retry,
         warm_runs=settings.warm_runs,
+        # A step thread's connections are its own: close them when it ends.
+        thread_exit=connections.close_all,
     )
 
 

@@ -52,6 +52,15 @@ class Run(models.Model):
         null=True, blank=True, help_text="When the run is next due for a tick."
     )
     wake_seq: models.PositiveIntegerField[int, int] = models.PositiveIntegerField(default=0)
+    cancel_requested: models.BooleanField[bool, bool] = models.BooleanField(
+        default=False, help_text="Cancel was asked for; the next tick throws Cancelled in."
+    )
+    tick_failures: models.PositiveIntegerField[int, int] = models.PositiveIntegerField(
+        default=0, help_text="Ticks in a row that raised; the run fails at the runtime's bound."
+    )
+    past_errors: models.JSONField[Any, Any] = models.JSONField(
+        default=list, blank=True, help_text="The errors the run failed with before each resume."
+    )
     claimed_until: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
         null=True,
         blank=True,

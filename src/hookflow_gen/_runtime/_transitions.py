@@ -1,0 +1,188 @@
+"""Every legal change of a step record and of a run, as one named function each.
+
+The runtime never edits a ``StepRecord`` or ``RunState`` field by hand: it
+calls one of these and writes what they return, in the transaction that
+decided it. That keeps the write set of each transition in one place, and
+the run invariant checkable in one place (``unguarded``):
+
+    a RUNNING run always has a wake-up set, a step under a live lease, or a
+    registered wait (an event step, or an invoke step whose child runs),
+    written in the same commit that made it needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import datetime
+
+from .._journal import CANCELLED, ErrorInfo, StepRecord, StepStatus
+from .._store import RunState, RunStatus
+
+__all__ = [
+    "cancel_step",
+    "cancelled_error",
+    "claim",
+    "complete",
+    "fail",
+    "finish",
+    "guarded_by",
+    "lapsed",
+    "request_cancel",
+    "resume",
+    "retry_later",
+    "suspend",
+    "tick_failed",
+    "unguarded",
+    "wake",
+]
+
+_PENDING = StepStatus.PENDING
+
+# -- steps ---------------------------------------------------------------------
+
+
+def claim(record: StepRecord, owner: str, lease_until: datetime) -> StepRecord:
+    """A worker takes the step: one more attempt, under a lease only ``owner`` holds."""
+    return dataclasses.replace(
+        record,
+        attempts=record.attempts + 1,
+        wake_at=None,
+        lease_until=lease_until,
+        lease_owner=owner,
+    )
+
+
+def lapsed(record: StepRecord, now: datetime) -> bool:
+    """True for a claimed step whose lease ran out: the attempt's worker died (or hung)."""
+    return (
+        record.status is _PENDING
+        and record.lease_owner is not None
+        and record.lease_until is not None
+        and record.lease_until <= now
+    )
+
+
+def complete(record: StepRecord, result: str | None, now: datetime) -> StepRecord:
+    """The step settled with ``result`` (JSON)."""
+    return dataclasses.replace(
+        record,
+        status=StepStatus.COMPLETED,
+        result=result,
+        completed_at=now,
+        lease_until=None,
+        lease_owner=None,
+    )
+
+
+def retry_later(record: StepRecord, error: ErrorInfo, at: datetime) -> StepRecord:
+    """A failed attempt, to be tried again at ``at``; the error is kept for display."""
+    return dataclasses.replace(record, error=error, wake_at=at, lease_until=None, lease_owner=None)
+
+
+def fail(record: StepRecord, error: ErrorInfo, now: datetime) -> StepRecord:
+    """The step failed for good."""
+    return dataclasses.replace(
+        record,
+        status=StepStatus.FAILED,
+        error=error,
+        completed_at=now,
+        wake_at=None,
+        lease_until=None,
+        lease_owner=None,
+    )
+
+
+def cancelled_error(message: str = "the run was cancelled") -> ErrorInfo:
+    """The recorded error of a step settled by a cancellation."""
+    return ErrorInfo(type=CANCELLED, message=message, mro=(CANCELLED,))
+
+
+def cancel_step(record: StepRecord, now: datetime) -> StepRecord:
+    """Settle a pending step because its run was cancelled (``Cancelled`` is thrown there)."""
+    return fail(record, cancelled_error(), now)
+
+
+# -- runs ----------------------------------------------------------------------
+
+
+def wake(run: RunState, at: datetime) -> RunState:
+    """Set the run's next wake-up (a new sequence number, for its delivery)."""
+    return dataclasses.replace(run, wake_at=at, wake_seq=run.wake_seq + 1)
+
+
+def finish(
+    run: RunState,
+    status: RunStatus,
+    now: datetime,
+    *,
+    result: str | None = None,
+    error: ErrorInfo | None = None,
+) -> RunState:
+    """The run reached a final state: nothing wakes it any more."""
+    return dataclasses.replace(
+        run,
+        status=status,
+        result=result,
+        error=error,
+        finished_at=now,
+        wake_at=None,
+        cancel_requested=False,
+        tick_failures=0,
+    )
+
+
+def suspend(run: RunState, error: ErrorInfo, at: datetime) -> RunState:
+    """The run cannot be ticked here now (its workflow is unknown to this code).
+
+    It stays running, shows ``error``, and is tried again at ``at``: a deploy
+    that brings the workflow back resumes it without anyone's help.
+    """
+    return dataclasses.replace(wake(run, at), error=error)
+
+
+def tick_failed(run: RunState, error: ErrorInfo, at: datetime) -> RunState:
+    """A tick raised: count it, show the error, try again at ``at``."""
+    return dataclasses.replace(wake(run, at), error=error, tick_failures=run.tick_failures + 1)
+
+
+def request_cancel(run: RunState, now: datetime) -> RunState:
+    """Ask for the run to be cancelled at its next tick, due now."""
+    return dataclasses.replace(wake(run, now), cancel_requested=True)
+
+
+def resume(run: RunState, now: datetime) -> RunState:
+    """A failed run runs again from where it failed; its error joins its history."""
+    history = run.past_errors + ((run.error,) if run.error is not None else ())
+    return dataclasses.replace(
+        wake(run, now),
+        status=RunStatus.RUNNING,
+        error=None,
+        result=None,
+        finished_at=None,
+        tick_failures=0,
+        past_errors=history,
+    )
+
+
+# -- the invariant -----------------------------------------------------------------
+
+
+def guarded_by(record: StepRecord, now: datetime) -> bool:
+    """True if this pending step alone keeps its run from being stranded."""
+    if record.status is not _PENDING:
+        return False
+    if record.kind in ("run", "call"):
+        return record.lease_until is not None and record.lease_until > now
+    if record.kind == "event":
+        return True  # a registered wait: notify wakes the run
+    if record.kind == "invoke":
+        return record.key is not None  # the child's end settles it
+    return False  # a sleep is guarded by the run's wake-up only
+
+
+def unguarded(run: RunState, pending: Iterable[StepRecord], now: datetime) -> bool:
+    """True if the run, left as it is, would never be ticked again."""
+    if run.status is not RunStatus.RUNNING or run.wake_at is not None:
+        return False
+    return not any(guarded_by(record, now) for record in pending)
