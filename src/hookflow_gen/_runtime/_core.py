@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from .._clock import Clock, SystemClock
 from .._codec import adapter_for, decode, encode
@@ -34,7 +34,7 @@ from .._context import RunInfo
 from .._engine import Completed, Decision, Failed, Pending, Replay, Waiting
 from .._journal import ErrorInfo, StepRecord, StepStatus, storable
 from .._scheduler import Scheduler
-from .._steps import CallStep, EventStep, InvokeStep, RetryPolicy, RunStep, SleepStep
+from .._steps import CallStep, EventStep, InvokeStep, LeafStep, RetryPolicy, RunStep, SleepStep
 from .._store import RunState, RunStatus, Store
 from .._workflow import Workflow, get_workflow
 from ..exceptions import (
@@ -264,7 +264,7 @@ class Runtime:
             return None
         self._warm.put(run_id, replay)
         step = _pending_at(decision, position)
-        return cast("EventStep[Any]", step) if isinstance(step, EventStep) else None
+        return step if isinstance(step, EventStep) else None
 
     def _deliver(self, run_id: str, position: int, step: EventStep[Any], data: str) -> bool:
         with self.store.atomic():
@@ -1155,7 +1155,7 @@ def _child_error(child: RunState) -> ErrorInfo:
     )
 
 
-def _pending_at(decision: Any, position: int) -> Any:
+def _pending_at(decision: Decision, position: int) -> LeafStep | None:
     if isinstance(decision, Waiting):
         for pending in decision.pending:
             if pending.position == position:
