@@ -80,7 +80,9 @@ def encode(adapter: TypeAdapter[Any], value: object, *, what: str) -> str:
     except pydantic.ValidationError as exc:
         raise PayloadValidationError(f"{what} does not match its declared type: {exc}") from exc
     try:
-        return adapter.dump_json(checked).decode()
+        # "error": a value built without validation (model_construct) that does not
+        # fit its type is refused here, not stored to fail every later replay.
+        return adapter.dump_json(checked, warnings="error").decode()
     except pydantic_core.PydanticSerializationError as exc:
         raise PayloadValidationError(f"{what} cannot be serialised as JSON: {exc}") from exc
 

@@ -63,7 +63,7 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_every_error_descends_from_the_root() -> None:
-    """All hookflow_gen errors share the HookflowError root; step-steering ones and Cancelled do not."""
+    """Errors share the HookflowError root, but for the step-steering ones and Cancelled."""
     ex = hookflow_gen.exceptions
     for name in ex.__all__:
         cls = getattr(ex, name)

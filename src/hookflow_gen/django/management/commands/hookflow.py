@@ -32,6 +32,7 @@ from hookflow_gen.django._worker import Worker
 from hookflow_gen.exceptions import (
     ConfigurationError,
     HookflowError,
+    InvalidIdError,
     PayloadValidationError,
     UnknownRunError,
 )
@@ -285,7 +286,14 @@ def _show(command: Command, options: dict[str, Any]) -> None:
     if run.result is not None:
         write(f"result    {run.result}")
     if run.error is not None:
-        write(f"error     {run.error.type}: {run.error.message}")
+        label = "error" if run.status.finished else "problem"
+        write(f"{label:<9} {run.error.type}: {run.error.message}")
+    if run.tick_failures:
+        write(f"ticks     {run.tick_failures} failed in a row")
+    if run.cancel_requested:
+        write("cancel    requested")
+    for number, past in enumerate(run.past_errors, start=1):
+        write(f"failed #{number} {past.type}: {past.message} (then resumed)")
     with runtime.store.atomic():
         records = runtime.store.steps(run.run_id)
     write("")
@@ -325,6 +333,24 @@ def _cancel(command: Command, options: dict[str, Any]) -> None:
         command.stdout.write(f"run {run_id} cancelled")
 
 
+def _resume_arguments(parser: CommandParser) -> None:
+    parser.add_argument("run_id", help="The failed run to run again.")
+
+
+@subcommand(
+    "resume",
+    "Run a failed run again from where it failed, with the current code.",
+    _resume_arguments,
+)
+def _resume(command: Command, options: dict[str, Any]) -> None:
+    runtime = _runtime()
+    try:
+        run = runtime.resume(options["run_id"])
+    except HookflowError as exc:
+        raise CommandError(str(exc)) from None
+    command.stdout.write(f"run {run.run_id} resumed: {run.status.value}")
+
+
 def _notify_arguments(parser: CommandParser) -> None:
     parser.add_argument("key", help="The event key runs wait on.")
     parser.add_argument("payload", help='The event, as JSON (e.g. \'{"approved_by": "ann"}\').')
@@ -339,7 +365,7 @@ def _notify(command: Command, options: dict[str, Any]) -> None:
         raise CommandError(f"the payload is not valid JSON: {exc}") from None
     try:
         delivered = runtime.notify(options["key"], payload)
-    except PayloadValidationError as exc:
+    except (PayloadValidationError, InvalidIdError) as exc:
         raise CommandError(f"the event was not sent: {exc}") from None
     if delivered:
         command.stdout.write(f"delivered to {delivered} run(s)")
