@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from hookflow_gen import (
     StepFailed,
     StepStatus,
     WorkflowFailed,
+    current_step,
     workflow,
 )
 from hookflow_gen._runtime import Runtime
@@ -306,6 +308,25 @@ def test_eviction_never_carries_out_a_step_and_never_raises_into_a_tick() -> Non
     runtime.close()
     assert effects == []
     assert store.runs[first.run_id].status is RunStatus.RUNNING
+
+
+async def whoami() -> str:
+    return current_step().step_name
+
+
+@workflow
+def async_step(ctx: Context, order: Order) -> Flow[str]:
+    return (yield from ctx.run("whoami", whoami))
+
+
+def test_an_async_step_run_inside_an_event_loop_sees_current_step() -> None:
+    """Run from inside a running event loop, an async step still has its current_step()."""
+
+    async def start_in_loop() -> str:
+        with WorkflowEnvironment():
+            return async_step.start(Order(order_id=16)).result()
+
+    assert asyncio.run(start_in_loop()) == "whoami"
 
 
 # -- misuse ------------------------------------------------------------------------------------
