@@ -2,12 +2,19 @@
 
 The package is split along its seams, behind the ``Runtime`` facade:
 
-- ``_core``: the tick, claiming and leases, checkpoints, run lifecycle;
+- ``_core``: the tick (claims, leases, checkpoints, cancellation delivery);
 - ``_execute``: running one attempt of a step (threads, event loops,
   timeouts, HTTP) and ``current_step()``;
+- ``_events``: ``notify`` and event waits;
+- ``_lifecycle``: start, cancel, resume, child runs;
+- ``_poison``: bounding ticks that keep raising;
+- ``_transitions``: every legal change of a step or run, and the invariant;
+- ``_warm``: the cache of live generators;
+- ``_base``: what they share.
 """
 
-from ._core import Runtime, TickReport, waiting_children
+from ._base import TickReport, check_id
+from ._core import Runtime, waiting_children
 from ._execute import (
     CallDispatcher,
     CallExecutor,
@@ -24,6 +31,7 @@ __all__ = [
     "StepInfo",
     "TickReport",
     "call_response",
+    "check_id",
     "current_step",
     "http_call",
     "waiting_children",

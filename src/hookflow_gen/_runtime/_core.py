@@ -28,85 +28,40 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .._clock import Clock, SystemClock
-from .._codec import adapter_for, decode, encode
-from .._context import RunInfo
+from .._codec import encode
 from .._engine import Completed, Decision, Failed, Pending, Replay, Waiting
-from .._journal import ErrorInfo, StepRecord, StepStatus, storable
-from .._scheduler import Scheduler
-from .._steps import CallStep, EventStep, InvokeStep, LeafStep, RetryPolicy, RunStep, SleepStep
+from .._journal import ErrorInfo, StepRecord, StepStatus
+from .._steps import CallStep, EventStep, InvokeStep, RunStep, SleepStep
 from .._store import RunState, RunStatus, Store
-from .._workflow import Workflow, get_workflow
 from ..exceptions import (
-    HookflowError,
-    InvalidIdError,
     NonDeterminismError,
     PayloadValidationError,
-    RetryAfter,
     UnknownRunError,
     UnknownWorkflowError,
 )
 from . import _transitions as T
+from ._base import TickReport
+from ._events import EventsMixin
 from ._execute import (
-    CallDispatcher,
-    CallExecutor,
     Fatal,
     Outcome,
-    StepExecutor,
     StepInfo,
     StillRunning,
-    http_call,
 )
-from ._warm import WarmCache
+from ._lifecycle import LifecycleMixin
+from ._poison import PoisonMixin
 
-__all__ = ["Runtime", "TickReport", "check_id", "waiting_children"]
+__all__ = ["Runtime", "waiting_children"]
 
 log = logging.getLogger("hookflow_gen")
-
-_ANY = adapter_for(Any)
-
 _PENDING = StepStatus.PENDING
-
-#: The longest run id or event key the store keeps.
-MAX_ID = 255
-
-
-def check_id(value: object, what: str) -> str:
-    """``value`` if it can be stored as a run id or event key.
-
-    Raises:
-        InvalidIdError: not a string, empty, over 255 characters, or with a NUL.
-    """
-    if not isinstance(value, str):
-        raise InvalidIdError(f"{what} must be a string, got {type(value).__name__} {value!r}")
-    if not value:
-        raise InvalidIdError(f"{what} must not be empty")
-    if len(value) > MAX_ID:
-        raise InvalidIdError(f"{what} is {len(value)} characters long; at most {MAX_ID} fit")
-    if "\x00" in value:
-        raise InvalidIdError(f"{what} holds a NUL character")
-    return value
-
-
-def _event_lock(key: str) -> str:
-    return f"event:{key}"
 
 
 class _LeaseLapsed(Exception):
     """The worker running an attempt stopped before it finished (its lease lapsed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TickReport:
-    """What one tick did (for logs, tests and the worker's output)."""
-
-    run_id: str
-    status: RunStatus
-    steps_run: int
-    wake_at: datetime | None
-
-
-class Runtime:
+class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
     """Runs workflows durably on a ``Store`` and a ``Scheduler``.
 
     Args:
@@ -129,246 +84,6 @@ class Runtime:
         suspend_for: how long a run whose workflow this code does not know
             waits before it is tried again.
     """
-
-    def __init__(
-        self,
-        store: Store,
-        scheduler: Scheduler,
-        *,
-        clock: Clock | None = None,
-        budget: timedelta = timedelta(seconds=10),
-        lease: timedelta = timedelta(minutes=5),
-        default_retry: RetryPolicy | None = None,
-        warm_runs: int = 256,
-        call_executor: CallExecutor = http_call,
-        call_dispatcher: CallDispatcher | None = None,
-        thread_exit: Callable[[], None] | None = None,
-        max_tick_failures: int = 5,
-        suspend_for: timedelta = timedelta(minutes=1),
-    ) -> None:
-        self.store = store
-        self.scheduler = scheduler
-        self.clock: Clock = clock or SystemClock()
-        self.budget = budget
-        self.lease = lease
-        self.default_retry = default_retry or RetryPolicy()
-        self.call_executor = call_executor
-        if call_dispatcher is None and isinstance(scheduler, CallDispatcher):
-            call_dispatcher = scheduler
-        self.call_dispatcher = call_dispatcher
-        self.max_tick_failures = max_tick_failures
-        self.suspend_for = suspend_for
-        self._warm = WarmCache(warm_runs)
-        self.executor = StepExecutor(call_executor, thread_exit=thread_exit)
-        bind = getattr(scheduler, "bind", None)
-        if callable(bind):
-            bind(self)
-
-    # -- starting ------------------------------------------------------------------
-
-    def start_run(
-        self,
-        workflow: Workflow[Any, Any],
-        payload: object,
-        *,
-        run_id: str | None = None,
-        parent: tuple[str, int] | None = None,
-    ) -> tuple[RunState, bool]:
-        """Create a run and schedule its first tick; (run, created).
-
-        Raises:
-            PayloadValidationError: the payload does not fit the workflow.
-            InvalidIdError: ``run_id`` cannot be stored.
-        """
-        if run_id is not None:
-            check_id(run_id, "run_id")
-        what = f"the payload of workflow {workflow.name!r}"
-        payload_json = encode(workflow.payload_adapter, payload, what=what)
-        # Decoded once more, as every tick will: a payload built without
-        # validation (``model_construct``) is refused here, not at its first tick.
-        decode(workflow.payload_adapter, payload_json, what=what)
-        now = self.clock.now()
-        state = RunState(
-            run_id=run_id or uuid.uuid4().hex,
-            workflow=workflow.name,
-            payload=payload_json,
-            created_at=now,
-            parent_run_id=parent[0] if parent else None,
-            parent_position=parent[1] if parent else None,
-            wake_at=now,
-            wake_seq=1,
-        )
-        with self.store.atomic():
-            run, created = self.store.create_run(state)
-            if created:
-                self.scheduler.wake(self.store, run)
-        return run, created
-
-    # -- events ----------------------------------------------------------------------
-
-    def notify(self, key: str, payload: object) -> int:
-        """Deliver an event to every run waiting on ``key``; buffer it if none waits.
-
-        Returns how many runs received it. The payload is validated against
-        each waiting step's model first: if it does not fit, nothing changes
-        and ``PayloadValidationError`` is raised. A waiting run whose code no
-        longer replays is skipped (and woken, so its tick fails it visibly).
-
-        Looking for waiters and buffering happen under a lock on the key,
-        which a run that starts to wait takes too: an event is never buffered
-        while a run is about to wait for it without seeing it.
-
-        Raises:
-            InvalidIdError: the key cannot be stored.
-            PayloadValidationError: the payload does not fit a waiting step.
-        """
-        check_id(key, "the event key")
-        data = encode(_ANY, payload, what=f"the event for key {key!r}")
-        for _ in range(3):
-            with self.store.atomic():
-                self.store.lock_key(_event_lock(key))
-                waiters = self.store.waiters("event", key)
-                if not waiters:
-                    self.store.add_event(key, data)
-                    return 0
-            targets: list[tuple[str, int, EventStep[Any]]] = []
-            for run_id, position in waiters:
-                step = self._event_step_at(run_id, position)
-                if step is not None:
-                    decode(step.event_adapter, data, what=f"the event for key {key!r}")
-                    targets.append((run_id, position, step))
-            delivered = sum(self._deliver(run_id, p, step, data) for run_id, p, step in targets)
-            if delivered:
-                return delivered
-            # Every waiter moved on meanwhile: look again, and buffer if none is left.
-        return 0
-
-    def _event_step_at(self, run_id: str, position: int) -> EventStep[Any] | None:
-        """The event step a waiting run is blocked on at ``position``, if it still is."""
-        run = self.store.get_run(run_id)
-        if run is None or run.status.finished:
-            return None
-        replay = self._warm.take(run_id)
-        try:
-            with self.store.atomic():
-                if replay is None:
-                    replay = self._new_replay(run)
-                else:
-                    replay.catch_up(self.store.steps(run_id, replay.position))
-            decision = replay.advance()
-        except Exception as exc:
-            log.warning("run %s no longer replays, so it gets no event: %s", run_id, exc)
-            if replay is not None:
-                replay.discard()
-            self._wake_now(run_id)
-            return None
-        self._warm.put(run_id, replay)
-        step = _pending_at(decision, position)
-        return step if isinstance(step, EventStep) else None
-
-    def _deliver(self, run_id: str, position: int, step: EventStep[Any], data: str) -> bool:
-        with self.store.atomic():
-            run = self.store.lock_run(run_id)
-            if run is None or run.status.finished:
-                return False
-            records = self.store.steps(run_id, position)
-            if not records or records[0].position != position:
-                return False
-            record = records[0]
-            if record.status is not _PENDING or record.kind != "event":
-                return False
-            what = f"the event for key {record.key!r}"
-            result = encode(step.adapter, decode(step.event_adapter, data, what=what), what=what)
-            now = self.clock.now()
-            done = dataclasses.replace(T.complete(record, result, now), attempts=1)
-            self.store.save_step(run_id, done)
-            self._wake(run, now)
-        return True
-
-    def _wake_now(self, run_id: str) -> None:
-        try:
-            with self.store.atomic():
-                run = self.store.lock_run(run_id)
-                if run is not None and not run.status.finished:
-                    self._wake(run, self.clock.now())
-        except Exception:
-            log.exception("run %s: could not be woken", run_id)
-
-    # -- cancel and resume -------------------------------------------------------------
-
-    def cancel(self, run_id: str) -> RunState:
-        """Cancel a run: ``Cancelled`` is thrown into its workflow at its current ``yield``.
-
-        The workflow may catch it and run cleanup steps; the run's children
-        are cancelled too. The run is ticked here at once, so a workflow
-        without cleanup is cancelled when this returns. A finished run is
-        left as it is.
-
-        Raises:
-            UnknownRunError: no run has that id.
-        """
-        with self.store.atomic():
-            run = self.store.lock_run(run_id)
-            if run is None:
-                raise UnknownRunError(f"no run has id {run_id!r}")
-            if run.status.finished:
-                return run
-            run = T.request_cancel(run, self.clock.now())
-            self.store.save_run(run)
-            self.scheduler.wake(self.store, run)
-        try:
-            self.tick(run_id)
-        except Exception:
-            log.exception("run %s: the tick after cancel failed; its wake-up retries it", run_id)
-        return self.store.get_run(run_id) or run
-
-    def resume(self, run_id: str) -> RunState:
-        """Run a failed run again, from where it failed, with the current code.
-
-        The steps that failed it are tried again with a fresh retry budget
-        (a run that failed on a replay error or a tick error just runs
-        again); its previous error is kept in ``past_errors``.
-
-        Raises:
-            UnknownRunError: no run has that id.
-            HookflowError: the run has not failed.
-        """
-        with self.store.atomic():
-            run = self.store.lock_run(run_id)
-            if run is None:
-                raise UnknownRunError(f"no run has id {run_id!r}")
-            if run.status is not RunStatus.FAILED:
-                raise HookflowError(
-                    f"run {run_id} is {run.status.value}; only a failed run can be resumed"
-                )
-            now = self.clock.now()
-            failed_at = self._failed_at(run)
-            if failed_at is not None:
-                for record in self.store.steps(run_id, failed_at):
-                    if record.status is StepStatus.FAILED and not _cancelled(record):
-                        retry = dataclasses.replace(
-                            record, status=_PENDING, completed_at=None, wake_at=now, attempts=0
-                        )
-                        self.store.save_step(run_id, retry)
-            run = T.resume(run, now)
-            self.store.save_run(run)
-            self.scheduler.wake(self.store, run)
-        log.info("run %s resumed", run_id)
-        return run
-
-    def _failed_at(self, run: RunState) -> int | None:
-        """Where the failed run's workflow failed now: the start of its last request."""
-        try:
-            replay = self._new_replay(run)
-        except Exception:
-            return None
-        try:
-            decision = replay.advance()
-        except Exception:
-            return None
-        finally:
-            replay.discard()
-        return replay.failed_at if isinstance(decision, Failed) else None
 
     # -- the tick ------------------------------------------------------------------------
 
@@ -477,23 +192,6 @@ class Runtime:
             run = dataclasses.replace(run, tick_failures=0, error=None)
             self.store.save_run(run)
         return replay, run
-
-    def _replay_for(self, run: RunState) -> Replay:
-        replay = self._warm.take(run.run_id)
-        if replay is not None:
-            replay.catch_up(self.store.steps(run.run_id, replay.position))
-            return replay
-        return self._new_replay(run)
-
-    def _new_replay(self, run: RunState) -> Replay:
-        workflow = get_workflow(run.workflow)
-        info = RunInfo(
-            run_id=run.run_id,
-            workflow_name=run.workflow,
-            started_at=run.created_at or self.clock.now(),
-            parent_run_id=run.parent_run_id,
-        )
-        return Replay(workflow, run.payload, info, self.store.steps(run.run_id))
 
     def _drive(
         self, run: RunState, replay: Replay, deadline: float, writes: _Writes
@@ -615,12 +313,6 @@ class Runtime:
             self.store.on_commit(functools.partial(self._cancel_quietly, child))
         return run
 
-    def _cancel_quietly(self, run_id: str) -> None:
-        try:
-            self.cancel(run_id)
-        except Exception:
-            log.exception("run %s: could not be cancelled with its parent", run_id)
-
     def _may_retry(self, run: RunState, pending: Pending, record: StepRecord) -> bool:
         """A lapsed lease is a failed attempt: may the step be tried again?"""
         policy = self._policy(run, pending.step)
@@ -657,79 +349,6 @@ class Runtime:
             # A run or call step is saved when claimed: one write, not two.
             self.store.save_step(run.run_id, record)
         return record
-
-    def _begin_wait(self, record: StepRecord, step: EventStep[Any], now: datetime) -> StepRecord:
-        try:
-            key = check_id(step.key, f"the key of event step {step.name!r}")
-        except InvalidIdError as exc:
-            return T.fail(record, ErrorInfo.from_exception(exc), now)
-        record = dataclasses.replace(
-            record, key=key, wake_at=now + step.timeout if step.timeout is not None else None
-        )
-        # The same lock as notify's: a notify either sees this wait or has
-        # buffered its event before the lookup below.
-        self.store.lock_key(_event_lock(key))
-        buffered = self.store.take_event(key)
-        if buffered is None:
-            return record
-        try:
-            event = decode(step.event_adapter, buffered, what=f"the event for key {key!r}")
-            result = encode(step.adapter, event, what=f"the event for key {key!r}")
-        except PayloadValidationError as exc:
-            return dataclasses.replace(
-                T.fail(record, ErrorInfo.from_exception(exc), now), attempts=1
-            )
-        return dataclasses.replace(T.complete(record, result, now), attempts=1)
-
-    def _begin_child(
-        self, run: RunState, record: StepRecord, step: InvokeStep[Any], now: datetime
-    ) -> StepRecord:
-        child_id = step.run_id or f"{run.run_id}-{record.position}"
-        try:
-            check_id(child_id, f"the run id of invoke step {step.name!r}")
-            child, created = self.start_run(
-                step.workflow, step.payload, run_id=child_id, parent=(run.run_id, record.position)
-            )
-        except (InvalidIdError, PayloadValidationError) as exc:
-            return dataclasses.replace(
-                T.fail(record, ErrorInfo.from_exception(exc), now), attempts=1
-            )
-        record = dataclasses.replace(record, key=child.run_id)
-        if created:
-            return record  # its end settles this step (same commit: nothing to race)
-        if child.workflow != step.workflow.name:
-            error = ErrorInfo(
-                type="hookflow_gen.exceptions.HookflowError",
-                message=f"run {child.run_id!r} exists already, for workflow {child.workflow!r}, "
-                f"not {step.workflow.name!r}",
-                mro=("hookflow_gen.exceptions.HookflowError",),
-            )
-            return dataclasses.replace(T.fail(record, error, now), attempts=1)
-        # An existing run: it may end before this commit, unseen; look again later too.
-        return self._child_outcome(record, child, now)
-
-    def _check_child(self, run: RunState, record: StepRecord, now: datetime) -> StepRecord:
-        """A timed look at the child of an invoke step that attached to an existing run."""
-        child = self.store.get_run(record.key) if record.key else None
-        if child is None:
-            error = ErrorInfo(
-                type="hookflow_gen.exceptions.UnknownRunError",
-                message=f"child run {record.key!r} no longer exists",
-                mro=("hookflow_gen.exceptions.UnknownRunError",),
-            )
-            checked = dataclasses.replace(T.fail(record, error, now), attempts=1)
-        else:
-            checked = self._child_outcome(record, child, now)
-        if checked != record:
-            self.store.save_step(run.run_id, checked)
-        return checked
-
-    def _child_outcome(self, record: StepRecord, child: RunState, now: datetime) -> StepRecord:
-        if child.status is RunStatus.COMPLETED:
-            return dataclasses.replace(T.complete(record, child.result, now), attempts=1)
-        if child.status.finished:
-            return dataclasses.replace(T.fail(record, _child_error(child), now), attempts=1)
-        return dataclasses.replace(record, wake_at=now + self.lease)
 
     def _claim(
         self, pending: Pending, record: StepRecord, now: datetime, writes: _Writes, *, alone: bool
@@ -878,180 +497,6 @@ class Runtime:
         replay.settle(record)
         return True
 
-    def _failed_attempt(
-        self,
-        run: RunState,
-        pending: Pending,
-        current: StepRecord,
-        exc: BaseException,
-        now: datetime,
-        *,
-        error: ErrorInfo | None = None,
-    ) -> StepRecord:
-        policy = self._policy(run, pending.step)
-        error = error or ErrorInfo.from_exception(exc)
-        if policy.retries(exc, current.attempts):
-            delay = exc.delay if isinstance(exc, RetryAfter) else policy.delay(current.attempts)
-            log.info(
-                "run %s: step %r attempt %d failed (%s); retrying in %s",
-                run.run_id,
-                current.name,
-                current.attempts,
-                error.message,
-                delay,
-            )
-            return T.retry_later(current, error, now + delay)
-        return T.fail(current, error, now)
-
-    def _policy(self, run: RunState, step: Any) -> RetryPolicy:
-        own: RetryPolicy | None = getattr(step, "retry", None)
-        if own is not None:
-            return own
-        workflow = get_workflow(run.workflow)
-        return workflow.retry or self.default_retry
-
-    # -- a tick that raised ------------------------------------------------------------
-
-    def _tick_failed(self, run_id: str, exc: Exception, outcome: Outcome | None) -> None:
-        """Record a tick's error so that it cannot recur without bound.
-
-        A step outcome that could not be checkpointed is a failed attempt
-        of that step (the retry policy bounds it); any other error counts
-        against ``max_tick_failures``, after which the run fails. If even
-        that cannot be written, the run fails with a bare error.
-        """
-        error = ErrorInfo.from_exception(exc)
-        log.error("run %s: the tick failed: %s: %s", run_id, error.type, error.message)
-        try:
-            with self.store.atomic():
-                run = self.store.lock_run(run_id)
-                if run is None or run.status.finished:
-                    return
-                now = self.clock.now()
-                if outcome is not None and self._refused(run, outcome, exc, error, now):
-                    return
-                if run.tick_failures + 1 >= self.max_tick_failures:
-                    log.error("run %s: failed after %d failed ticks", run_id, run.tick_failures + 1)
-                    self._finish(run, RunStatus.FAILED, error=error)
-                    return
-                delay = min(timedelta(seconds=2**run.tick_failures), self.lease)
-                self._save_woken(T.tick_failed(run, error, now + delay))
-        except Exception:
-            log.exception("run %s: the tick's failure could not be recorded", run_id)
-            self._fail_bare(run_id, error)
-
-    def _refused(
-        self, run: RunState, outcome: Outcome, exc: Exception, error: ErrorInfo, now: datetime
-    ) -> bool:
-        """The step's checkpoint was refused: record a failed attempt instead, if still ours."""
-        position = outcome.pending.position
-        records = self.store.steps(run.run_id, position)
-        if not records or records[0].position != position:
-            return False
-        current = records[0]
-        if current.status is not _PENDING or current.lease_owner != outcome.owner:
-            return False
-        refused = ErrorInfo(
-            type=error.type,
-            message=storable(f"the step's outcome could not be recorded: {error.message}", 4000),
-            mro=error.mro,
-            traceback=error.traceback,
-        )
-        record = self._failed_attempt(run, outcome.pending, current, exc, now, error=refused)
-        self.store.save_step(run.run_id, record)
-        self._wake(run, now)
-        return True
-
-    def _fail_bare(self, run_id: str, error: ErrorInfo) -> None:
-        bare = ErrorInfo(type=error.type, message=ascii(error.message)[:500], mro=error.mro)
-        try:
-            with self.store.atomic():
-                run = self.store.lock_run(run_id)
-                if run is not None and not run.status.finished:
-                    self.store.save_run(
-                        T.finish(run, RunStatus.FAILED, self.clock.now(), error=bare)
-                    )
-        except Exception:
-            log.exception("run %s: could not be failed; it is tried again later", run_id)
-
-    # -- run state ----------------------------------------------------------------------
-
-    def _set_wake(self, run: RunState, wake_at: datetime | None, now: datetime) -> RunState:
-        current = run.wake_at
-        if wake_at is None:
-            if current is None:
-                return run
-            run = dataclasses.replace(run, wake_at=None)
-            self.store.save_run(run)
-            return run
-        if current is not None and now < current <= wake_at:
-            # An earlier wake-up is already set: a tick that comes early finds
-            # nothing due and sets the next one. Keeping it saves a write (and,
-            # on QStash, a message) per step.
-            return run
-        return self._wake(run, wake_at)
-
-    def _wake(self, run: RunState, at: datetime) -> RunState:
-        return self._save_woken(T.wake(run, at))
-
-    def _save_woken(self, run: RunState) -> RunState:
-        self.store.save_run(run)
-        self.scheduler.wake(self.store, run)
-        return run
-
-    def _finish(
-        self,
-        run: RunState,
-        status: RunStatus,
-        *,
-        result: str | None = None,
-        error: ErrorInfo | None = None,
-    ) -> RunState:
-        now = self.clock.now()
-        run = T.finish(run, status, now, result=result, error=error)
-        self.store.save_run(run)
-        self._warm.drop(run.run_id)
-        self._settle_waiters(run, now)
-        if status is RunStatus.FAILED and error is not None:
-            self.store.on_commit(lambda: self._on_failure(run, error))
-        return run
-
-    def _settle_waiters(self, child: RunState, now: datetime) -> None:
-        """Settle every pending invoke step waiting on the finished ``child``.
-
-        Locks each parent while holding the child (the one lock order of
-        parent and child): a parent's tick never locks a child's row.
-        """
-        for parent_id, position in self.store.waiters("invoke", child.run_id):
-            parent = self.store.lock_run(parent_id)
-            if parent is None or parent.status.finished:
-                continue
-            records = self.store.steps(parent_id, position)
-            if not records or records[0].position != position:
-                continue
-            record = records[0]
-            if record.status is not _PENDING or record.key != child.run_id:
-                continue
-            self.store.save_step(parent_id, self._child_outcome(record, child, now))
-            self._wake(parent, now)
-
-    def _on_failure(self, run: RunState, error: ErrorInfo) -> None:
-        try:
-            workflow = get_workflow(run.workflow)
-        except LookupError:
-            return
-        if workflow.on_failure is None:
-            return
-        try:
-            payload = decode(workflow.payload_adapter, run.payload, what="payload")
-            workflow.on_failure(run.run_id, payload, error)
-        except Exception:
-            log.exception("run %s: the on_failure handler raised", run.run_id)
-
-    def close(self) -> None:
-        """Discard the warm generators (nothing they yield is carried out)."""
-        self._warm.clear()
-
 
 class _Flag:
     __slots__ = ("value",)
@@ -1135,29 +580,9 @@ def _is_atomic(pending: Pending) -> bool:
     return isinstance(pending.step, RunStep) and pending.step.atomic
 
 
-def _cancelled(record: StepRecord) -> bool:
-    return record.error is not None and record.error.is_cancellation
-
-
 def _lapsed_error(record: StepRecord) -> ErrorInfo:
     exc = _LeaseLapsed(
         f"attempt {record.attempts} of step {record.name!r} stopped before it finished "
         "(its worker died or hung past the lease), and no attempts are left"
     )
     return ErrorInfo.from_exception(exc)
-
-
-def _child_error(child: RunState) -> ErrorInfo:
-    return child.error or ErrorInfo(
-        type="hookflow_gen.exceptions.RunCancelled",
-        message=f"child run {child.run_id} was cancelled",
-        mro=("hookflow_gen.exceptions.RunCancelled",),
-    )
-
-
-def _pending_at(decision: Decision, position: int) -> LeafStep | None:
-    if isinstance(decision, Waiting):
-        for pending in decision.pending:
-            if pending.position == position:
-                return pending.step
-    return None

@@ -1,0 +1,271 @@
+"""What every part of the runtime shares: its settings, replays, wake-ups, run ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .._clock import Clock, SystemClock
+from .._codec import decode
+from .._context import RunInfo
+from .._engine import Pending, Replay
+from .._journal import ErrorInfo, StepRecord, StepStatus
+from .._scheduler import Scheduler
+from .._steps import RetryPolicy
+from .._store import RunState, RunStatus, Store
+from .._workflow import get_workflow
+from ..exceptions import (
+    InvalidIdError,
+    RetryAfter,
+)
+from . import _transitions as T
+from ._execute import (
+    CallDispatcher,
+    CallExecutor,
+    StepExecutor,
+    http_call,
+)
+from ._warm import WarmCache
+
+__all__ = ["MAX_ID", "RuntimeBase", "TickReport", "check_id"]
+
+log = logging.getLogger("hookflow_gen")
+_PENDING = StepStatus.PENDING
+#: The longest run id or event key the store keeps.
+MAX_ID = 255
+
+
+def check_id(value: object, what: str) -> str:
+    """``value`` if it can be stored as a run id or event key.
+
+    Raises:
+        InvalidIdError: not a string, empty, over 255 characters, or with a NUL.
+    """
+    if not isinstance(value, str):
+        raise InvalidIdError(f"{what} must be a string, got {type(value).__name__} {value!r}")
+    if not value:
+        raise InvalidIdError(f"{what} must not be empty")
+    if len(value) > MAX_ID:
+        raise InvalidIdError(f"{what} is {len(value)} characters long; at most {MAX_ID} fit")
+    if "\x00" in value:
+        raise InvalidIdError(f"{what} holds a NUL character")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """What one tick did (for logs, tests and the worker's output)."""
+
+    run_id: str
+    status: RunStatus
+    steps_run: int
+    wake_at: datetime | None
+
+
+def _child_error(child: RunState) -> ErrorInfo:
+    return child.error or ErrorInfo(
+        type="hookflow_gen.exceptions.RunCancelled",
+        message=f"child run {child.run_id} was cancelled",
+        mro=("hookflow_gen.exceptions.RunCancelled",),
+    )
+
+
+class RuntimeBase:
+    """Runs workflows durably on a ``Store`` and a ``Scheduler``.
+
+    Args:
+        store: where runs and journals live.
+        scheduler: how wake-ups are delivered.
+        clock: the time source (a fake one in tests).
+        budget: how long one tick may keep running steps before it yields.
+        lease: how long a claimed step may run before another worker may
+            claim it again; keep it above your slowest step.
+        default_retry: the retry policy of steps that set none.
+        warm_runs: how many live generators to keep between ticks, so a
+            run's next tick skips its replay.
+        call_executor: makes ``call`` steps' HTTP requests.
+        call_dispatcher: hands ``call`` steps to another process instead;
+            by default the scheduler, if it is a ``CallDispatcher``.
+        thread_exit: called at the end of each thread a step runs on (one
+            with a timeout); the Django app closes its database connections.
+        max_tick_failures: ticks in a row that may raise (a checkpoint the
+            database refuses, ...) before the run fails with the error.
+        suspend_for: how long a run whose workflow this code does not know
+            waits before it is tried again.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        *,
+        clock: Clock | None = None,
+        budget: timedelta = timedelta(seconds=10),
+        lease: timedelta = timedelta(minutes=5),
+        default_retry: RetryPolicy | None = None,
+        warm_runs: int = 256,
+        call_executor: CallExecutor = http_call,
+        call_dispatcher: CallDispatcher | None = None,
+        thread_exit: Callable[[], None] | None = None,
+        max_tick_failures: int = 5,
+        suspend_for: timedelta = timedelta(minutes=1),
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.clock: Clock = clock or SystemClock()
+        self.budget = budget
+        self.lease = lease
+        self.default_retry = default_retry or RetryPolicy()
+        self.call_executor = call_executor
+        if call_dispatcher is None and isinstance(scheduler, CallDispatcher):
+            call_dispatcher = scheduler
+        self.call_dispatcher = call_dispatcher
+        self.max_tick_failures = max_tick_failures
+        self.suspend_for = suspend_for
+        self._warm = WarmCache(warm_runs)
+        self.executor = StepExecutor(call_executor, thread_exit=thread_exit)
+        bind = getattr(scheduler, "bind", None)
+        if callable(bind):
+            bind(self)
+
+    def _replay_for(self, run: RunState) -> Replay:
+        replay = self._warm.take(run.run_id)
+        if replay is not None:
+            replay.catch_up(self.store.steps(run.run_id, replay.position))
+            return replay
+        return self._new_replay(run)
+
+    def _new_replay(self, run: RunState) -> Replay:
+        workflow = get_workflow(run.workflow)
+        info = RunInfo(
+            run_id=run.run_id,
+            workflow_name=run.workflow,
+            started_at=run.created_at or self.clock.now(),
+            parent_run_id=run.parent_run_id,
+        )
+        return Replay(workflow, run.payload, info, self.store.steps(run.run_id))
+
+    def _policy(self, run: RunState, step: Any) -> RetryPolicy:
+        own: RetryPolicy | None = getattr(step, "retry", None)
+        if own is not None:
+            return own
+        workflow = get_workflow(run.workflow)
+        return workflow.retry or self.default_retry
+
+    def _failed_attempt(
+        self,
+        run: RunState,
+        pending: Pending,
+        current: StepRecord,
+        exc: BaseException,
+        now: datetime,
+        *,
+        error: ErrorInfo | None = None,
+    ) -> StepRecord:
+        policy = self._policy(run, pending.step)
+        error = error or ErrorInfo.from_exception(exc)
+        if policy.retries(exc, current.attempts):
+            delay = exc.delay if isinstance(exc, RetryAfter) else policy.delay(current.attempts)
+            log.info(
+                "run %s: step %r attempt %d failed (%s); retrying in %s",
+                run.run_id,
+                current.name,
+                current.attempts,
+                error.message,
+                delay,
+            )
+            return T.retry_later(current, error, now + delay)
+        return T.fail(current, error, now)
+
+    # -- run state ----------------------------------------------------------------------
+
+    def _set_wake(self, run: RunState, wake_at: datetime | None, now: datetime) -> RunState:
+        current = run.wake_at
+        if wake_at is None:
+            if current is None:
+                return run
+            run = dataclasses.replace(run, wake_at=None)
+            self.store.save_run(run)
+            return run
+        if current is not None and now < current <= wake_at:
+            # An earlier wake-up is already set: a tick that comes early finds
+            # nothing due and sets the next one. Keeping it saves a write (and,
+            # on QStash, a message) per step.
+            return run
+        return self._wake(run, wake_at)
+
+    def _wake(self, run: RunState, at: datetime) -> RunState:
+        return self._save_woken(T.wake(run, at))
+
+    def _save_woken(self, run: RunState) -> RunState:
+        self.store.save_run(run)
+        self.scheduler.wake(self.store, run)
+        return run
+
+    def _finish(
+        self,
+        run: RunState,
+        status: RunStatus,
+        *,
+        result: str | None = None,
+        error: ErrorInfo | None = None,
+    ) -> RunState:
+        now = self.clock.now()
+        run = T.finish(run, status, now, result=result, error=error)
+        self.store.save_run(run)
+        self._warm.drop(run.run_id)
+        self._settle_waiters(run, now)
+        if status is RunStatus.FAILED and error is not None:
+            self.store.on_commit(lambda: self._on_failure(run, error))
+        return run
+
+    def _settle_waiters(self, child: RunState, now: datetime) -> None:
+        """Settle every pending invoke step waiting on the finished ``child``.
+
+        Locks each parent while holding the child (the one lock order of
+        parent and child): a parent's tick never locks a child's row.
+        """
+        for parent_id, position in self.store.waiters("invoke", child.run_id):
+            parent = self.store.lock_run(parent_id)
+            if parent is None or parent.status.finished:
+                continue
+            records = self.store.steps(parent_id, position)
+            if not records or records[0].position != position:
+                continue
+            record = records[0]
+            if record.status is not _PENDING or record.key != child.run_id:
+                continue
+            self.store.save_step(parent_id, self._child_outcome(record, child, now))
+            self._wake(parent, now)
+
+    def _child_outcome(self, record: StepRecord, child: RunState, now: datetime) -> StepRecord:
+        if child.status is RunStatus.COMPLETED:
+            return dataclasses.replace(T.complete(record, child.result, now), attempts=1)
+        if child.status.finished:
+            return dataclasses.replace(T.fail(record, _child_error(child), now), attempts=1)
+        return dataclasses.replace(record, wake_at=now + self.lease)
+
+    def _on_failure(self, run: RunState, error: ErrorInfo) -> None:
+        try:
+            workflow = get_workflow(run.workflow)
+        except LookupError:
+            return
+        if workflow.on_failure is None:
+            return
+        try:
+            payload = decode(workflow.payload_adapter, run.payload, what="payload")
+            workflow.on_failure(run.run_id, payload, error)
+        except Exception:
+            log.exception("run %s: the on_failure handler raised", run.run_id)
+
+    def close(self) -> None:
+        """Discard the warm generators (nothing they yield is carried out)."""
+        self._warm.clear()
+
+    def tick(self, run_id: str) -> TickReport:
+        """Do everything that is due for the run (``Runtime.tick``)."""
+        raise NotImplementedError
