@@ -1,0 +1,1 @@
+"""The crash suite's workflows (autodiscovered: ``tests.chaos`` is an installed app)."""
