@@ -22,7 +22,9 @@ due run), ``begin`` (a transaction began: after a step function returned,
 its checkpoint's), ``before_commit``, ``after_commit`` and ``savepoint``
 (the end of a nested transaction: an atomic step's function returned, its
 writes and checkpoint not committed yet). Step functions call ``kill_point``
-for the phases inside them (``in_step``, ``in_atomic_step``).
+for the phases inside them (``in_step``, ``in_atomic_step``); an atomic step
+calls ``arm_after_commit`` so that ``after_atomic_commit`` kills right after
+the commit of its own transaction.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "PHASES",
     "VIOLATIONS",
     "InvariantStore",
+    "arm_after_commit",
     "check_django_runs",
     "check_memory_store",
     "kill_point",
@@ -69,6 +72,7 @@ PHASES = (
     "savepoint",
     "before_commit",
     "after_commit",
+    "after_atomic_commit",
     "in_step",
     "in_atomic_step",
 )
@@ -127,6 +131,21 @@ def kill_point(phase: str) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_ARMED = threading.local()
+
+
+def arm_after_commit() -> None:
+    """Make the next outermost commit in this thread a crossing of ``after_atomic_commit``."""
+    _ARMED.armed = True
+
+
+def _after_commit() -> None:
+    kill_point("after_commit")
+    if getattr(_ARMED, "armed", False):
+        _ARMED.armed = False
+        kill_point("after_atomic_commit")
 
 
 # -- the invariant -----------------------------------------------------------------
@@ -273,7 +292,7 @@ class InvariantStore(DjangoStore):
         block.__exit__(None, None, None)
         if _enabled() and touched:
             _report(check_django_runs(self.db, self.clock.now(), touched))
-        kill_point("after_commit")
+        _after_commit()
 
     def _touch(self, run_id: str) -> None:
         self._tx.touched.add(run_id)
