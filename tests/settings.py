@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "hookflow_gen.django",
     "tests.djangoapp",
     "shop",  # the example project's app: its workflows are tested too
+    "tests.chaos",  # the crash suite's workflows (tests/chaos/workflows.py)
 ]
 
 MIDDLEWARE = [
@@ -107,6 +108,9 @@ HOOKFLOW = {
     "SCHEDULER": "database",
     "LEASE": float(os.environ.get("HOOKFLOW_TEST_LEASE", "300")),
     "POLL_INTERVAL": float(os.environ.get("HOOKFLOW_TEST_POLL", "0.05")),
+    # DjangoStore plus the durability invariant checked after every commit
+    # (and, in crash-suite workers, kill points): see tests/_invariant.py.
+    "STORE": "tests._invariant.InvariantStore",
 }
 
 LOGGING = {

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from django.db import connection
@@ -131,13 +132,58 @@ def test_killed_worker_step_is_reclaimed_after_lease(
     assert Execution.objects.filter(run_id=handle.run_id).count() == 1
 
 
+class _Lines:
+    """A worker's output, read line by line on a thread so a test can wait for a line."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        """Return once a line containing ``text`` was printed; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not any(text in line for line in self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    break
+                self._changed.wait(left)
+            found = any(text in line for line in self.lines)
+        assert found, f"no line with {text!r} within {timeout}s:\n{''.join(self.lines)}"
+
+    def finish(self, timeout: float = 60) -> str:
+        """Wait for the process to exit with code 0; all it printed."""
+        self.process.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        output = "".join(self.lines)
+        assert self.process.returncode == 0, output
+        return output
+
+
 def test_sigterm_stops_worker_gracefully(worker_env: dict[str, str]) -> None:
-    """SIGTERM stops an idle worker cleanly (exit code 0)."""
+    """SIGTERM stops a worker that has ticked a run and gone idle cleanly (exit code 0)."""
+    handle = linear.start(Numbers(a=1, b=2))
     process = _worker(worker_env)
-    time.sleep(1.5)
+    lines = _Lines(process)
+    # A tick's log line is written from inside the worker loop, after the
+    # signal handlers were installed: the worker is ready for SIGTERM.
+    lines.wait_for(f"run {handle.run_id} (linear):", timeout=120)
     process.send_signal(signal.SIGTERM)
-    output = _finish(process, timeout=20)
+    output = lines.finish(timeout=60)
     assert "stopping" in output
+    assert handle.result().total == 6
 
 
 def test_gather_branches_run_on_two_workers(worker_env: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ Every key is optional::
         "POLL_INTERVAL": 0.5,      # seconds an idle worker waits between polls
         "AUTODISCOVER": "workflows",  # module imported from every installed app
         "QSTASH": {...},           # the QStash scheduler's own settings
+        "STORE": None,             # dotted path of a DjangoStore subclass (tests)
     }
 """
 
@@ -52,6 +53,8 @@ class HookflowSettings:
         autodiscover: the module imported from every installed app when
             Django is ready, so its workflows register (None: import none).
         qstash: the ``QSTASH`` sub-dict, passed to the QStash scheduler as is.
+        store: the dotted path of a ``DjangoStore`` subclass to use instead of
+            ``DjangoStore`` (a test suite's checking wrapper), or None.
     """
 
     scheduler: str = "database"
@@ -62,6 +65,7 @@ class HookflowSettings:
     poll_interval: timedelta = timedelta(seconds=0.5)
     autodiscover: str | None = "workflows"
     qstash: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    store: str | None = None
 
     @classmethod
     def from_dict(cls, data: object) -> HookflowSettings:
@@ -153,6 +157,15 @@ def _module(key: str, value: object) -> str | None:
     )
 
 
+def _dotted(key: str, value: object) -> str | None:
+    if value is None or (isinstance(value, str) and "." in value):
+        return value
+    raise ConfigurationError(
+        f"HOOKFLOW[{key!r}] must be a dotted path (like 'myapp.stores.MyStore') or None, "
+        f"got {value!r}"
+    )
+
+
 def _qstash(key: str, value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"HOOKFLOW[{key!r}] must be a dict, got {value!r}")
@@ -166,6 +179,7 @@ _PARSERS: dict[str, tuple[str, Any]] = {
     "POLL_INTERVAL": ("poll_interval", _seconds),
     "QSTASH": ("qstash", _qstash),
     "SCHEDULER": ("scheduler", _scheduler),
+    "STORE": ("store", _dotted),
     "TICK_BUDGET": ("tick_budget", _seconds),
     "WARM_RUNS": ("warm_runs", _count),
 }

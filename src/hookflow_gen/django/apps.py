@@ -90,8 +90,23 @@ def build_runtime(
     from .._runtime import Runtime
     from ._store import DjangoStore
 
+    store_class: type[DjangoStore] = DjangoStore
+    if settings.store is not None:
+        from django.utils.module_loading import import_string
+
+        from ..exceptions import ConfigurationError
+
+        try:
+            found: object = import_string(settings.store)
+        except ImportError as exc:
+            raise ConfigurationError(f"HOOKFLOW['STORE']: {exc}") from exc
+        if not (isinstance(found, type) and issubclass(found, DjangoStore)):
+            raise ConfigurationError(
+                f"HOOKFLOW['STORE'] must name a DjangoStore subclass, not {found!r}"
+            )
+        store_class = found
     return Runtime(
-        DjangoStore(using=using),
+        store_class(using=using),
         scheduler if scheduler is not None else build_scheduler(settings),
         clock=clock,
         budget=settings.tick_budget,
