@@ -119,8 +119,8 @@ class Replay:
         self._last = max(self._records, default=-1)
         # Positions below this were settled before this execution began: their
         # results are replayed, and `ctx.is_replaying` is true while they are.
-        settled = [p for p, r in self._records.items() if r.status is not _PENDING]
-        self._replay_until = max(settled, default=-1) + 1
+        # Any record, settled or pending, means the code leading to it ran before.
+        self._replay_until = self._last + 1
         self._now = info.started_at
         self.position = 0
         #: Where the request that the workflow failed on began (``resume``
@@ -165,7 +165,7 @@ class Replay:
         """
         for record in records:
             self.settle(record)
-            if record.status is not _PENDING and record.position >= self._replay_until:
+            if record.position >= self._replay_until:
                 self._replay_until = record.position + 1
 
     def advance(self) -> Decision:

@@ -75,11 +75,6 @@ def _start(count: int) -> list[str]:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    reason="issue 8: defect 1 (an atomic step's commit clears wake_at; the next wake-up is "
-    "written in a second transaction)",
-    strict=True,
-)
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_worker_killed_at_phase(phase: str, tmp_path: Path) -> None:
     """Workers killed up to four times at one phase of a tick: all runs complete, effects once."""
@@ -104,11 +99,6 @@ def test_no_kills_baseline(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(max(240, 3 * RUNS + 120))
-@pytest.mark.xfail(
-    reason="issue 8: defect 1 (an atomic step's commit clears wake_at; the next wake-up is "
-    "written in a second transaction)",
-    strict=True,
-)
 def test_workers_killed_at_random(tmp_path: Path) -> None:
     """Kills at random phases and moments with a short lease: no run stranded, effects once."""
     runs = RUNS or 6

@@ -104,11 +104,6 @@ def durability_atomic_then_plain(ctx: Context, numbers: Numbers) -> Flow[int]:
 
 
 @pytest.mark.no_invariant  # the defect breaks it: the test asserts the outcome itself
-@pytest.mark.xfail(
-    reason="issue 8: defect 1 (a worker killed right after an atomic step's commit strands "
-    "the run)",
-    strict=True,
-)
 def test_worker_dying_right_after_an_atomic_commit_strands_nothing(
     runtime: Runtime, clock: FakeClock
 ) -> None:
@@ -157,10 +152,6 @@ def _finished_or_explained(run: Run) -> None:
     assert run.status != RunStatus.RUNNING.value, f"run {run.run_id} still waits"
 
 
-@pytest.mark.xfail(
-    reason="issue 8: defect 3 (invoke with the run id of an existing run never links the parent)",
-    strict=True,
-)
 def test_invoke_of_an_existing_run_id_does_not_wait_forever(runtime: Runtime) -> None:
     """A parent invoking a run id that exists gets its result (or a clear failure)."""
     linear.start(Numbers(a=1, b=2), run_id="existing-1")
@@ -171,10 +162,6 @@ def test_invoke_of_an_existing_run_id_does_not_wait_forever(runtime: Runtime) ->
         assert handle.result() == 7
 
 
-@pytest.mark.xfail(
-    reason="issue 8: defect 3 (two invokes of one run id in a gather never link the parent)",
-    strict=True,
-)
 def test_two_invokes_of_one_run_id_in_a_gather_do_not_wait_forever(runtime: Runtime) -> None:
     """Two invokes of the same child run id in one gather: the parent finishes."""
     handle = durability_twin_children.start(Numbers(a=1, b=2))
@@ -206,10 +193,6 @@ def durability_long_child_id(ctx: Context, numbers: Numbers) -> Flow[int]:
 
 
 @postgres_only
-@pytest.mark.xfail(
-    reason="issue 8: defect 5 (a checkpoint PostgreSQL refuses re-runs the step every lease)",
-    strict=True,
-)
 def test_unwritable_error_message_fails_the_step_once(runtime: Runtime, clock: FakeClock) -> None:
     """A step error with a NUL character: the step runs once and the run fails, bounded."""
     handle = durability_nul_error.start(Numbers(a=1, b=2))
@@ -220,10 +203,6 @@ def test_unwritable_error_message_fails_the_step_once(runtime: Runtime, clock: F
 
 
 @postgres_only
-@pytest.mark.xfail(
-    reason="issue 8: defect 5 (a child run id over 255 characters fails every tick)",
-    strict=True,
-)
 def test_child_run_id_too_long_fails_the_parent(runtime: Runtime, clock: FakeClock) -> None:
     """A child run id the column cannot hold fails the parent with a clear error, bounded."""
     handle = durability_long_child_id.start(Numbers(a=1, b=2))
@@ -237,10 +216,6 @@ def test_child_run_id_too_long_fails_the_parent(runtime: Runtime, clock: FakeClo
 # -- defect 6 and 7 --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="issue 8: defect 6 (a stored payload that no longer validates is retried forever)",
-    strict=True,
-)
 def test_stored_payload_that_no_longer_validates_fails_the_run(
     runtime: Runtime, clock: FakeClock
 ) -> None:
@@ -254,10 +229,6 @@ def test_stored_payload_that_no_longer_validates_fails_the_run(
     assert state.error is not None and "payload" in state.error.message
 
 
-@pytest.mark.xfail(
-    reason="issue 8: defect 7 (a renamed workflow's runs are retried every lease, silently)",
-    strict=True,
-)
 def test_run_of_an_unknown_workflow_is_visible_and_not_retried_forever(
     runtime: Runtime, clock: FakeClock
 ) -> None:
@@ -306,10 +277,6 @@ def durability_atomic_bad_result(ctx: Context, numbers: Numbers) -> Flow[str]:
 
 @postgres_only
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(
-    reason="issue 8: defect 8 (atomic=True with a timeout runs outside the savepoint)",
-    strict=True,
-)
 def test_atomic_step_with_timeout_rolls_back_a_failed_attempt(runtime: Runtime) -> None:
     """An atomic step with a timeout: the failed attempt's row is rolled back, one row stays."""
     handle = durability_atomic_timeout.start(Numbers(a=1, b=2))
@@ -318,10 +285,6 @@ def test_atomic_step_with_timeout_rolls_back_a_failed_attempt(runtime: Runtime) 
     assert Entry.objects.filter(label="d8-1").count() == 1
 
 
-@pytest.mark.xfail(
-    reason="issue 8: defect 8 (an atomic step whose result fails validation commits its writes)",
-    strict=True,
-)
 def test_atomic_step_with_an_invalid_result_writes_nothing(runtime: Runtime) -> None:
     """An atomic step recorded FAILED for its result's type leaves none of its rows behind."""
     handle = durability_atomic_bad_result.start(Numbers(a=1, b=2))
@@ -348,10 +311,6 @@ def durability_timeout_retry(ctx: Context, numbers: Numbers) -> Flow[int]:
     return (yield from step.options(timeout=timedelta(seconds=0.2), retry=TWICE))
 
 
-@pytest.mark.xfail(
-    reason="issue 8: defect 9 (a timed-out attempt keeps running and overlaps its retry)",
-    strict=True,
-)
 def test_timed_out_attempt_never_overlaps_its_retry(runtime: Runtime) -> None:
     """A timed-out attempt is stopped before its retry starts: attempts never overlap."""
     handle = durability_timeout_retry.start(Numbers(a=1, b=2))
@@ -367,10 +326,6 @@ def test_timed_out_attempt_never_overlaps_its_retry(runtime: Runtime) -> None:
 # -- defect 15 -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="issue 8: defect 15 (a run that no longer replays blocks notify for the others)",
-    strict=True,
-)
 def test_run_that_no_longer_replays_does_not_block_notify(runtime: Runtime) -> None:
     """notify still delivers to the other waiter on the key when one run cannot replay."""
     broken = approval.start(Wait(key="shared"))
@@ -398,10 +353,6 @@ def _clear_error() -> Generator[None, None, None]:
 
 
 @postgres_only
-@pytest.mark.xfail(
-    reason="issue 8: bad input to start() (a run id over 255 characters is a DataError)",
-    strict=True,
-)
 def test_start_refuses_a_run_id_too_long_clearly(runtime: Runtime) -> None:
     """A run id over 255 characters is refused with a clear error, not a DataError."""
     with _clear_error():
@@ -409,17 +360,12 @@ def test_start_refuses_a_run_id_too_long_clearly(runtime: Runtime) -> None:
 
 
 @postgres_only
-@pytest.mark.xfail(
-    reason="issue 8: bad input to start() (a run id with a NUL is a raw database error)",
-    strict=True,
-)
 def test_start_refuses_a_run_id_with_a_nul_clearly(runtime: Runtime) -> None:
     """A run id with a NUL character is refused with a clear error, not a database error."""
     with _clear_error():
         linear.start(Numbers(a=1, b=2), run_id="bad\x00id")
 
 
-@pytest.mark.xfail(reason="issue 8: bad input to start() (an int run id is accepted)", strict=True)
 def test_start_refuses_a_run_id_that_is_not_a_string(runtime: Runtime) -> None:
     """An int run id is refused: run ids are strings."""
     with _clear_error():
@@ -427,10 +373,6 @@ def test_start_refuses_a_run_id_that_is_not_a_string(runtime: Runtime) -> None:
     assert not Run.objects.exists()
 
 
-@pytest.mark.xfail(
-    reason="issue 8: bad input to start() (a model_construct payload is not validated)",
-    strict=True,
-)
 def test_start_validates_a_model_construct_payload(runtime: Runtime) -> None:
     """A payload built with ``model_construct`` and missing a field is refused by ``start``."""
     with pytest.raises(PayloadValidationError):

@@ -57,6 +57,9 @@ log = logging.getLogger("hookflow_gen")
 _PENDING = StepStatus.PENDING
 
 
+_HOUR = timedelta(hours=1)
+
+
 class _LeaseLapsed(Exception):
     """The worker running an attempt stopped before it finished (its lease lapsed)."""
 
@@ -180,9 +183,11 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
         except UnknownWorkflowError as exc:
             if run.cancel_requested:
                 return None, self._finish(run, RunStatus.CANCELLED, error=None)
-            # Maybe a deploy in progress: another worker may know it, or the next one.
-            log.error("run %s: %s; tried again in %s", run.run_id, exc, self.suspend_for)
-            run = T.suspend(run, ErrorInfo.from_exception(exc), self.clock.now() + self.suspend_for)
+            # Maybe a deploy in progress: another worker may know it, or the next
+            # deploy brings it back. Tried again with a back-off, up to hourly.
+            delay = min(self.suspend_for * 2**run.tick_failures, max(self.suspend_for, _HOUR))
+            log.error("run %s: %s; tried again in %s", run.run_id, exc, delay)
+            run = T.suspend(run, ErrorInfo.from_exception(exc), self.clock.now() + delay)
             self._save_woken(run)
             return None, run
         except PayloadValidationError as exc:

@@ -135,10 +135,11 @@ def finish(
 def suspend(run: RunState, error: ErrorInfo, at: datetime) -> RunState:
     """The run cannot be ticked here now (its workflow is unknown to this code).
 
-    It stays running, shows ``error``, and is tried again at ``at``: a deploy
-    that brings the workflow back resumes it without anyone's help.
+    It stays running, shows ``error``, and is tried again at ``at`` (the
+    count of tries sets the back-off): a deploy that brings the workflow
+    back resumes it without anyone's help.
     """
-    return dataclasses.replace(wake(run, at), error=error)
+    return dataclasses.replace(wake(run, at), error=error, tick_failures=run.tick_failures + 1)
 
 
 def tick_failed(run: RunState, error: ErrorInfo, at: datetime) -> RunState:
