@@ -36,6 +36,7 @@ EXPECTED = [
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowFailed",
+    "anotify",
     "cancel",
     "current_step",
     "get_run",
