@@ -85,6 +85,19 @@ def test_gather_branches_are_grouped_and_short_steps_stay_visible() -> None:
     assert timeline.rows[3].bars[0].css == "hf-child"
 
 
+def test_branches_claimed_by_other_workers_still_group() -> None:
+    """Branches whose start times differ (claimed by other workers) group while they overlap."""
+    steps = [
+        Row(0, "run", "north", started_at=at(0.18), completed_at=at(0.59)),
+        Row(1, "run", "south", started_at=at(0.29), completed_at=at(0.70)),
+        Row(2, "run", "east", started_at=at(0.18), completed_at=at(0.99)),
+        Row(3, "invoke", "render", started_at=at(0.99), completed_at=at(1.2), key="c"),
+        Row(4, "run", "after", started_at=at(1.2), completed_at=None, status="pending"),
+    ]
+    timeline = layout(created_at=T0, finished_at=None, steps=steps, now=at(2))
+    assert [len(b.rows) for b in timeline.blocks] == [3, 1, 1]
+
+
 def test_running_run_draws_the_wait_ahead_and_a_retry_backoff() -> None:
     """A pending sleep shows slept-so-far and the rest ahead; a retrying step its back-off."""
     steps = [

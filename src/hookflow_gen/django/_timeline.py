@@ -7,9 +7,10 @@ how many attempts it took. The journal keeps no per-attempt times, so a
 retried step is one bar that says how many attempts it took; a step waiting
 out a retry back-off shows that wait up to its next attempt.
 
-Branches of a ``gather`` are reached together: consecutive positions with
-the same ``started_at``, none settled before the next began. They are
-grouped and drawn side by side on the shared axis.
+The journal does not mark a ``gather``, but its branches show in the times:
+the workflow reaches its next step only after the one it waits on settled,
+so consecutive steps that were open at once are branches of one ``gather``.
+They are grouped and drawn side by side on the shared axis.
 """
 
 from __future__ import annotations
@@ -139,14 +140,19 @@ class Timeline:
     rows: tuple[Row, ...] = field(default=())
 
 
-def _parallel_with(prev: Any, step: Any) -> bool:
-    if prev.started_at is None or step.started_at is None:
+def _overlaps(block: Sequence[Any], step: Any) -> bool:
+    """Whether ``step`` began while a step of ``block`` was still open.
+
+    The workflow reaches its next step only once the one it waits on has
+    settled, so a step that began before the steps just before it settled
+    was in flight with them: a branch of the same ``gather``.
+    """
+    if step.started_at is None:
         return False
-    if prev.started_at != step.started_at:
-        return False
-    # Reached at the same instant and the earlier one still open when the
-    # next began: branches of one gather, not two steps in a row.
-    return prev.completed_at is None or prev.completed_at > step.started_at
+    for member in block:
+        if member.completed_at is None or member.completed_at > step.started_at:
+            return True
+    return False
 
 
 def layout(
@@ -287,11 +293,14 @@ def layout(
             previous_end = max(previous_end, stop)
 
     blocks: list[list[Row]] = []
-    for index, row in enumerate(rows):
-        if index and _parallel_with(steps[index - 1], steps[index]):
+    members: list[list[Any]] = []
+    for step, row in zip(steps, rows, strict=True):
+        if members and _overlaps(members[-1], step):
             blocks[-1].append(row)
+            members[-1].append(step)
         else:
             blocks.append([row])
+            members.append([step])
     ticks = tuple(
         Tick(left=fraction * 100, label="+" + humanize(timedelta(seconds=span * fraction)))
         for fraction in (0.0, 0.25, 0.5, 0.75, 1.0)
