@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connections
 from django.test import AsyncClient
 
 from hookflow_gen._client import use_runtime
@@ -22,7 +23,7 @@ from hookflow_gen.testing.qstash import (
 from tests.e2e import flows
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
     from django.test.client import _MonkeyPatchedASGIResponse  # pyright: ignore[reportPrivateUsage]
 
@@ -44,6 +45,13 @@ HOOK = f"{SITE}/hookflow/qstash/"
 def anyio_backend() -> str:
     """asyncio, as Django's ASGI handler runs on."""
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+async def _close_sync_thread_connections() -> AsyncIterator[None]:
+    """Close the connection asgiref's sync thread opened, as Django does after a request."""
+    yield
+    await sync_to_async(connections.close_all, thread_sensitive=True)()
 
 
 @pytest.fixture

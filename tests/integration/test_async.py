@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connections
 
 import hookflow_gen
 from hookflow_gen._store import RunStatus
@@ -20,6 +21,8 @@ from tests.conftest import run_worker
 from tests.djangoapp.workflows import Numbers, Total, Wait, approval, doomed, linear
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from hookflow_gen._runtime import Runtime
 
 # The sync halves run in asgiref's thread, so they need committed data, not
@@ -31,6 +34,13 @@ pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 def anyio_backend() -> str:
     """The async tests run on asyncio, as Django's ASGI handler does."""
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+async def _close_sync_thread_connections() -> AsyncIterator[None]:
+    """Close the connection asgiref's sync thread opened, as Django does after a request."""
+    yield
+    await sync_to_async(connections.close_all, thread_sensitive=True)()
 
 
 async def test_astart_and_aresult_return_the_typed_result(inline_runtime: Runtime) -> None:
@@ -67,7 +77,13 @@ async def test_aresult_waits_without_blocking_the_event_loop(runtime: Runtime) -
             await asyncio.sleep(0.01)
 
     beat = asyncio.create_task(heartbeat())
-    worker = sync_to_async(run_worker, thread_sensitive=False)(runtime)
+    def work() -> int:
+        try:
+            return run_worker(runtime)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    worker = sync_to_async(work, thread_sensitive=False)()
     result, ticks = await asyncio.gather(handle.aresult(wait=60, poll=0.01), worker)
     beat.cancel()
     assert result == Total(total=4)
