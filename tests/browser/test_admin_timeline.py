@@ -35,13 +35,14 @@ if TYPE_CHECKING:
     from hookflow_gen._runtime import Runtime
     from hookflow_gen.testing import FakeClock
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's package; HOOKFLOW_CHROMIUM names another Chromium or Chrome binary.
+CHROMIUM = Path(os.environ.get("HOOKFLOW_CHROMIUM", "/usr/bin/chromium"))
 WIDTH = 1400
 
 pytestmark = [
     pytest.mark.skipif(
         not CHROMIUM.exists(),
-        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)",
+        reason=f"needs Chromium at {CHROMIUM} (Debian: apt-get install -y chromium)",
     ),
     pytest.mark.django_db(transaction=True),
     pytest.mark.urls("tests.browser.urls"),

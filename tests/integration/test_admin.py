@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 
@@ -192,3 +193,17 @@ def test_runs_list_shows_humanized_durations(admin_client: Client, runtime: Runt
     assert f'title="{handle.run_id}"' in html
     assert '<td class="field-took">0 ms</td>' in html  # the fake clock stood still
     assert '<td class="field-step_count">2</td>' in html
+
+
+def test_run_ids_with_slashes_and_underscores(admin_client: Client, runtime: Runtime) -> None:
+    """Run ids the admin must quote in URLs ("order_7/a") open, and their buttons work."""
+    handle = approval.start(Wait(key="adm-8"), run_id="order_7/a")
+    run_worker(runtime)
+    page = reverse("admin:hookflow_run_change", args=[quote(handle.run_id)])
+    html = admin_client.get(page).content.decode()
+    assert "order_7/a" in html and 'id="hf-cancel"' in html
+    cancel = reverse("admin:hookflow_run_cancel", args=[quote(handle.run_id)])
+    assert f'action="{cancel}"' in html
+    response = admin_client.post(cancel, follow=True)
+    assert "Cancelled the run (and its children)." in _messages(response)
+    assert handle.status is RunStatus.CANCELLED

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
@@ -67,13 +68,18 @@ def _error(error: Any) -> dict[str, str] | None:
     return {"head": head, "traceback": str(data.get("traceback") or "")}
 
 
+def _url(name: str, run_id: str, *rest: object) -> str:
+    """An admin URL of the run, its id quoted as the admin quotes primary keys."""
+    return reverse(f"admin:hookflow_run_{name}", args=[quote(run_id), *rest])
+
+
 def _short(run_id: str) -> str:
     """``71eb9762…65bfea``: long generated ids shortened for the list."""
     return f"{run_id[:8]}…{run_id[-6:]}" if len(run_id) > 18 else run_id
 
 
 def _run_link(run_id: str) -> SafeString:
-    url = reverse("admin:hookflow_run_change", args=[run_id])
+    url = _url("change", run_id)
     return format_html('<a class="hf-id" href="{}" title="{}">{}</a>', url, run_id, _short(run_id))
 
 
@@ -288,6 +294,7 @@ class RunAdmin(_RunAdminBase):
         """The run's page: its steps on a time axis, its children, payload, result or error."""
         if not self.has_view_permission(request):
             raise PermissionDenied
+        object_id = unquote(object_id)
         run = Run.objects.filter(pk=object_id).first()
         if run is None:
             self.message_user(request, f"No run has id {object_id!r}.", messages.WARNING)
@@ -320,9 +327,7 @@ class RunAdmin(_RunAdminBase):
                         "form": SendEventForm(initial={"payload": initial}),
                         "model": title,
                         "fields": fields,
-                        "url": reverse(
-                            "admin:hookflow_run_send_event", args=[run.run_id, step.position]
-                        ),
+                        "url": _url("send_event", run.run_id, step.position),
                     }
                 )
         rows: list[dict[str, Any]] = []
@@ -338,7 +343,7 @@ class RunAdmin(_RunAdminBase):
                     ),
                     "error": _error(record.error),
                     "child_url": (
-                        reverse("admin:hookflow_run_change", args=[record.key])
+                        _url("change", record.key)
                         if record.kind == "invoke" and record.key in child_ids
                         else None
                     ),
@@ -366,16 +371,12 @@ class RunAdmin(_RunAdminBase):
             "children": [
                 {
                     "run": child,
-                    "url": reverse("admin:hookflow_run_change", args=[child.run_id]),
+                    "url": _url("change", child.run_id),
                     "took": humanize((child.finished_at or now) - child.created_at),
                 }
                 for child in children
             ],
-            "parent_url": (
-                reverse("admin:hookflow_run_change", args=[run.parent_run_id])
-                if run.parent_run_id
-                else None
-            ),
+            "parent_url": (_url("change", run.parent_run_id) if run.parent_run_id else None),
             "payload": _pretty(run.payload),
             "result": _pretty(run.result) if run.result is not None else None,
             "error": _error(run.error),
@@ -384,16 +385,17 @@ class RunAdmin(_RunAdminBase):
             "can_resume": can_act and run.status == "failed" and _can_resume(runtime),
             "can_delete": self.has_delete_permission(request, run) and not running,
             "event_forms": event_forms if can_act and running else [],
-            "cancel_url": reverse("admin:hookflow_run_cancel", args=[run.run_id]),
-            "resume_url": reverse("admin:hookflow_run_resume", args=[run.run_id]),
-            "delete_url": reverse("admin:hookflow_run_delete", args=[run.run_id]),
+            "cancel_url": _url("cancel", run.run_id),
+            "resume_url": _url("resume", run.run_id),
+            "delete_url": _url("delete", run.run_id),
             "list_url": reverse("admin:hookflow_run_changelist"),
             "now": now,
         }
 
     def _act(self, request: HttpRequest, object_id: str) -> tuple[Run | None, HttpResponse]:
         """Checks shared by the buttons: POST, permission, the run exists."""
-        page = HttpResponseRedirect(reverse("admin:hookflow_run_change", args=[object_id]))
+        object_id = unquote(object_id)
+        page = HttpResponseRedirect(_url("change", object_id))
         if request.method != "POST":
             return None, HttpResponseNotAllowed(["POST"])
         if not self.has_change_permission(request):
