@@ -10,6 +10,7 @@ A workflow is a generator function that yields typed step requests::
 """
 
 from ._client import RunHandle as RunHandle
+from ._client import anotify as anotify
 from ._client import cancel as cancel
 from ._client import get_run as get_run
 from ._client import notify as notify
@@ -80,6 +81,7 @@ __all__ = [
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowFailed",
+    "anotify",
     "cancel",
     "current_step",
     "get_run",

@@ -3,13 +3,22 @@
 ``Workflow.start``, ``notify`` and ``cancel`` act on the *current runtime*:
 the one ``hookflow_gen.django`` builds from settings when Django is ready,
 or one a test installs with ``use_runtime``.
+
+The ``a``-prefixed twins (``Workflow.astart``, ``RunHandle.aresult``,
+``anotify``) are for async views: they run the same synchronous code through
+``asgiref``'s ``sync_to_async(thread_sensitive=True)``, as Django recommends
+for ORM work, so each call uses the thread that owns the request's database
+connection and ``transaction.on_commit`` hooks behave as in a sync view.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from asgiref.sync import sync_to_async
 
 from ._codec import decode
 from ._journal import StepRecord
@@ -27,7 +36,17 @@ from .exceptions import (
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
-__all__ = ["RunHandle", "cancel", "current_runtime", "get_run", "notify", "start", "use_runtime"]
+__all__ = [
+    "RunHandle",
+    "anotify",
+    "astart",
+    "cancel",
+    "current_runtime",
+    "get_run",
+    "notify",
+    "start",
+    "use_runtime",
+]
 
 R = TypeVar("R")
 
@@ -82,6 +101,13 @@ def start(workflow: Workflow[Any, R], payload: object, *, run_id: str | None) ->
     return RunHandle(run.run_id, workflow, runtime)
 
 
+async def astart(
+    workflow: Workflow[Any, R], payload: object, *, run_id: str | None
+) -> RunHandle[R]:
+    """``start`` for async code: what ``Workflow.astart`` awaits."""
+    return await sync_to_async(start, thread_sensitive=True)(workflow, payload, run_id=run_id)
+
+
 class RunHandle(Generic[R]):
     """A run, as seen from outside: its id, status and typed result.
 
@@ -130,6 +156,31 @@ class RunHandle(Generic[R]):
         while not run.status.finished and clock.monotonic() < deadline:
             clock.sleep(poll)
             run = self.state()
+        return self._outcome(run)
+
+    async def aresult(self, *, wait: float = 0.0, poll: float = 0.05) -> R:
+        """``result`` for async code: polls without blocking the event loop.
+
+        Each read of the run goes through ``sync_to_async`` (thread-sensitive);
+        between reads the coroutine sleeps with ``asyncio.sleep``, so a long
+        ``wait`` holds neither the event loop nor the thread Django keeps for
+        synchronous database work.
+
+        Raises:
+            RunNotFinished: still running after ``wait`` seconds.
+            WorkflowFailed: the run failed (``.error`` says why).
+            RunCancelled: the run was cancelled.
+        """
+        read = sync_to_async(self.state, thread_sensitive=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        run = await read()
+        while not run.status.finished and loop.time() < deadline:
+            await asyncio.sleep(poll)
+            run = await read()
+        return self._outcome(run)
+
+    def _outcome(self, run: RunState) -> R:
         if run.status is RunStatus.COMPLETED:
             value: R = decode(
                 self.workflow.result_adapter,
@@ -173,6 +224,16 @@ def notify(key: str, payload: object) -> int:
             model; nothing was delivered.
     """
     return current_runtime().notify(key, payload)
+
+
+async def anotify(key: str, payload: object) -> int:
+    """``notify`` for async code (run through ``sync_to_async``, thread-sensitive).
+
+    Raises:
+        PayloadValidationError: the payload does not fit a waiting step's
+            model; nothing was delivered.
+    """
+    return await sync_to_async(notify, thread_sensitive=True)(key, payload)
 
 
 def cancel(run_id: str) -> None:

@@ -98,6 +98,17 @@ class Workflow(Generic[M, R]):
 
         return start(self, payload, run_id=run_id)
 
+    async def astart(self, payload: M, *, run_id: str | None = None) -> RunHandle[R]:
+        """``start`` for async views: ``handle = await checkout.astart(order)``.
+
+        The same validation, idempotency and on-commit hand-off as ``start``;
+        the database work runs in Django's thread for synchronous code
+        (``sync_to_async(thread_sensitive=True)``).
+        """
+        from ._client import astart
+
+        return await astart(self, payload, run_id=run_id)
+
 
 def _adapters(fn: Callable[..., Any]) -> tuple[TypeAdapter[Any], TypeAdapter[Any]]:
     try:

@@ -38,6 +38,7 @@ EXPECTED = [
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowFailed",
+    "anotify",
     "cancel",
     "current_step",
     "get_run",

@@ -1,33 +1,52 @@
-"""The admin: browse runs and their step timelines, cancel runs.
+"""The admin: runs at a glance, each run's steps as a timeline, and its buttons.
 
-Runs are created by code, so the admin adds none and edits none; its one
-write is the "cancel selected runs" action, which goes through the runtime
-(children are cancelled too).
+Runs are created by code, so the admin adds none and edits none. Its writes
+go through the runtime, as code would: cancel (children too), resume a
+failed run (where the runtime offers ``resume``), send the event a step
+waits for (validated against that step's model), and the "cancel selected
+runs" action. A refused action is an admin message, never an error page.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, cast
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
+from ..exceptions import HookflowError
+from ._timeline import humanize, layout
 from .models import Run, Step
 
 if TYPE_CHECKING:
-    from django.http import HttpRequest
+    from django.http import HttpRequest, HttpResponse
+    from django.urls import URLPattern
     from django.utils.safestring import SafeString
 
-__all__ = ["RunAdmin", "StepInline"]
+    from .._runtime import Runtime
+
+__all__ = ["RunAdmin", "SendEventForm"]
+
+log = logging.getLogger("hookflow_gen")
 
 if TYPE_CHECKING:
     _RunAdminBase = admin.ModelAdmin[Run]
-    _StepInlineBase = admin.TabularInline[Step, Run]
 else:  # the admin classes are generic only in the type stubs
     _RunAdminBase = admin.ModelAdmin
-    _StepInlineBase = admin.TabularInline
+
+#: A running run's page reloads itself this often (seconds).
+REFRESH_SECONDS = 5
 
 
 def _pretty(text: str | None) -> str:
@@ -40,82 +59,152 @@ def _pretty(text: str | None) -> str:
         return text
 
 
-def _pre(text: str) -> SafeString:
-    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', text)
-
-
-def _error_html(error: Any) -> SafeString:
+def _error(error: Any) -> dict[str, str] | None:
+    """A stored error as ``{"head", "traceback"}`` for the template."""
     if not isinstance(error, dict):
-        return _pre("-")
+        return None
     data = cast("dict[str, object]", error)
     head = f"{data.get('type', '?')}: {data.get('message', '')}"
-    traceback = data.get("traceback")
-    if traceback:
-        return format_html("<strong>{}</strong>{}", head, _pre(str(traceback)))
-    return format_html("<strong>{}</strong>", head)
+    return {"head": head, "traceback": str(data.get("traceback") or "")}
 
 
-class StepInline(_StepInlineBase):
-    """The run's journal as a read-only timeline."""
+def _url(name: str, run_id: str, *rest: object) -> str:
+    """An admin URL of the run, its id quoted as the admin quotes primary keys."""
+    return reverse(f"admin:hookflow_run_{name}", args=[quote(run_id), *rest])
 
-    model = Step
-    extra = 0
-    can_delete = False
-    show_change_link = False
-    ordering = ("position",)
-    fields = ("position", "kind", "name", "status", "attempts", "duration", "outcome")
-    readonly_fields = fields
 
-    def has_add_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
-        return False
+def _short(run_id: str) -> str:
+    """``71eb9762…65bfea``: long generated ids shortened for the list."""
+    return f"{run_id[:8]}…{run_id[-6:]}" if len(run_id) > 18 else run_id
 
-    def has_change_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
-        return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
-        return False
+def _run_link(run_id: str) -> SafeString:
+    url = _url("change", run_id)
+    return format_html('<a class="hf-id" href="{}" title="{}">{}</a>', url, run_id, _short(run_id))
 
-    @admin.display(description="duration")
-    def duration(self, step: Step) -> str:
-        """completed_at - started_at, once settled."""
-        if step.started_at is None or step.completed_at is None:
-            return "-"
-        return str(step.completed_at - step.started_at)
 
-    @admin.display(description="result / error")
-    def outcome(self, step: Step) -> SafeString:
-        """The result as pretty JSON, or the error with its traceback."""
-        if step.error is not None and step.status != "completed":
-            return _error_html(step.error)
-        if step.status == "pending":
-            return _pre(f"waiting until {step.wake_at}" if step.wake_at else "pending")
-        return _pre(_pretty(step.result))
+def _skeleton(adapter: Any) -> object:
+    """An event to start typing from: the model's fields with empty values."""
+    try:
+        schema: dict[str, Any] = adapter.json_schema()
+    except Exception:
+        return {}
+    empty: dict[str, object] = {"string": "", "integer": 0, "number": 0, "boolean": False}
+    props = cast("dict[str, dict[str, Any]]", schema.get("properties") or {})
+    return {
+        name: prop["default"] if "default" in prop else empty.get(str(prop.get("type")))
+        for name, prop in props.items()
+    }
+
+
+def _runtime() -> Runtime | None:
+    from .._client import current_runtime
+
+    try:
+        return current_runtime()
+    except HookflowError:
+        return None
+
+
+def _now() -> datetime:
+    runtime = _runtime()
+    return runtime.clock.now() if runtime is not None else timezone.now()
+
+
+def _can_resume(runtime: Runtime | None) -> bool:
+    # ``Runtime.resume`` arrives with the durability work; until a runtime
+    # offers it, the admin shows no resume button.
+    return runtime is not None and callable(getattr(runtime, "resume", None))
+
+
+class SendEventForm(forms.Form):
+    """The event a waiting step receives, as JSON (validated against its model on send)."""
+
+    payload = forms.JSONField(
+        label="event (JSON)",
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 60, "class": "vLargeTextField"}),
+    )
+
+
+def _event_models(run: Run, steps: list[Step]) -> dict[int, Any]:
+    """The pydantic adapters of the run's waiting event steps, by position.
+
+    Found by replaying the run's journal into its workflow, which is how the
+    runtime itself learns them; if that fails (unknown workflow, code that no
+    longer matches), the form still works and ``notify`` validates.
+    """
+    waiting = {s.position for s in steps if s.kind == "event" and s.status == "pending"}
+    if not waiting:
+        return {}
+    try:
+        from .._context import RunInfo
+        from .._engine import Replay, Waiting
+        from .._workflow import get_workflow
+
+        runtime = _runtime()
+        if runtime is None:
+            return {}
+        replay = Replay(
+            get_workflow(run.workflow),
+            run.payload,
+            RunInfo(run_id=run.run_id, workflow_name=run.workflow, started_at=run.created_at),
+            runtime.store.steps(run.run_id),
+        )
+        try:
+            decision = replay.advance()
+        finally:
+            replay.close()
+    except Exception:
+        log.debug("run %s: could not replay to find its event models", run.run_id, exc_info=True)
+        return {}
+    if not isinstance(decision, Waiting):
+        return {}
+    return {
+        pending.position: getattr(pending.step, "event_adapter", None)
+        for pending in decision.pending
+        if pending.position in waiting
+    }
+
+
+def _schema_fields(adapter: Any) -> tuple[str, list[str]]:
+    """The model's title and ``name: type`` lines, from its JSON schema."""
+    try:
+        schema: dict[str, Any] = adapter.json_schema()
+    except Exception:
+        return "", []
+    props = cast("dict[str, dict[str, Any]]", schema.get("properties") or {})
+    required = set(cast("list[str]", schema.get("required") or []))
+    lines: list[str] = []
+    for name, prop in props.items():
+        kind = prop.get("type") or " | ".join(
+            str(option.get("type", "?")) for option in prop.get("anyOf", [])
+        )
+        lines.append(f"{name}: {kind or 'any'}{'' if name in required else ' (optional)'}")
+    return str(schema.get("title", "")), lines
 
 
 @admin.register(Run)
 class RunAdmin(_RunAdminBase):
-    """Runs: filter by workflow and status, search by id, cancel."""
+    """Runs: filter by workflow and status, search by id; a timeline page per run."""
 
-    list_display = ("run_id", "workflow", "status", "created_at", "finished_at", "step_count")
-    list_filter = ("workflow", "status")
-    search_fields = ("run_id",)
+    list_display = (
+        "run_link",
+        "workflow",
+        "status_badge",
+        "started",
+        "took",
+        "step_count",
+    )
+    list_display_links = None
+    list_filter = ("status", "workflow")
+    search_fields = ("run_id", "parent_run_id")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     actions = ("cancel_runs",)
-    inlines = (StepInline,)
-    fields = (
-        "run_id",
-        "workflow",
-        "status",
-        "created_at",
-        "finished_at",
-        "wake_at",
-        "parent",
-        "payload_json",
-        "result_json",
-        "error_details",
-    )
-    readonly_fields = fields
+    list_per_page = 50
+
+    class Media:
+        css: ClassVar[dict[str, tuple[str, ...]]] = {"all": ("hookflow_gen/admin/hookflow.css",)}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
         return super().get_queryset(request).annotate(_step_count=Count("steps"))
@@ -124,8 +213,37 @@ class RunAdmin(_RunAdminBase):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
-        # A run's page is read-only; change permission on the list enables the action.
+        # Rows are never edited; change permission on the list enables the buttons.
         return obj is None and super().has_change_permission(request)
+
+    # -- the list ---------------------------------------------------------------------
+
+    @admin.display(description="run", ordering="run_id")
+    def run_link(self, run: Run) -> SafeString:
+        """The run id (shortened; whole on hover) linking to its timeline; a child's parent."""
+        if run.parent_run_id is None:
+            return _run_link(run.run_id)
+        return format_html(
+            '{}<br><small class="hf-muted">child of {}</small>',
+            _run_link(run.run_id),
+            _run_link(run.parent_run_id),
+        )
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: Run) -> SafeString:
+        """The status, as a coloured badge."""
+        return format_html('<span class="hf-badge hf-{}">{}</span>', run.status, run.status)
+
+    @admin.display(description="started", ordering="created_at")
+    def started(self, run: Run) -> str:
+        """When the run started, compact."""
+        return timezone.localtime(run.created_at).strftime("%Y-%m-%d %H:%M")
+
+    @admin.display(description="took")
+    def took(self, run: Run) -> str:
+        """How long it ran (so far, for a running run)."""
+        end = run.finished_at or _now()
+        return humanize(end - run.created_at)
 
     @admin.display(description="steps", ordering="_step_count")
     def step_count(self, run: Run) -> int:
@@ -133,37 +251,262 @@ class RunAdmin(_RunAdminBase):
         count: int = getattr(run, "_step_count", 0)
         return count
 
-    @admin.display(description="parent run")
-    def parent(self, run: Run) -> str:
-        """The parent run and step position of a child run."""
-        if run.parent_run_id is None:
-            return "-"
-        return f"{run.parent_run_id} (step #{run.parent_position})"
-
-    @admin.display(description="payload")
-    def payload_json(self, run: Run) -> SafeString:
-        """The payload as pretty JSON."""
-        return _pre(_pretty(run.payload))
-
-    @admin.display(description="result")
-    def result_json(self, run: Run) -> SafeString:
-        """The result as pretty JSON."""
-        return _pre(_pretty(run.result))
-
-    @admin.display(description="error")
-    def error_details(self, run: Run) -> SafeString:
-        """The error that ended the run, with its traceback."""
-        return _error_html(run.error)
-
     @admin.action(description="Cancel selected runs", permissions=["change"])
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         """Cancel every selected run that is still running (and its children)."""
-        from .._client import current_runtime
-
-        runtime = current_runtime()
+        runtime = _runtime()
+        if runtime is None:
+            self.message_user(request, "hookflow_gen has no runtime.", messages.ERROR)
+            return
         running = queryset.filter(status=Run.Status.RUNNING).values_list("run_id", flat=True)
         cancelled = 0
         for run_id in running:
-            runtime.cancel(run_id)
+            try:
+                runtime.cancel(run_id)
+            except Exception as exc:
+                self.message_user(request, f"Could not cancel {run_id}: {exc}", messages.ERROR)
+                continue
             cancelled += 1
         self.message_user(request, f"Cancelled {cancelled} run(s).", messages.SUCCESS)
+
+    # -- the run page -----------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        own = [
+            path("<path:object_id>/cancel/", wrap(self.cancel_view), name="hookflow_run_cancel"),
+            path("<path:object_id>/resume/", wrap(self.resume_view), name="hookflow_run_resume"),
+            path(
+                "<path:object_id>/send-event/<int:position>/",
+                wrap(self.send_event_view),
+                name="hookflow_run_send_event",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The run's page: its steps on a time axis, its children, payload, result or error."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        object_id = unquote(object_id)
+        run = Run.objects.filter(pk=object_id).first()
+        if run is None:
+            self.message_user(request, f"No run has id {object_id!r}.", messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:hookflow_run_changelist"))
+        return TemplateResponse(
+            request, "hookflow_gen/admin/run.html", self._page_context(request, run)
+        )
+
+    def _page_context(self, request: HttpRequest, run: Run) -> dict[str, Any]:
+        runtime = _runtime()
+        now = _now()
+        steps = list(Step.objects.filter(run_id=run.run_id).order_by("position"))
+        timeline = layout(
+            created_at=run.created_at, finished_at=run.finished_at, steps=steps, now=now
+        )
+        children = list(
+            Run.objects.filter(parent_run_id=run.run_id).order_by("created_at", "run_id")
+        )
+        child_ids = {child.run_id for child in children}
+        models = _event_models(run, steps)
+        event_forms: list[dict[str, Any]] = []
+        for step in steps:
+            if step.kind == "event" and step.status == "pending":
+                adapter = models.get(step.position)
+                title, fields = _schema_fields(adapter) if adapter is not None else ("", [])
+                initial: object = _skeleton(adapter) if adapter is not None else {}
+                event_forms.append(
+                    {
+                        "step": step,
+                        "form": SendEventForm(initial={"payload": initial}),
+                        "model": title,
+                        "fields": fields,
+                        "url": _url("send_event", run.run_id, step.position),
+                    }
+                )
+        rows: list[dict[str, Any]] = []
+        for row in timeline.rows:
+            record: Step = row.record
+            rows.append(
+                {
+                    "row": row,
+                    "result": (
+                        _pretty(record.result)
+                        if record.status == "completed" and record.kind != "sleep"
+                        else ""
+                    ),
+                    "error": _error(record.error),
+                    "child_url": (
+                        _url("change", record.key)
+                        if record.kind == "invoke" and record.key in child_ids
+                        else None
+                    ),
+                }
+            )
+        by_position = {entry["row"].position: entry for entry in rows}
+        blocks = [
+            {"parallel": block.parallel, "rows": [by_position[r.position] for r in block.rows]}
+            for block in timeline.blocks
+        ]
+        can_act = self.has_change_permission(request)
+        running = run.status == "running"
+        end = run.finished_at or now
+        opts = self.opts
+        return {
+            **self.admin_site.each_context(request),
+            "opts": opts,
+            "app_label": opts.app_label,
+            "title": f"{run.workflow} {run.run_id}",
+            "subtitle": None,
+            "run": run,
+            "timeline": timeline,
+            "blocks": blocks,
+            "took": humanize(end - run.created_at),
+            "children": [
+                {
+                    "run": child,
+                    "url": _url("change", child.run_id),
+                    "took": humanize((child.finished_at or now) - child.created_at),
+                }
+                for child in children
+            ],
+            "parent_url": (_url("change", run.parent_run_id) if run.parent_run_id else None),
+            "payload": _pretty(run.payload),
+            "result": _pretty(run.result) if run.result is not None else None,
+            "error": _error(run.error),
+            "refresh": REFRESH_SECONDS if running else None,
+            "can_cancel": can_act and running,
+            "can_resume": can_act and run.status == "failed" and _can_resume(runtime),
+            "can_delete": self.has_delete_permission(request, run) and not running,
+            "event_forms": event_forms if can_act and running else [],
+            "cancel_url": _url("cancel", run.run_id),
+            "resume_url": _url("resume", run.run_id),
+            "delete_url": _url("delete", run.run_id),
+            "list_url": reverse("admin:hookflow_run_changelist"),
+            "now": now,
+        }
+
+    def _act(self, request: HttpRequest, object_id: str) -> tuple[Run | None, HttpResponse]:
+        """Checks shared by the buttons: POST, permission, the run exists."""
+        object_id = unquote(object_id)
+        page = HttpResponseRedirect(_url("change", object_id))
+        if request.method != "POST":
+            return None, HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        run = Run.objects.filter(pk=object_id).first()
+        if run is None:
+            self.message_user(request, f"No run has id {object_id!r}.", messages.ERROR)
+            return None, HttpResponseRedirect(reverse("admin:hookflow_run_changelist"))
+        return run, page
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: cancel the run and its children."""
+        run, page = self._act(request, object_id)
+        if run is None:
+            return page
+        runtime = _runtime()
+        if run.status != "running":
+            self.message_user(
+                request, f"The run is {run.status}; nothing to cancel.", messages.WARNING
+            )
+        elif runtime is None:
+            self.message_user(request, "hookflow_gen has no runtime.", messages.ERROR)
+        else:
+            try:
+                runtime.cancel(run.run_id)
+            except Exception as exc:
+                log.exception("admin: could not cancel run %s", run.run_id)
+                self.message_user(request, f"Could not cancel the run: {exc}", messages.ERROR)
+            else:
+                self.message_user(
+                    request, "Cancelled the run (and its children).", messages.SUCCESS
+                )
+        return page
+
+    def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: resume a failed run, where the runtime can."""
+        run, page = self._act(request, object_id)
+        if run is None:
+            return page
+        runtime = _runtime()
+        if run.status != "failed":
+            self.message_user(
+                request, f"The run is {run.status}; only a failed run resumes.", messages.WARNING
+            )
+        elif runtime is None or not _can_resume(runtime):
+            self.message_user(request, "This runtime cannot resume runs.", messages.ERROR)
+        else:
+            try:
+                runtime.resume(run.run_id)  # type: ignore[attr-defined]  # checked by _can_resume
+            except Exception as exc:
+                log.exception("admin: could not resume run %s", run.run_id)
+                self.message_user(request, f"Could not resume the run: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, "Resumed the run.", messages.SUCCESS)
+        return page
+
+    def send_event_view(self, request: HttpRequest, object_id: str, position: int) -> HttpResponse:
+        """POST: send the event the step at ``position`` waits for, validated against its model."""
+        run, page = self._act(request, object_id)
+        if run is None:
+            return page
+        step = Step.objects.filter(run_id=run.run_id, position=position).first()
+        if step is None or step.kind != "event" or step.status != "pending" or not step.key:
+            self.message_user(
+                request, f"Step #{position} waits for no event now.", messages.WARNING
+            )
+            return page
+        form = SendEventForm(request.POST)
+        if not form.is_valid():
+            errors = "; ".join(str(e) for e in form.errors.get("payload", ["invalid"]))
+            self.message_user(request, f"The event is not valid JSON: {errors}", messages.ERROR)
+            return page
+        payload = form.cleaned_data["payload"]
+        adapter = _event_models(run, [step]).get(position)
+        if adapter is not None:
+            import pydantic
+
+            try:
+                adapter.validate_python(payload)
+            except pydantic.ValidationError as exc:
+                details = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                self.message_user(
+                    request, f"The event does not fit step {step.name!r}: {details}", messages.ERROR
+                )
+                return page
+        runtime = _runtime()
+        if runtime is None:
+            self.message_user(request, "hookflow_gen has no runtime.", messages.ERROR)
+            return page
+        try:
+            delivered = runtime.notify(step.key, payload)
+        except HookflowError as exc:
+            self.message_user(request, f"The event was not sent: {exc}", messages.ERROR)
+        except Exception as exc:
+            log.exception("admin: could not send event %r", step.key)
+            self.message_user(request, f"The event was not sent: {exc}", messages.ERROR)
+        else:
+            if delivered:
+                self.message_user(
+                    request,
+                    f"Sent event {step.key!r}: {delivered} waiting run(s) received it.",
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(
+                    request,
+                    f"No run waited for {step.key!r} any more; the event is kept for the next "
+                    "step that waits on that key.",
+                    messages.WARNING,
+                )
+        return page

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
+from django.urls import reverse
 
 from hookflow_gen import RunHandle, RunStatus, StepStatus, notify
 from shop.models import EmailMessage, Payment, StockReservation
@@ -165,3 +166,9 @@ class Command(BaseCommand):
             f"{EmailMessage.objects.count()} e-mails sent"
         )
         self.stdout.write("inspect the runs: python examples/manage.py hookflow runs")
+        first = handles["order 1001"].run_id
+        self.stdout.write(
+            "or see each run's timeline in the admin: python examples/manage.py createsuperuser, "
+            "python examples/manage.py runserver, then open\n"
+            f"  http://127.0.0.1:8000{reverse('admin:hookflow_run_change', args=[first])}"
+        )

@@ -1,0 +1,209 @@
+"""The admin's run page and its buttons, through Django's test client.
+
+What the page draws is checked in headless Chromium (``tests/browser``);
+these tests cover what the buttons do and that every refusal is a message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from django.contrib.admin.utils import quote
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from hookflow_gen import RunStatus
+from hookflow_gen.django.models import Run, Step
+from tests.conftest import run_worker
+from tests.djangoapp.workflows import Numbers, Wait, approval, doomed, linear, parent
+
+if TYPE_CHECKING:
+    from django.test import Client
+
+    from hookflow_gen._runtime import Runtime
+
+pytestmark = pytest.mark.django_db
+
+
+def _page(run_id: str) -> str:
+    return reverse("admin:hookflow_run_change", args=[run_id])
+
+
+def _messages(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def _waiting(runtime: Runtime, key: str) -> str:
+    handle = approval.start(Wait(key=key))
+    run_worker(runtime)
+    return handle.run_id
+
+
+def test_cancel_button_cancels_a_running_run(admin_client: Client, runtime: Runtime) -> None:
+    """POST to the cancel button cancels the run and says so."""
+    run_id = _waiting(runtime, "adm-1")
+    assert 'id="hf-cancel"' in admin_client.get(_page(run_id)).content.decode()
+    url = reverse("admin:hookflow_run_cancel", args=[run_id])
+    response = admin_client.post(url, follow=True)
+    assert response.status_code == 200
+    assert "Cancelled the run (and its children)." in _messages(response)
+    assert Run.objects.get(pk=run_id).status == RunStatus.CANCELLED.value
+    again = admin_client.post(url, follow=True)
+    assert "The run is cancelled; nothing to cancel." in _messages(again)
+    assert 'id="hf-cancel"' not in again.content.decode()
+
+
+def test_buttons_answer_get_with_405(admin_client: Client, runtime: Runtime) -> None:
+    """The buttons only act on POST; a GET changes nothing."""
+    run_id = _waiting(runtime, "adm-2")
+    for name in ("admin:hookflow_run_cancel", "admin:hookflow_run_resume"):
+        assert admin_client.get(reverse(name, args=[run_id])).status_code == 405
+    assert Run.objects.get(pk=run_id).status == RunStatus.RUNNING.value
+
+
+def test_send_event_refuses_bad_json_and_the_wrong_model(
+    admin_client: Client, runtime: Runtime
+) -> None:
+    """Malformed JSON and an event that does not fit the step's model are messages; nothing sent."""
+    run_id = _waiting(runtime, "adm-3")
+    url = reverse("admin:hookflow_run_send_event", args=[run_id, 0])
+    bad_json = admin_client.post(url, {"payload": "{not json"}, follow=True)
+    assert bad_json.status_code == 200
+    assert any(m.startswith("The event is not valid JSON") for m in _messages(bad_json))
+    wrong = admin_client.post(url, {"payload": '{"approved_by": ["ann"]}'}, follow=True)
+    assert wrong.status_code == 200
+    [message] = _messages(wrong)
+    assert message.startswith("The event does not fit step 'approval': approved_by:")
+    step = Step.objects.get(run_id=run_id, position=0)
+    assert step.status == "pending"
+
+
+def test_send_event_delivers_to_the_waiting_step(admin_client: Client, runtime: Runtime) -> None:
+    """A valid event is delivered through notify and the run moves on."""
+    run_id = _waiting(runtime, "adm-4")
+    page = admin_client.get(_page(run_id)).content.decode()
+    assert "model <strong>Approval</strong>" in page and "approved_by: string" in page
+    url = reverse("admin:hookflow_run_send_event", args=[run_id, 0])
+    response = admin_client.post(url, {"payload": '{"approved_by": "ann"}'}, follow=True)
+    assert "Sent event 'adm-4': 1 waiting run(s) received it." in _messages(response)
+    run_worker(runtime)
+    run = Run.objects.get(pk=run_id)
+    assert run.status == RunStatus.COMPLETED.value and run.result == '"ann"'
+    late = admin_client.post(url, {"payload": '{"approved_by": "bob"}'}, follow=True)
+    assert "Step #0 waits for no event now." in _messages(late)
+
+
+def test_resume_is_hidden_without_runtime_support(admin_client: Client, runtime: Runtime) -> None:
+    """A failed run shows no resume button while the runtime has no ``resume``; POST is refused."""
+    handle = doomed.start(Numbers(a=1, b=1))
+    run_worker(runtime)
+    assert handle.status is RunStatus.FAILED
+    assert not callable(getattr(runtime, "resume", None))
+    page = admin_client.get(_page(handle.run_id))
+    html = page.content.decode()
+    assert 'id="hf-resume"' not in html and "boom" in html and "Traceback" in html
+    response = admin_client.post(
+        reverse("admin:hookflow_run_resume", args=[handle.run_id]), follow=True
+    )
+    assert "This runtime cannot resume runs." in _messages(response)
+
+
+def test_resume_calls_the_runtime(
+    admin_client: Client, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the runtime has ``resume``, the button shows and calls it with the run id."""
+    handle = doomed.start(Numbers(a=1, b=1))
+    run_worker(runtime)
+    resumed: list[str] = []
+    monkeypatch.setattr(runtime, "resume", resumed.append, raising=False)
+    assert 'id="hf-resume"' in admin_client.get(_page(handle.run_id)).content.decode()
+    response = admin_client.post(
+        reverse("admin:hookflow_run_resume", args=[handle.run_id]), follow=True
+    )
+    assert resumed == [handle.run_id]
+    assert "Resumed the run." in _messages(response)
+
+
+def test_runtime_errors_become_messages(
+    admin_client: Client, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception from the runtime while cancelling is shown as a message, not a 500."""
+    run_id = _waiting(runtime, "adm-5")
+
+    def broken(run_id: str) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(runtime, "cancel", broken)
+    response = admin_client.post(reverse("admin:hookflow_run_cancel", args=[run_id]), follow=True)
+    assert response.status_code == 200
+    assert "Could not cancel the run: database went away" in _messages(response)
+
+
+def test_unknown_run_is_a_message(admin_client: Client, runtime: Runtime) -> None:
+    """A run id that does not exist redirects to the list with a message, for pages and buttons."""
+    page = admin_client.get(_page("no-such-run"), follow=True)
+    assert page.status_code == 200 and "No run has id 'no-such-run'." in _messages(page)
+    button = admin_client.post(
+        reverse("admin:hookflow_run_cancel", args=["no-such-run"]), follow=True
+    )
+    assert "No run has id 'no-such-run'." in _messages(button)
+
+
+def test_view_only_staff_see_no_buttons_and_cannot_press_them(
+    client: Client, runtime: Runtime, django_user_model: Any
+) -> None:
+    """A staff user with view permission only sees the timeline but no buttons; POSTs get 403."""
+    run_id = _waiting(runtime, "adm-6")
+    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_run"))
+    client.force_login(user)
+    html = client.get(_page(run_id)).content.decode()
+    assert 'id="hf-timeline"' in html
+    assert 'id="hf-cancel"' not in html and "Send event" not in html
+    assert client.post(reverse("admin:hookflow_run_cancel", args=[run_id])).status_code == 403
+    assert Run.objects.get(pk=run_id).status == RunStatus.RUNNING.value
+
+
+def test_page_of_a_run_whose_workflow_is_gone(admin_client: Client, runtime: Runtime) -> None:
+    """A run of a workflow no longer registered still shows; its event form has no model hints."""
+    run_id = _waiting(runtime, "adm-7")
+    Run.objects.filter(pk=run_id).update(workflow="renamed_since")
+    response = admin_client.get(_page(run_id))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Send event" in html and "model <strong>" not in html
+
+
+def test_parent_and_child_pages_link_each_other(admin_client: Client, runtime: Runtime) -> None:
+    """A parent's page links its child run, and the child's page links back to the parent."""
+    handle = parent.start(Numbers(a=1, b=2))
+    run_worker(runtime)
+    child_id = f"{handle.run_id}-0"
+    assert f'href="{_page(child_id)}"' in admin_client.get(_page(handle.run_id)).content.decode()
+    child = admin_client.get(_page(child_id)).content.decode()
+    assert f'id="hf-parent" class="hf-id" href="{_page(handle.run_id)}"' in child
+
+
+def test_runs_list_shows_humanized_durations(admin_client: Client, runtime: Runtime) -> None:
+    """The runs list shows how long each run took in words, and its step count."""
+    handle = linear.start(Numbers(a=1, b=2))
+    run_worker(runtime)
+    html = admin_client.get(reverse("admin:hookflow_run_changelist")).content.decode()
+    assert f'title="{handle.run_id}"' in html
+    assert '<td class="field-took">0 ms</td>' in html  # the fake clock stood still
+    assert '<td class="field-step_count">2</td>' in html
+
+
+def test_run_ids_with_slashes_and_underscores(admin_client: Client, runtime: Runtime) -> None:
+    """Run ids the admin must quote in URLs ("order_7/a") open, and their buttons work."""
+    handle = approval.start(Wait(key="adm-8"), run_id="order_7/a")
+    run_worker(runtime)
+    page = reverse("admin:hookflow_run_change", args=[quote(handle.run_id)])
+    html = admin_client.get(page).content.decode()
+    assert "order_7/a" in html and 'id="hf-cancel"' in html
+    cancel = reverse("admin:hookflow_run_cancel", args=[quote(handle.run_id)])
+    assert f'action="{cancel}"' in html
+    response = admin_client.post(cancel, follow=True)
+    assert "Cancelled the run (and its children)." in _messages(response)
+    assert handle.status is RunStatus.CANCELLED
