@@ -196,14 +196,38 @@ class _Execution:
     effects: list[Effect]
     runs: dict[str, RunState]
     journals: dict[str, list[StepRecord]]
+    answers: dict[_CallKey, _Answer]
+
+
+_CallKey = tuple[str, int, str, int]
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What a step call of the uninterrupted run gave: a value or an exception."""
+
+    effect: Effect
+    value: Any = None
+    error: BaseException | None = None
 
 
 class _CheckRuntime(StubRuntime):
-    """The stubbing test runtime, also recording every step function it calls."""
+    """The stubbing test runtime, recording every step function it calls.
 
-    def __init__(self, stubs: dict[str, Stub], **kwargs: Any) -> None:
+    The uninterrupted run records each call's answer; a resumed run that
+    makes the same call (same run, position, attempt and arguments) gets
+    the recorded answer instead of calling the function again, so a step
+    that answers differently each time (a timestamp, a new id) does not make
+    the runs differ: only the workflow's own code can.
+    """
+
+    def __init__(
+        self, stubs: dict[str, Stub], answers: dict[_CallKey, _Answer] | None, **kwargs: Any
+    ) -> None:
         super().__init__(stubs, **kwargs)
         self.effects: list[Effect] = []
+        self.recording = answers is None
+        self.answers: dict[_CallKey, _Answer] = {} if answers is None else answers
 
     def _call(self, step: LeafStep) -> Any:
         info = current_step()
@@ -214,10 +238,24 @@ class _CheckRuntime(StubRuntime):
             args, kwargs = (step.method, step.url, step.body), ()
         else:
             args, kwargs = (), ()
-        self.effects.append(
-            Effect(info.run_id, info.position, step.describe(), info.attempt, args, kwargs)
-        )
-        return super()._call(step)
+        effect = Effect(info.run_id, info.position, step.describe(), info.attempt, args, kwargs)
+        self.effects.append(effect)
+        key = (info.run_id, info.position, effect.step, info.attempt)
+        if not self.recording:
+            recorded = self.answers.get(key)
+            if recorded is not None and recorded.effect == effect:
+                if recorded.error is not None:
+                    raise recorded.error
+                return recorded.value
+        try:
+            value = super()._call(step)
+        except Exception as exc:
+            if self.recording:
+                self.answers[key] = _Answer(effect, error=exc)
+            raise
+        if self.recording:
+            self.answers[key] = _Answer(effect, value=value)
+        return value
 
 
 def check_resumable(
@@ -240,9 +278,11 @@ def check_resumable(
 
     Everything runs in process: an in-memory store, a fake clock (sleeps,
     timeouts and retry back-offs pass at once), children started by
-    ``ctx.invoke`` included. Step functions run for real unless stubbed;
-    stubs should answer the same way for the same arguments (and attempt,
-    ``current_step().attempt``), as a real service would on a retry.
+    ``ctx.invoke`` included. Step functions run for real unless stubbed,
+    once per call of the uninterrupted run: a resumed run that makes the
+    same call (same position, attempt and arguments) is given the answer
+    recorded the first time, as a service that deduplicates by idempotency
+    key would give it, so only the workflow's own code can make runs differ.
 
     Args:
         workflow: the workflow to check.
@@ -281,6 +321,8 @@ def check_resumable(
     stub_map = dict(stubs or {})
     probe = Probe()
 
+    answers: dict[_CallKey, _Answer] = {}
+
     def execute(execution: int, prefix: list[StepRecord] | None) -> _Execution:
         return _execute(
             workflow,
@@ -294,10 +336,12 @@ def check_resumable(
             probe=probe,
             execution=execution,
             prefix=prefix,
+            answers=None if prefix is None else answers,
         )
 
     with _watched_workflows(workflow, probe):
         first = execute(0, None)
+        answers.update(first.answers)
         base = _report(workflow, first, run_id, probe, restarts=0, warnings=())
         if not first.run.status.finished:
             raise ResumabilityError(base, (_unfinished(None, first),))
@@ -351,11 +395,13 @@ def _execute(
     probe: Probe,
     execution: int,
     prefix: list[StepRecord] | None,
+    answers: dict[_CallKey, _Answer] | None,
 ) -> _Execution:
     clock = FakeClock(start)
     store = MemoryStore()
     runtime = _CheckRuntime(
         stubs,
+        answers,
         store=store,
         scheduler=InlineScheduler(),
         clock=clock,
@@ -399,6 +445,7 @@ def _execute(
             effects=runtime.effects,
             runs=dict(store.runs),
             journals={rid: store.steps(rid) for rid in store.runs},
+            answers=runtime.answers,
         )
     finally:
         runtime.close()
