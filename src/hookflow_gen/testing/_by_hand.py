@@ -56,8 +56,9 @@ def context(
         WorkflowDefinitionError: a naive datetime was given.
     """
     clock: Callable[[], datetime] = now if callable(now) else (lambda: now)
-    start = started_at if started_at is not None else clock()
-    for what, value in (("now", clock()), ("started_at", start)):
+    first = clock()
+    start = started_at if started_at is not None else first
+    for what, value in (("now", first), ("started_at", start)):
         if value.tzinfo is None or value.utcoffset() is None:
             raise WorkflowDefinitionError(
                 f"context({what}=...) needs an aware datetime, got naive {value.isoformat()}; "
