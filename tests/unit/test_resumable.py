@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import time
-from datetime import UTC, datetime, timedelta
+import uuid
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from django.utils import timezone
 from pydantic import BaseModel
 
 from hookflow_gen import Context, Flow, RunStatus, StepFailed, current_step, get_workflow, workflow
@@ -138,7 +141,12 @@ def test_step_order_depending_on_datetime_now_is_caught() -> None:
     assert "restarted with an empty journal, the journal differed: at position 0" in message
     assert "uninterrupted: run 'morning' completed" in message
     assert "resumed: run 'report' completed" in message
-    assert "NonDeterminismError: position 0 was run 'morning' in the journal" in message
+    assert (
+        "resumed after position 1 (the first 2 journal records kept), the outcome differed: "
+        "uninterrupted: completed with 6; resumed: failed: "
+        "hookflow_gen.exceptions.NonDeterminismError: position 0 was run 'morning' in the "
+        "journal, now the workflow asks for run 'report'"
+    ) in message
     assert "datetime.now() at tests/unit/test_resumable.py:" in message
     assert "(rs_by_the_clock)" in message
     assert {p.what for p in info.value.problems} >= {"journal", "outcome", "step calls"}
@@ -309,6 +317,31 @@ def test_steps_that_answer_differently_each_time_do_not_fail_the_check() -> None
     report = check_resumable(rs_counter_safe, Order(order_id=9), stubs={"invoice": new_id})
     assert report.result == "ch_9_100"
     assert calls == [9]  # called once; every resumed run was given the recorded answer
+
+
+@workflow
+def rs_many_reads(ctx: Context, order: Order) -> Flow[int]:
+    # Each read below is harmless here (nothing depends on it) but still reported.
+    assert isinstance(ctx.now(), datetime)  # the look-alike still answers isinstance
+    stamps = [dt.datetime.now(UTC), date.today(), uuid.uuid4(), timezone.now(), time.monotonic()]
+    assert len(stamps) == 5
+    return (yield from ctx.run("work", double, order.order_id))
+
+
+def test_every_watched_read_is_reported_with_its_line() -> None:
+    """Module-level, aliased and Django clock reads, and uuid4, are each named in the warning."""
+    with pytest.warns(ResumabilityWarning):
+        report = check_resumable(rs_many_reads, Order(order_id=2))
+    assert report.result == 4
+    seen = {read.what for read in report.reads}
+    assert seen == {
+        "datetime.now()",
+        "date.today()",
+        "uuid.uuid4()",
+        "django.utils.timezone.now()",
+        "time.monotonic()",
+    }
+    assert all(read.where.startswith("tests/unit/test_resumable.py:") for read in report.reads)
 
 
 def test_the_registry_is_restored_after_a_check() -> None:
