@@ -344,6 +344,24 @@ def test_every_watched_read_is_reported_with_its_line() -> None:
     assert all(read.where.startswith("tests/unit/test_resumable.py:") for read in report.reads)
 
 
+def what_time() -> datetime:
+    """Annotated with the module's `datetime`, which the check stands in for."""
+    return datetime(2026, 5, 1, tzinfo=UTC)
+
+
+@workflow
+def rs_annotations(ctx: Context, order: Order) -> Flow[str]:
+    when = yield from ctx.run("when", what_time)  # its result type is first read here
+    return f"{type(when).__name__} {when.isoformat()}"
+
+
+def test_the_stand_ins_keep_annotations_and_step_functions_working() -> None:
+    """A step typed with the watched module's datetime validates as a real datetime."""
+    report = check_resumable(rs_annotations, Order(order_id=1))
+    assert report.result == "datetime 2026-05-01T00:00:00+00:00"
+    assert report.reads == {}
+
+
 def test_the_registry_is_restored_after_a_check() -> None:
     """The watched copies used during the check are gone afterwards, even after a failure."""
     with pytest.raises(ResumabilityError):

@@ -1,22 +1,23 @@
 """Watching a workflow body for reads of the wall clock and of ``random``.
 
-While a watched workflow's body runs (inside the generator's ``send`` /
-``throw``, never while a step function runs), the module-level clock and
-randomness functions of ``time``, ``random`` and ``uuid`` (and
-``django.utils.timezone.now`` once Django is imported) are replaced by
-versions that record who called them, and the names ``datetime`` / ``date``
-in the workflow's own module stand for look-alikes whose ``now()``,
-``utcnow()`` and ``today()`` are recorded the same way.
-
-The replacements do not return the real time: they return the check's fake
-clock shifted by an amount that differs between the check's executions, and
-numbers from a ``random.Random`` seeded per execution (every other one moved
-to the other half of its range), so that a workflow whose steps depend on
-them behaves differently when it is resumed, and the check sees it.
+For the length of a check, the module-level clock and randomness functions
+of ``time``, ``random`` and ``uuid`` (and ``django.utils.timezone.now`` once
+Django is imported) are replaced by stand-ins, and so are the names
+``datetime`` and ``date`` (or the ``datetime`` module) in the modules that
+define the watched workflows. A stand-in behaves exactly like the original
+except while a watched workflow *body* runs (inside the generator's
+``send`` / ``throw`` / ``close``, never while a step function runs): then it
+records who called it, and returns the check's fake clock shifted by an
+amount that differs between the check's executions, or numbers from a
+``random.Random`` seeded per execution (every other one moved to the other
+half of its range). A workflow whose steps depend on those values therefore
+behaves differently when it is resumed, and the check sees it.
 
 ``datetime.now()`` cannot be intercepted on the ``datetime`` type itself (a
-C type), hence the module-globals look-alikes: a read through another
-module's ``from datetime import datetime`` is not seen.
+C type), hence the subclasses bound in the workflow's own module: they are
+real subclasses (``isinstance``, annotations and pydantic schemas work as
+before), but a read through another module's ``from datetime import
+datetime`` is not seen.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-__all__ = ["Probe", "Read", "Watched"]
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import CoreSchema
+
+__all__ = ["WATCHED", "Probe", "Read", "Watched"]
 
 _REAL_DATETIME = _dt.datetime
 _REAL_DATE = _dt.date
@@ -72,9 +76,8 @@ _UUID_FUNCTIONS = ("uuid1", "uuid4")
 WATCHED = (
     f"time.{{{', '.join(_TIME_FUNCTIONS)}}}(), random.{{{', '.join(_RANDOM_FUNCTIONS)}}}(), "
     "uuid.{uuid1, uuid4}() and django.utils.timezone.now() (once Django is imported) wherever "
-    "the body calls them, and "
-    "datetime.{now, utcnow, today}() and date.today() through the names the workflow "
-    "function's own module binds to datetime, date or the datetime module"
+    "the body calls them, and datetime.{now, utcnow, today}() and date.today() through the "
+    "names the workflow function's own module binds to datetime, date or the datetime module"
 )
 
 
@@ -116,11 +119,11 @@ class Probe:
 
     def __init__(self) -> None:
         self.reads: dict[Read, int] = {}
-        self._depth = 0
+        #: How many watched bodies are running (nested starts make it more than 1).
+        self.active = 0
         self._now: Callable[[], _dt.datetime] = lambda: _REAL_DATETIME(2026, 1, 1, tzinfo=_dt.UTC)
         self._skew = _dt.timedelta(0)
         self._random: random.Random = _ShiftedRandom("hookflow-check-0", shift=False)
-        self._saved: list[tuple[Any, str, object]] = []
 
     def begin(self, execution: int, now: Callable[[], _dt.datetime]) -> None:
         """Start execution number ``execution`` of the check, on the clock ``now``."""
@@ -128,14 +131,9 @@ class Probe:
         self._skew = _SKEW * execution
         self._random = _ShiftedRandom(f"hookflow-check-{execution}", shift=execution % 2 == 1)
 
-    # -- what the stand-ins return --------------------------------------------------
-
     def now(self) -> _dt.datetime:
-        """The time the stand-ins report: the fake clock, shifted per execution."""
+        """The time the stand-ins report in a body: the fake clock, shifted per execution."""
         return self._now() + self._skew
-
-    def timestamp(self) -> float:
-        return self.now().timestamp()
 
     def record(self, what: str, depth: int = 2) -> None:
         """Note a read by the caller ``depth`` frames up (logging's own reads are not noted)."""
@@ -149,162 +147,194 @@ class Probe:
         read = Read(what, f"{filename}:{frame.f_lineno} ({code.co_name})")
         self.reads[read] = self.reads.get(read, 0) + 1
 
-    # -- installing the stand-ins -------------------------------------------------
+    # -- installing the stand-ins for the length of a check -----------------------
 
     @contextlib.contextmanager
-    def watching(self, namespace: dict[str, Any]) -> Generator[None, None, None]:
-        """Install the stand-ins (and in ``namespace``, the body's module globals)."""
-        self._depth += 1
-        if self._depth == 1:
-            self._install(namespace)
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                self._uninstall()
-
-    def _swap(self, owner: Any, name: str, value: object) -> None:
-        if isinstance(owner, dict):
-            namespace = cast("dict[str, object]", owner)
-            self._saved.append((namespace, name, namespace[name]))
-            namespace[name] = value
-        else:
-            self._saved.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, value)
-
-    def _install(self, namespace: dict[str, Any]) -> None:
-        replaced: dict[int, object] = {}
-        targets: list[tuple[Any, str, object]] = []
+    def installed(self, namespaces: Iterable[dict[str, Any]]) -> Generator[None, None, None]:
+        """Put the stand-ins in place (and in ``namespaces``, the workflows' module globals)."""
+        swaps: list[tuple[Any, str, object, object]] = []
+        targets: list[tuple[Any, str, Callable[..., Any]]] = []
         targets += [(time, name, self._time_function(name)) for name in _TIME_FUNCTIONS]
         targets += [(random, name, self._random_function(name)) for name in _RANDOM_FUNCTIONS]
         targets += [(uuid, name, self._uuid_function(name)) for name in _UUID_FUNCTIONS]
         timezone = sys.modules.get("django.utils.timezone")
         if timezone is not None:
-            targets.append((timezone, "now", self._django_now()))
+            targets.append((timezone, "now", self._django_now(timezone.now)))
+        by_id: dict[int, object] = {}
         for module, name, replacement in targets:
-            replaced[id(getattr(module, name))] = replacement
-            self._swap(module, name, replacement)
-        datetime_class = _DatetimeStandIn(self)
-        date_class = _DateStandIn(self)
-        replaced[id(_REAL_DATETIME)] = datetime_class
-        replaced[id(_REAL_DATE)] = date_class
-        replaced[id(_dt)] = _DatetimeModuleStandIn(datetime_class, date_class)
-        for name, value in list(namespace.items()):
-            found = replaced.get(id(value))
-            if found is not None and not name.startswith("__"):
-                self._swap(namespace, name, found)
-
-    def _uninstall(self) -> None:
-        while self._saved:
-            owner, name, value = self._saved.pop()
-            if isinstance(owner, dict):
-                cast("dict[str, object]", owner)[name] = value
-            else:
-                setattr(owner, name, value)
+            original: object = getattr(module, name)
+            by_id[id(original)] = replacement
+            swaps.append((module, name, original, replacement))
+        datetime_class, date_class = _watched_classes(self)
+        by_id[id(_REAL_DATETIME)] = datetime_class
+        by_id[id(_REAL_DATE)] = date_class
+        by_id[id(_dt)] = _DatetimeModuleStandIn(datetime_class, date_class)
+        seen: set[int] = set()
+        for namespace in namespaces:
+            if id(namespace) in seen:
+                continue
+            seen.add(id(namespace))
+            value: object
+            for name, value in list(namespace.items()):
+                stand_in = by_id.get(id(value))
+                if stand_in is not None and not name.startswith("__"):
+                    swaps.append((namespace, name, value, stand_in))
+        for owner, name, _, installed in swaps:
+            _set(owner, name, installed)
+        try:
+            yield
+        finally:
+            for owner, name, before, installed in reversed(swaps):
+                if _get(owner, name) is installed:  # unless someone rebound it meanwhile
+                    _set(owner, name, before)
 
     def _time_function(self, name: str) -> Callable[[], float | int]:
+        original: Callable[[], float | int] = getattr(time, name)
         label = f"time.{name}()"
+        in_ns = name.endswith("_ns")
 
         def stand_in() -> float | int:
+            if not self.active:
+                return original()
             self.record(label)
-            seconds = self.timestamp()
-            return int(seconds * 1e9) if name.endswith("_ns") else seconds
+            seconds = self.now().timestamp()
+            return int(seconds * 1e9) if in_ns else seconds
 
         return stand_in
 
     def _random_function(self, name: str) -> Callable[..., Any]:
+        original: Callable[..., Any] = getattr(random, name)
         label = f"random.{name}()"
 
         def stand_in(*args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return original(*args, **kwargs)
             self.record(label)
             return getattr(self._random, name)(*args, **kwargs)
 
         return stand_in
 
     def _uuid_function(self, name: str) -> Callable[..., uuid.UUID]:
+        original: Callable[..., uuid.UUID] = getattr(uuid, name)
         label = f"uuid.{name}()"
         version = 1 if name == "uuid1" else 4
 
         def stand_in(*args: Any, **kwargs: Any) -> uuid.UUID:
+            if not self.active:
+                return original(*args, **kwargs)
             self.record(label)
             return uuid.UUID(int=self._random.getrandbits(128), version=version)
 
         return stand_in
 
-    def _django_now(self) -> Callable[[], _dt.datetime]:
+    def _django_now(self, original: Callable[[], _dt.datetime]) -> Callable[[], _dt.datetime]:
         def stand_in() -> _dt.datetime:
+            if not self.active:
+                return original()
             self.record("django.utils.timezone.now()")
             return self.now()
 
         return stand_in
 
 
-class _DatetimeStandIn:
-    """Stands for ``datetime.datetime`` in a watched module: ``now()`` and co. are noted."""
-
-    def __init__(self, probe: Probe) -> None:
-        self._probe = probe
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_REAL_DATETIME, name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> _dt.datetime:
-        return _REAL_DATETIME(*args, **kwargs)
-
-    def __instancecheck__(self, obj: object) -> bool:
-        return isinstance(obj, _REAL_DATETIME)
-
-    def __subclasscheck__(self, cls: type) -> bool:
-        return issubclass(cls, _REAL_DATETIME)
-
-    def __repr__(self) -> str:
-        return repr(_REAL_DATETIME)
-
-    def now(self, tz: _dt.tzinfo | None = None) -> _dt.datetime:
-        self._probe.record("datetime.now()")
-        now = self._probe.now()
-        return now.astimezone(tz) if tz is not None else now.replace(tzinfo=None)
-
-    def utcnow(self) -> _dt.datetime:
-        self._probe.record("datetime.utcnow()")
-        return self._probe.now().replace(tzinfo=None)
-
-    def today(self) -> _dt.datetime:
-        self._probe.record("datetime.today()")
-        return self._probe.now().replace(tzinfo=None)
+def _get(owner: Any, name: str) -> object:
+    if isinstance(owner, dict):
+        namespace = cast("dict[str, object]", owner)
+        return namespace.get(name)
+    value: object = getattr(owner, name, None)
+    return value
 
 
-class _DateStandIn:
-    """Stands for ``datetime.date`` in a watched module: ``today()`` is noted."""
+def _set(owner: Any, name: str, value: object) -> None:
+    if isinstance(owner, dict):
+        namespace = cast("dict[str, object]", owner)
+        namespace[name] = value
+    else:
+        setattr(owner, name, value)
 
-    def __init__(self, probe: Probe) -> None:
-        self._probe = probe
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_REAL_DATE, name)
+class _LooksLikeReal(type):
+    """Metaclass of the stand-in classes: ``isinstance`` answers as for the real class."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> _dt.date:
-        return _REAL_DATE(*args, **kwargs)
+    _real: type
 
-    def __instancecheck__(self, obj: object) -> bool:
-        return isinstance(obj, _REAL_DATE)
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, cls._real)
 
-    def __subclasscheck__(self, cls: type) -> bool:
-        return issubclass(cls, _REAL_DATE)
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, cls._real)
 
-    def __repr__(self) -> str:
-        return repr(_REAL_DATE)
 
-    def today(self) -> _dt.date:
-        self._probe.record("date.today()")
-        return self._probe.now().date()
+def _watched_classes(probe: Probe) -> tuple[type[_dt.datetime], type[_dt.date]]:
+    """Subclasses of ``datetime`` and ``date`` whose ``now``/``today`` are watched.
+
+    Constructing one gives a plain ``datetime``/``date``; as an annotation,
+    pydantic sees the real type.
+    """
+
+    class WatchedDatetime(_dt.datetime, metaclass=_LooksLikeReal):
+        _real = _REAL_DATETIME
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+            return _REAL_DATETIME(*args, **kwargs)
+
+        @classmethod
+        def __get_pydantic_core_schema__(
+            cls, source: Any, handler: GetCoreSchemaHandler
+        ) -> CoreSchema:
+            return handler.generate_schema(_REAL_DATETIME)
+
+        @classmethod
+        def now(cls, tz: _dt.tzinfo | None = None) -> Any:
+            if not probe.active:
+                return _REAL_DATETIME.now(tz)
+            probe.record("datetime.now()")
+            now = probe.now()
+            return now.astimezone(tz) if tz is not None else now.replace(tzinfo=None)
+
+        @classmethod
+        def utcnow(cls) -> Any:
+            if not probe.active:
+                return _REAL_DATETIME.now(_dt.UTC).replace(tzinfo=None)
+            probe.record("datetime.utcnow()")
+            return probe.now().replace(tzinfo=None)
+
+        @classmethod
+        def today(cls) -> Any:
+            if not probe.active:
+                return _REAL_DATETIME.today()
+            probe.record("datetime.today()")
+            return probe.now().replace(tzinfo=None)
+
+    class WatchedDate(_dt.date, metaclass=_LooksLikeReal):
+        _real = _REAL_DATE
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+            return _REAL_DATE(*args, **kwargs)
+
+        @classmethod
+        def __get_pydantic_core_schema__(
+            cls, source: Any, handler: GetCoreSchemaHandler
+        ) -> CoreSchema:
+            return handler.generate_schema(_REAL_DATE)
+
+        @classmethod
+        def today(cls) -> Any:
+            if not probe.active:
+                return _REAL_DATE.today()
+            probe.record("date.today()")
+            return probe.now().date()
+
+    for cls, real in ((WatchedDatetime, _REAL_DATETIME), (WatchedDate, _REAL_DATE)):
+        cls.__name__ = cls.__qualname__ = real.__name__
+        cls.__module__ = real.__module__
+    return WatchedDatetime, WatchedDate
 
 
 class _DatetimeModuleStandIn:
     """Stands for the ``datetime`` module in a watched module (``import datetime``)."""
 
-    def __init__(self, datetime: _DatetimeStandIn, date: _DateStandIn) -> None:
+    def __init__(self, datetime: type[_dt.datetime], date: type[_dt.date]) -> None:
         self.datetime = datetime
         self.date = date
 
@@ -313,20 +343,17 @@ class _DatetimeModuleStandIn:
 
 
 class Watched:
-    """A workflow generator whose every resumption runs under a ``Probe``.
+    """A workflow generator whose every resumption counts as a watched body.
 
     The engine drives it with ``send``, ``throw`` and ``close`` like the
     generator it wraps.
     """
 
-    __slots__ = ("_gen", "_namespace", "_probe")
+    __slots__ = ("_gen", "_probe")
 
-    def __init__(
-        self, gen: Generator[Any, Any, Any], probe: Probe, namespace: dict[str, Any]
-    ) -> None:
+    def __init__(self, gen: Generator[Any, Any, Any], probe: Probe) -> None:
         self._gen = gen
         self._probe = probe
-        self._namespace = namespace
 
     def __iter__(self) -> Watched:
         return self
@@ -335,13 +362,22 @@ class Watched:
         return self.send(None)
 
     def send(self, value: Any) -> Any:
-        with self._probe.watching(self._namespace):
+        self._probe.active += 1
+        try:
             return self._gen.send(value)
+        finally:
+            self._probe.active -= 1
 
     def throw(self, exc: BaseException) -> Any:
-        with self._probe.watching(self._namespace):
+        self._probe.active += 1
+        try:
             return self._gen.throw(exc)
+        finally:
+            self._probe.active -= 1
 
     def close(self) -> None:
-        with self._probe.watching(self._namespace):
+        self._probe.active += 1
+        try:
             self._gen.close()
+        finally:
+            self._probe.active -= 1

@@ -459,10 +459,12 @@ def _watched_workflows(workflow: Workflow[Any, Any], probe: Probe) -> Generator[
 
     saved = dict(registry)
     originals = {**saved, workflow.name: workflow}
+    namespaces = [getattr(wf.fn, "__globals__", {}) for wf in originals.values()]
     try:
-        for name, original in originals.items():
-            registry[name] = _watched_copy(original, probe)
-        yield
+        with probe.installed(namespaces):
+            for name, original in originals.items():
+                registry[name] = _watched_copy(original, probe)
+            yield
     finally:
         for name in originals:
             if name in saved:
@@ -473,10 +475,9 @@ def _watched_workflows(workflow: Workflow[Any, Any], probe: Probe) -> Generator[
 
 def _watched_copy(workflow: Workflow[Any, Any], probe: Probe) -> Workflow[Any, Any]:
     fn = workflow.fn
-    namespace: dict[str, Any] = getattr(fn, "__globals__", {})
 
     def watched(ctx: Any, payload: Any) -> Flow[Any]:
-        return cast("Flow[Any]", Watched(fn(ctx, payload), probe, namespace))
+        return cast("Flow[Any]", Watched(fn(ctx, payload), probe))
 
     clone = copy.copy(workflow)
     clone.fn = watched
