@@ -17,6 +17,7 @@ from hookflow_gen import Context, Flow, RunStatus, StepFailed, current_step, get
 from hookflow_gen.testing import (
     ResumabilityError,
     ResumabilityWarning,
+    ResumeProblem,
     check_resumable,
 )
 
@@ -95,10 +96,36 @@ def test_a_correct_workflow_passes_at_every_position() -> None:
     assert report.result.startswith("ch_7_100/16/ann/PC7/2026-01-01T01:00")
     names = [r.name for r in report.journal]
     assert names == ["charge", "reserve", "email", "cool-off", "approval", "ship", "stamp"]
-    assert report.restarts == len(names) + 1
+    assert report.restarts == len(names) + 1 + 1  # every prefix, and "email" before "reserve"
     ship_attempts = [e.attempt for e in report.effects if e.step == "run 'ship'"]
     assert ship_attempts == [1, 2, 3]
     assert report.warnings == ()
+
+
+@workflow
+def rs_uneven_gather(ctx: Context, order: Order) -> Flow[str]:
+    slow, fast, other = yield from ctx.gather(
+        ctx.run("slow", flaky_ship, order.order_id),  # retried twice: settles last
+        ctx.run("fast", double, order.order_id),
+        ctx.run("other", double, 1),
+    )
+    return f"{slow} {fast} {other} at {ctx.now().isoformat()}"
+
+
+def test_a_gather_is_also_resumed_with_an_earlier_branch_unsettled() -> None:
+    """Later branches kept while an earlier one still ran: the same times, the same result."""
+    report = check_resumable(rs_uneven_gather, Order(order_id=5))
+    assert report.result == "PC5 10 2 at 2026-01-01T00:00:03+00:00"
+    assert report.restarts == 4 + 2  # 4 prefixes; "slow" or "fast" left out with later ones kept
+
+
+def test_a_problem_inside_a_gather_names_the_branch_left_out() -> None:
+    """A difference found with a gather branch unsettled says which branch that was."""
+    problem = ResumeProblem(3, "journal", "at position 1, ...", missing=1)
+    assert problem.describe() == (
+        "resumed with 3 journal records kept, all up to position 3 but 1 (a gather branch "
+        "still running), the journal differed: at position 1, ..."
+    )
 
 
 def test_a_failing_workflow_must_fail_the_same_way() -> None:

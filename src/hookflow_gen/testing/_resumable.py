@@ -6,7 +6,11 @@ stub) it called. Then, for every ``k`` from 0 to the journal's length, it
 starts a *new* runtime whose store holds only the first ``k`` records, as a
 process that crashed after writing them would leave it, and lets that
 runtime finish the run: a cold replay (no warm generator is kept, not even
-between the resumed run's own wake-ups), then the remaining steps. Each
+between the resumed run's own wake-ups), then the remaining steps. A
+``gather`` is also resumed with each branch but the last left unsettled
+while the branches after it are kept (their branches finish in any order).
+The resumed process starts at the time the uninterrupted run first reached
+a step it dropped, so steps run again settle at the same times. Each
 resumed run must end like the uninterrupted one: the same outcome, the same
 journal, and the same step calls for the positions it had to run again.
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import warnings
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +32,8 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
 from .._codec import decode, encode
+from .._context import RunInfo
+from .._engine import Replay, Waiting
 from .._journal import ErrorInfo, StepRecord
 from .._runtime import current_step
 from .._scheduler import InlineScheduler
@@ -86,22 +93,31 @@ class ResumeProblem:
     """One way a resumed run did not end like the uninterrupted one.
 
     Attributes:
-        position: where the run was resumed (how many journal records it
-            kept), or None for a problem of the uninterrupted run itself.
+        position: where the run was resumed: how many journal records it
+            kept, or None for a problem of the uninterrupted run itself.
         what: what differed: ``"outcome"``, ``"journal"``, ``"step calls"``,
             ``"resume"`` (resuming raised), or a warning's kind under ``strict``.
         detail: the difference, in words.
+        missing: for a restart inside a ``gather``, the branch position left
+            unsettled while the branches after it were kept (a crash while
+            that branch still ran); None for a plain prefix of the journal.
     """
 
     position: int | None
     what: str
     detail: str
+    missing: int | None = None
 
     def describe(self) -> str:
         """The problem in one paragraph."""
         if self.position is None:
             return f"{self.what}: {self.detail}"
-        if self.position == 0:
+        if self.missing is not None:
+            where = (
+                f"resumed with {self.position} journal records kept, all up to position "
+                f"{self.position} but {self.missing} (a gather branch still running)"
+            )
+        elif self.position == 0:
             where = "restarted with an empty journal"
         else:
             where = (
@@ -121,7 +137,8 @@ class ResumeReport(Generic[R]):
         error: its error, if it failed.
         journal: its journal.
         effects: every step function or stub it called, in order.
-        restarts: how many resumed runs were compared (journal length + 1).
+        restarts: how many resumed runs were compared (journal length + 1,
+            plus one per gather branch but the last).
         warnings: the fragile spots found (also emitted as ``ResumabilityWarning``).
         watched: what the wall-clock and ``random`` check looked at.
         reads: the reads of the clock or ``random`` by the workflow body, with counts.
@@ -275,6 +292,8 @@ def check_resumable(
     ``k``, resumes it on a fresh runtime holding only the first ``k``
     records (a cold replay), and compares the outcome, the journal and the
     step calls made for positions ``k`` on with the uninterrupted run's.
+    Each ``gather`` is also resumed with one branch unsettled and the later
+    ones kept.
 
     Everything runs in process: an in-memory store, a fake clock (sleeps,
     timeouts and retry back-offs pass at once), children started by
@@ -322,6 +341,7 @@ def check_resumable(
     probe = Probe()
 
     answers: dict[_CallKey, _Answer] = {}
+    first_journal: list[StepRecord] = []
 
     def execute(execution: int, prefix: list[StepRecord] | None) -> _Execution:
         return _execute(
@@ -336,12 +356,14 @@ def check_resumable(
             probe=probe,
             execution=execution,
             prefix=prefix,
+            dropped=[] if prefix is None else _dropped(first_journal, prefix),
             answers=None if prefix is None else answers,
         )
 
     with _watched_workflows(workflow, probe):
         first = execute(0, None)
         answers.update(first.answers)
+        first_journal.extend(first.journal)
         base = _report(workflow, first, run_id, probe, restarts=0, warnings=())
         if not first.run.status.finished:
             raise ResumabilityError(base, (_unfinished(None, first),))
@@ -349,21 +371,23 @@ def check_resumable(
             detail = f"it failed replaying its own journal after a wait: {first.run.error.message}"
             raise ResumabilityError(base, (ResumeProblem(None, "uninterrupted run", detail),))
         owners = _top_positions(first.runs, run_id)
+        states = _restart_states(workflow, payload_json, run_id, start, first.journal)
         problems: list[ResumeProblem] = []
-        for k in range(len(first.journal) + 1):
-            prefix = first.journal[:k]
+        for execution, (kept, missing) in enumerate(states, start=1):
             try:
-                resumed = execute(k + 1, prefix)
+                resumed = execute(execution, kept)
             except Exception as exc:
-                problems.append(ResumeProblem(k, "resume", f"{type(exc).__name__}: {exc}"))
+                detail = f"{type(exc).__name__}: {exc}"
+                problems.append(ResumeProblem(len(kept), "resume", detail, missing))
                 continue
-            expected = [e for e in first.effects if owners.get(e.run_id, e.position) >= k]
-            problems.extend(_compare(k, first, resumed, expected))
+            positions = {r.position for r in kept}
+            expected = [
+                e for e in first.effects if owners.get(e.run_id, e.position) not in positions
+            ]
+            problems.extend(_compare(len(kept), missing, first, resumed, expected))
 
     found = _warnings(first, probe.reads)
-    report = _report(
-        workflow, first, run_id, probe, restarts=len(first.journal) + 1, warnings=found
-    )
+    report = _report(workflow, first, run_id, probe, restarts=len(states), warnings=found)
     if strict:
         problems.extend(ResumeProblem(None, "warning", text) for text in found)
     if problems:
@@ -395,6 +419,7 @@ def _execute(
     probe: Probe,
     execution: int,
     prefix: list[StepRecord] | None,
+    dropped: list[StepRecord],
     answers: dict[_CallKey, _Answer] | None,
 ) -> _Execution:
     clock = FakeClock(start)
@@ -415,8 +440,7 @@ def _execute(
                 runtime.notify(key, event)
             runtime.start_run(workflow, payload, run_id=run_id)
         else:
-            resume_at = max((r.completed_at for r in prefix if r.completed_at), default=start)
-            clock.advance(resume_at - start)
+            clock.advance(_resume_at(prefix, dropped, start) - start)
             consumed: dict[str, int] = {}
             for record in prefix:
                 if record.kind == "event" and record.key is not None:
@@ -484,6 +508,69 @@ def _watched_copy(workflow: Workflow[Any, Any], probe: Probe) -> Workflow[Any, A
     return clone
 
 
+def _dropped(journal: list[StepRecord], kept: list[StepRecord]) -> list[StepRecord]:
+    positions = {r.position for r in kept}
+    return [r for r in journal if r.position not in positions]
+
+
+def _resume_at(kept: list[StepRecord], dropped: list[StepRecord], start: datetime) -> datetime:
+    """When the resumed process starts: when the uninterrupted run first reached a dropped step.
+
+    That is the moment of the crash the kept records stand for, so steps run
+    again settle at the times they did (a gather branch dropped while a later
+    one, retried for longer, was kept, starts where it started).
+    """
+    began = [r.started_at for r in dropped if r.started_at is not None]
+    if began:
+        return min(began)
+    return max((r.completed_at for r in kept if r.completed_at), default=start)
+
+
+def _restart_states(
+    workflow: Workflow[Any, Any],
+    payload_json: str,
+    run_id: str,
+    start: datetime,
+    journal: list[StepRecord],
+) -> list[tuple[list[StepRecord], int | None]]:
+    """The journals to resume from: every prefix, and every gather with one branch unsettled.
+
+    Gathers are found by replaying the journal through the pure engine:
+    where the workflow waits on several steps at once, each branch but the
+    last is also left out on its own (the last left out is a prefix).
+    """
+    states: list[tuple[list[StepRecord], int | None]] = [
+        (journal[:k], None) for k in range(len(journal) + 1)
+    ]
+    by_position = {r.position: r for r in journal}
+    execution = Replay(
+        workflow,
+        payload_json,
+        RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=start),
+    )
+    try:
+        decision = execution.advance()
+        while isinstance(decision, Waiting):
+            pending = [p.position for p in decision.pending]
+            if not all(p in by_position for p in pending):
+                break
+            if len(pending) > 1:
+                first = min(pending)
+                for missing in sorted(pending)[:-1]:
+                    kept = journal[:first] + [
+                        by_position[p] for p in sorted(pending) if p != missing
+                    ]
+                    states.append((kept, missing))
+            for position in pending:
+                execution.settle(by_position[position])
+            decision = execution.advance()
+    except Exception:  # the prefixes alone still get checked
+        pass
+    finally:
+        execution.close()
+    return states
+
+
 def _top_positions(runs: dict[str, RunState], top: str) -> dict[str, int]:
     """For each child run, the position of the top run's step that started it."""
     owners: dict[str, int] = {}
@@ -537,17 +624,18 @@ def _describe(record: StepRecord | None) -> str:
 
 
 def _compare(
-    k: int, first: _Execution, resumed: _Execution, expected: list[Effect]
+    k: int, missing: int | None, first: _Execution, resumed: _Execution, expected: list[Effect]
 ) -> list[ResumeProblem]:
     problems: list[ResumeProblem] = []
     if not resumed.run.status.finished:
-        return [_unfinished(k, resumed)]
+        return [dataclasses.replace(_unfinished(k, resumed), missing=missing)]
     if _outcome(resumed.run) != _outcome(first.run):
         problems.append(
             ResumeProblem(
                 k,
                 "outcome",
                 f"uninterrupted: {_outcome(first.run)}; resumed: {_outcome(resumed.run)}",
+                missing,
             )
         )
     a, b = first.journal, resumed.journal
@@ -561,6 +649,7 @@ def _compare(
                     "journal",
                     f"at position {i}, uninterrupted: {_describe(left)}; "
                     f"resumed: {_describe(right)}",
+                    missing,
                 )
             )
             break
@@ -576,6 +665,7 @@ def _compare(
                     f"call {i + 1} after resuming: uninterrupted: "
                     f"{left_effect.describe() if left_effect else 'no call'}; resumed: "
                     f"{right_effect.describe() if right_effect else 'no call'}",
+                    missing,
                 )
             )
             break
