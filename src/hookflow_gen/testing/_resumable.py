@@ -303,6 +303,10 @@ def check_resumable(
     recorded the first time, as a service that deduplicates by idempotency
     key would give it, so only the workflow's own code can make runs differ.
 
+    While it runs, the clock and ``random`` functions it watches and the
+    workflow registry are swapped process-wide (and restored after): do not
+    run workflows in other threads of the same process meanwhile.
+
     Args:
         workflow: the workflow to check.
         payload: its payload.
