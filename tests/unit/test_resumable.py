@@ -389,6 +389,26 @@ def test_the_stand_ins_keep_annotations_and_step_functions_working() -> None:
     assert report.reads == {}
 
 
+class Quote(BaseModel):
+    rate: float
+
+
+@workflow
+def rs_http(ctx: Context, order: Order) -> Flow[float]:
+    quote = yield from ctx.call(
+        "fx", "https://fx.example.com/eur", method="POST", body={"id": 1}, response_model=Quote
+    )
+    yield from ctx.sleep("settle", 30)
+    return quote.body.rate * order.amount_cents
+
+
+def test_http_call_steps_are_stubbed_and_compared_by_request() -> None:
+    """A stubbed call step answers 200 with the stub; its method, URL and body are compared."""
+    report = check_resumable(rs_http, Order(order_id=1), stubs={"fx": {"rate": 1.5}})
+    assert report.result == 150.0
+    assert [e.args for e in report.effects] == [("POST", "https://fx.example.com/eur", {"id": 1})]
+
+
 def test_the_registry_is_restored_after_a_check() -> None:
     """The watched copies used during the check are gone afterwards, even after a failure."""
     with pytest.raises(ResumabilityError):
