@@ -94,35 +94,35 @@ def test_send_event_delivers_to_the_waiting_step(admin_client: Client, runtime: 
     assert "Step #0 waits for no event now." in _messages(late)
 
 
-def test_resume_is_hidden_without_runtime_support(admin_client: Client, runtime: Runtime) -> None:
-    """A failed run shows no resume button while the runtime has no ``resume``; POST is refused."""
+def test_resume_is_refused_for_a_run_that_did_not_fail(
+    admin_client: Client, runtime: Runtime
+) -> None:
+    """A completed run shows no resume button, and a resume POST is refused with a message."""
+    handle = linear.start(Numbers(a=1, b=1))
+    run_worker(runtime)
+    assert handle.status is RunStatus.COMPLETED
+    assert 'id="hf-resume"' not in admin_client.get(_page(handle.run_id)).content.decode()
+    response = admin_client.post(
+        reverse("admin:hookflow_run_resume", args=[handle.run_id]), follow=True
+    )
+    assert "The run is completed; only a failed run resumes." in _messages(response)
+
+
+def test_resume_runs_a_failed_run_again(admin_client: Client, runtime: Runtime) -> None:
+    """A failed run shows its traceback and a resume button; resuming runs it again."""
     handle = doomed.start(Numbers(a=1, b=1))
     run_worker(runtime)
     assert handle.status is RunStatus.FAILED
-    assert not callable(getattr(runtime, "resume", None))
-    page = admin_client.get(_page(handle.run_id))
-    html = page.content.decode()
-    assert 'id="hf-resume"' not in html and "boom" in html and "Traceback" in html
+    html = admin_client.get(_page(handle.run_id)).content.decode()
+    assert 'id="hf-resume"' in html and "boom" in html and "Traceback" in html
     response = admin_client.post(
         reverse("admin:hookflow_run_resume", args=[handle.run_id]), follow=True
     )
-    assert "This runtime cannot resume runs." in _messages(response)
-
-
-def test_resume_calls_the_runtime(
-    admin_client: Client, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Where the runtime has ``resume``, the button shows and calls it with the run id."""
-    handle = doomed.start(Numbers(a=1, b=1))
-    run_worker(runtime)
-    resumed: list[str] = []
-    monkeypatch.setattr(runtime, "resume", resumed.append, raising=False)
-    assert 'id="hf-resume"' in admin_client.get(_page(handle.run_id)).content.decode()
-    response = admin_client.post(
-        reverse("admin:hookflow_run_resume", args=[handle.run_id]), follow=True
-    )
-    assert resumed == [handle.run_id]
     assert "Resumed the run." in _messages(response)
+    state = handle.state()
+    assert state.status is RunStatus.RUNNING and len(state.past_errors) == 1
+    run_worker(runtime)
+    assert handle.status is RunStatus.FAILED  # the step still raises: it failed again, visibly
 
 
 def test_runtime_errors_become_messages(

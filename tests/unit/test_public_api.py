@@ -79,9 +79,19 @@ def test_every_error_descends_from_the_root() -> None:
 def test_testing_exports() -> None:
     """The testing kit exports its helpers."""
     assert hookflow_gen.testing.__all__ == [
+        "Effect",
         "FakeClock",
         "ReplayResult",
+        "ResumabilityError",
+        "ResumabilityWarning",
+        "ResumeProblem",
+        "ResumeReport",
         "Stepper",
         "WorkflowEnvironment",
+        "answer",
+        "check_resumable",
+        "context",
+        "finish",
         "replay",
+        "step_failed",
     ]

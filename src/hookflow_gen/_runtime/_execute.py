@@ -218,6 +218,9 @@ class StepExecutor:
         self.call_executor = call_executor
         self.thread_exit = thread_exit
         self.grace = grace
+        #: What an attempt calls: ``call`` unless replaced (the testing kit
+        #: routes stubbed steps here).
+        self.route: Callable[..., Any] = self.call
 
     def attempt(
         self,
@@ -237,14 +240,15 @@ class StepExecutor:
             if savepoint is not None:
                 started = time.monotonic()
                 with savepoint():
-                    value = self._call(step, timeout=None)
+                    value = self.route(step, timeout=None)
                     _check_time(step, time.monotonic() - started)
                     return _encode(step, value)
-            return _encode(step, self._call(step, timeout=_seconds(_timeout_of(step))))
+            return _encode(step, self.route(step, timeout=_seconds(_timeout_of(step))))
         finally:
             _current_step.reset(token)
 
-    def _call(self, step: LeafStep, *, timeout: float | None) -> Any:
+    def call(self, step: LeafStep, *, timeout: float | None) -> Any:
+        """Call the step's function (or make its request) once; its raw value."""
         if isinstance(step, CallStep):
             return self.call_executor(step, step.timeout)
         assert isinstance(step, RunStep)

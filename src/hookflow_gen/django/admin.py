@@ -112,9 +112,7 @@ def _now() -> datetime:
 
 
 def _can_resume(runtime: Runtime | None) -> bool:
-    # ``Runtime.resume`` arrives with the durability work; until a runtime
-    # offers it, the admin shows no resume button.
-    return runtime is not None and callable(getattr(runtime, "resume", None))
+    return runtime is not None
 
 
 class SendEventForm(forms.Form):
@@ -153,7 +151,7 @@ def _event_models(run: Run, steps: list[Step]) -> dict[int, Any]:
         try:
             decision = replay.advance()
         finally:
-            replay.close()
+            replay.discard()
     except Exception:
         log.debug("run %s: could not replay to find its event models", run.run_id, exc_info=True)
         return {}
@@ -444,7 +442,7 @@ class RunAdmin(_RunAdminBase):
             self.message_user(request, "This runtime cannot resume runs.", messages.ERROR)
         else:
             try:
-                runtime.resume(run.run_id)  # type: ignore[attr-defined]  # checked by _can_resume
+                runtime.resume(run.run_id)
             except Exception as exc:
                 log.exception("admin: could not resume run %s", run.run_id)
                 self.message_user(request, f"Could not resume the run: {exc}", messages.ERROR)

@@ -1,7 +1,10 @@
 """Test helpers for workflows, shipped for users' own tests.
 
-Three ways to test a workflow, from the smallest to the most complete:
+Ways to test a workflow, from the smallest to the most complete:
 
+- ``context``: the ``Context`` to call a workflow function with, to step
+  its raw generator with ``next``/``send``/``throw`` (``answer``,
+  ``step_failed`` and ``finish`` keep that typed).
 - ``Stepper``: step one workflow by hand. Look at each step it asks for,
   send back typed results or failures, read its final result. No runtime,
   no clock, no database.
@@ -10,6 +13,9 @@ Three ways to test a workflow, from the smallest to the most complete:
   pass instantly), stubbed steps, and events you send.
 - ``replay``: replay a stored journal against the current code and report
   non-determinism, the check to run before deploying a workflow change.
+- ``check_resumable``: crash a run after every journal record, resume it
+  on a fresh runtime, and fail if it ends differently; warns about step
+  names used twice and reads of the wall clock or ``random``.
 
 ``hookflow_gen.testing.qstash`` has a QStash-compatible server for tests
 that go over HTTP.
@@ -19,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
 
 from .._client import RunHandle, use_runtime
@@ -29,50 +35,47 @@ from .._codec import encode
 from .._context import RunInfo
 from .._engine import Completed, Decision, Failed, Replay, Waiting
 from .._journal import ErrorInfo, StepRecord, StepStatus
-from .._runtime import Runtime, http_call
-from .._runtime._execute import StepExecutor
+from .._runtime import Runtime
 from .._scheduler import InlineScheduler
-from .._steps import CallStep, LeafStep, RetryPolicy, RunStep, SleepStep, Step
+from .._steps import LeafStep, RetryPolicy, SleepStep, Step
 from .._store import MemoryStore
 from .._workflow import Workflow
 from ..exceptions import HookflowError, WorkflowFailed
+from ._by_hand import answer as answer
+from ._by_hand import context as context
+from ._by_hand import finish as finish
+from ._by_hand import step_failed as step_failed
+from ._env import EPOCH as EPOCH
+from ._env import FakeClock as FakeClock
+from ._env import Stub as Stub
+from ._env import StubRuntime
+from ._resumable import Effect as Effect
+from ._resumable import ResumabilityError as ResumabilityError
+from ._resumable import ResumabilityWarning as ResumabilityWarning
+from ._resumable import ResumeProblem as ResumeProblem
+from ._resumable import ResumeReport as ResumeReport
+from ._resumable import check_resumable as check_resumable
 
 __all__ = [
+    "Effect",
     "FakeClock",
     "ReplayResult",
+    "ResumabilityError",
+    "ResumabilityWarning",
+    "ResumeProblem",
+    "ResumeReport",
     "Stepper",
     "WorkflowEnvironment",
+    "answer",
+    "check_resumable",
+    "context",
+    "finish",
     "replay",
+    "step_failed",
 ]
 
 M = TypeVar("M")
 R = TypeVar("R")
-
-EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FakeClock:
-    """A clock that only moves when told to (or when the runtime sleeps on it)."""
-
-    def __init__(self, start: datetime = EPOCH) -> None:
-        if start.tzinfo is None:
-            raise ValueError("FakeClock needs an aware start time")
-        self._now = start
-        self._origin = start
-
-    def now(self) -> datetime:
-        return self._now
-
-    def monotonic(self) -> float:
-        return (self._now - self._origin).total_seconds()
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self._now += timedelta(seconds=seconds)
-
-    def advance(self, delta: timedelta | float) -> None:
-        """Move the clock forward."""
-        self.sleep(delta.total_seconds() if isinstance(delta, timedelta) else delta)
 
 
 class Stepper(Generic[R]):
@@ -208,40 +211,6 @@ def _is_gather(step: Step[Any]) -> bool:
     return step.kind == "gather"
 
 
-Stub = Callable[..., Any] | object
-
-
-class _StubExecutor(StepExecutor):
-    """The real step executor, with some steps stubbed out by name."""
-
-    def __init__(self, stubs: dict[str, Stub]) -> None:
-        super().__init__(http_call)
-        self.stubs = stubs
-
-    def _call(self, step: LeafStep, *, timeout: float | None) -> Any:
-        if step.name in self.stubs:
-            stub = self.stubs[step.name]
-            if isinstance(stub, BaseException):
-                raise stub
-            if callable(stub):
-                if isinstance(step, RunStep):
-                    return stub(*step.args, **step.kwargs)
-                return stub(step)
-            if isinstance(step, CallStep):
-                return {"status": 200, "headers": {}, "body": stub}
-            return stub
-        return super()._call(step, timeout=timeout)
-
-
-class _TestRuntime(Runtime):
-    """The real runtime with some steps stubbed out by name."""
-
-    def __init__(self, stubs: dict[str, Stub], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stubs = stubs
-        self.executor = _StubExecutor(stubs)
-
-
 class WorkflowEnvironment:
     """Run workflows to completion in-process: real runtime, memory store, fake clock.
 
@@ -272,7 +241,7 @@ class WorkflowEnvironment:
         self.clock = FakeClock(start)
         self.store = MemoryStore()
         self.scheduler = InlineScheduler(auto_advance=auto_advance)
-        self.runtime: Runtime = _TestRuntime(
+        self.runtime: Runtime = StubRuntime(
             dict(stubs or {}),
             store=self.store,
             scheduler=self.scheduler,
@@ -291,7 +260,7 @@ class WorkflowEnvironment:
 
     def stub(self, name: str, stub: Stub) -> None:
         """Stub the steps named ``name`` from now on."""
-        assert isinstance(self.runtime, _TestRuntime)
+        assert isinstance(self.runtime, StubRuntime)
         self.runtime.stubs[name] = stub
 
     def start(

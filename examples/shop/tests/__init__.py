@@ -1,0 +1,1 @@
+"""The example shop's own tests: its workflows checked with ``hookflow_gen.testing``."""
