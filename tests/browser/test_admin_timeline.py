@@ -324,7 +324,7 @@ def test_cancelled_run(browser: Browser, runs: dict[str, str]) -> None:
     browser.screenshot(_page(runs["cancelled"]), "run-cancelled", 820)
     page = browser.dom(_page(runs["cancelled"]))
     assert page.get("hf-status") == "cancelled"
-    assert "still open when the run ended" in page.get("hf-step-3")
+    assert "cancelled here" in page.get("hf-step-3")
     assert "20 s" in page.get("hf-step-3")
     assert "hf-cancel" not in page.by_id and "hf-send-3" not in page.by_id
     assert "Delete" in page.text

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from .._journal import CANCELLED
+
 __all__ = ["Bar", "Block", "Row", "Tick", "Timeline", "humanize", "layout"]
 
 # The thinnest bar drawn, in percent of the axis: a 2 ms step on an hour-long
@@ -274,12 +276,17 @@ def layout(
                     note = "running" if step.attempts else "ready"
         if pending and step.kind in ("run", "call") and not step.attempts:
             took = "-"
+        status = step.status
+        error = getattr(step, "error", None)
+        if status == "failed" and isinstance(error, dict) and error.get("type") == CANCELLED:
+            status = "cancelled"
+            note = "cancelled here: Cancelled was thrown into the workflow at this step"
         rows.append(
             Row(
                 position=step.position,
                 kind=step.kind,
                 name=step.name,
-                status=step.status,
+                status=status,
                 attempts=step.attempts,
                 bars=tuple(bars),
                 took=took,
