@@ -53,6 +53,11 @@ class Received:
     body: bytes
     started: float
     finished: float
+    raw_headers: tuple[tuple[str, str], ...] = ()
+
+    def count(self, name: str) -> int:
+        """How many times a header arrived, names compared without case."""
+        return sum(key.lower() == name.lower() for key, _ in self.raw_headers)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -129,6 +134,7 @@ class Sink:
                     body=body,
                     started=started,
                     finished=time.time(),
+                    raw_headers=tuple(handler.headers.items()),
                 )
             )
             self._condition.notify_all()
@@ -726,6 +732,93 @@ def test_public_names_are_pinned() -> None:
         "parse_duration",
         "sign",
     ]
+
+
+# -- forwarded headers and failed deliveries ---------------------------------------
+
+
+def test_qstash_headers_win_over_forwarded_ones_of_any_case(
+    qs: QStashServer, client: QStash, sink: Sink
+) -> None:
+    """Forwarded headers named like QStash's own, in any case, never reach the destination."""
+    result = publish(
+        client,
+        url=sink.url("/hook"),
+        body="payload",
+        headers={
+            "upstash-signature": "stale-token",
+            "UPSTASH-MESSAGE-ID": "msg_forged",
+            "upstash-retried": "7",
+            "user-agent": "forged-agent",
+            "HOST": "evil.example",
+            "content-type": "text/forged",
+            "X-Kept": "yes",
+        },
+        content_type="text/plain",
+    )
+    [request] = sink.wait_for(1, "/hook")
+    own = ["upstash-signature", "upstash-message-id", "upstash-retried", "user-agent", "host"]
+    for name in own:
+        assert request.count(name) == 1, name
+    verify(qs, request)
+    assert request.headers["upstash-message-id"] == result.message_id
+    assert request.headers["upstash-retried"] == "0"
+    assert request.headers["user-agent"] == "Upstash-QStash"
+    assert request.headers["host"] == sink.base.removeprefix("http://")
+    assert request.headers["content-type"] == "text/plain"
+    assert request.headers["x-kept"] == "yes"
+
+
+def test_forwarded_content_length_does_not_break_the_delivery(
+    qs: QStashServer, client: QStash, sink: Sink
+) -> None:
+    """A forwarded Content-Length that contradicts the body is ignored; the body arrives whole."""
+    publish(client, url=sink.url("/hook"), body="hello world", headers={"Content-Length": "3"})
+    [request] = sink.wait_for(1, "/hook")
+    qs.wait_idle()
+    assert request.body == b"hello world"
+    assert request.count("content-length") == 1
+    assert qs.stats.delivered == 1
+
+
+def test_any_exception_in_a_delivery_ends_as_retries_then_a_dead_letter(
+    qs: QStashServer, client: QStash, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error while delivering is a failed attempt: retried, then dead-lettered."""
+    original = httpx.Client.request
+
+    def failing(self: httpx.Client, method: str, url: Any, **options: Any) -> httpx.Response:
+        if str(url).startswith(sink.url("/boom")):
+            raise RuntimeError("boom")
+        return original(self, method, url, **options)
+
+    monkeypatch.setattr(httpx.Client, "request", failing)
+    result = publish_json(client, url=sink.url("/boom"), body={}, retries=2)
+    qs.wait_idle()
+    message = qs.message(result.message_id)
+    assert message.state == "FAILED"
+    attempts = qs.attempts(result.message_id)
+    assert [a.retried for a in attempts] == [0, 1, 2]
+    assert all(a.error is not None and "RuntimeError: boom" in a.error for a in attempts)
+    [entry] = qs.dlq()
+    assert entry.message.message_id == result.message_id
+
+
+def test_headers_that_cannot_be_sent_are_refused_at_publish(qs: QStashServer, sink: Sink) -> None:
+    """A forwarded header with a line break, or a bad callback setting, is a 400 at publish."""
+    items = [{"destination": sink.url("/x"), "headers": {"Upstash-Forward-X": "a\r\nb"}}]
+    assert raw(qs, "POST", "/v2/batch", json=items).status_code == 400
+    bad_callback = raw(
+        qs,
+        "POST",
+        "/v2/publish/" + sink.url("/x"),
+        headers={
+            "Upstash-Callback": sink.url("/cb"),
+            "Upstash-Callback-Retries": "many",
+        },
+    )
+    assert bad_callback.status_code == 400
+    assert qs.stats.published == 0
 
 
 # -- schedules -------------------------------------------------------------------

@@ -630,12 +630,12 @@ class QStashServer:
             digest.update(body)
             dedup_key = "content:" + digest.hexdigest()
         flow_key = lowered.get("upstash-flow-control-key")
-        flow = None
+        flow: _FlowConfig | None = None
         if flow_key is not None:
             flow = _flow_config(lowered.get("upstash-flow-control-value", ""))
         elif "upstash-flow-control-value" in lowered:
             raise _HttpError(400, "Upstash-Flow-Control-Value needs Upstash-Flow-Control-Key")
-        return _Draft(
+        draft = _Draft(
             url=url,
             method=method,
             headers=dict(lowered),
@@ -657,6 +657,8 @@ class QStashServer:
             flow_key=flow_key,
             flow=flow,
         )
+        _check_draft(draft)
+        return draft
 
     def _accept(self, draft: _Draft) -> tuple[int, JSON]:
         message_id, deduplicated = self._store(draft)
@@ -1053,16 +1055,53 @@ class QStashServer:
             message.state = "ACTIVE"
             message.attempts += 1
         try:
-            self._deliver(message, retried, due_at, plan)
+            signature = sign(key=self.current_signing_key, url=draft.url, body=draft.body)
+            answers = self._send_copies(draft, message_id, retried, plan, signature)
+            self._settle(message, retried, due_at, plan, answers)
+        except Exception as error:
+            # Whatever went wrong, the attempt ends as a failed attempt (so a
+            # retry or a dead letter), never as a message stuck ACTIVE.
+            self._recover(message, retried, due_at, plan, error)
         finally:
             if draft.flow_key is not None:
                 self._release(draft.flow_key)
 
-    def _deliver(self, message: _Message, retried: int, due_at: float, plan: FaultPlan) -> None:
-        """Make one attempt of an ACTIVE message and record what came of it."""
+    def _recover(
+        self,
+        message: _Message,
+        retried: int,
+        due_at: float,
+        plan: FaultPlan,
+        error: Exception,
+    ) -> None:
+        with self._lock:
+            active = message.state == "ACTIVE"
+        if not active:
+            # The outcome was already recorded; only a later step (a callback
+            # or the on_attempt hook) failed. wait_idle() reports it.
+            self._errors.append(error)
+            return
+        now = time.time()
+        reason = f"internal error: {type(error).__name__}: {error}"
+        answer = _Answer(None, {}, b"", reason, now, now)
+        try:
+            self._settle(message, retried, due_at, plan, [answer])
+        except Exception as second:
+            with self._lock:
+                message.state = "FAILED"
+                self._counters.failed += 1
+            self._errors.append(second)
+
+    def _settle(
+        self,
+        message: _Message,
+        retried: int,
+        due_at: float,
+        plan: FaultPlan,
+        answers: list[_Answer],
+    ) -> None:
+        """Record the answers of one attempt and retry, deliver or dead-letter the message."""
         message_id, draft = message.message_id, message.draft
-        signature = sign(key=self.current_signing_key, url=draft.url, body=draft.body)
-        answers = self._send_copies(draft, message_id, retried, plan, signature)
         first = answers[0]
         if plan.drop_answer:
             first = dataclasses.replace(
@@ -1129,7 +1168,10 @@ class QStashServer:
             )
         if self._on_attempt is not None:
             for attempt in attempts:
-                self._on_attempt(attempt)
+                try:
+                    self._on_attempt(attempt)
+                except Exception as error:  # A failing hook must not stop the callbacks.
+                    self._errors.append(error)
         if draft.kind != "publish":
             return
         if draft.callback is not None and status is not None:
@@ -1186,19 +1228,17 @@ class QStashServer:
         return done
 
     def _send(self, draft: _Draft, message_id: str, retried: int, signature: str) -> _Answer:
-        headers = dict(draft.forward_headers)
+        own = {
+            "Upstash-Message-Id": message_id,
+            "Upstash-Retried": str(retried),
+            "Upstash-Signature": signature,
+            "User-Agent": _USER_AGENT,
+        }
         if draft.content_type is not None:
-            headers["Content-Type"] = draft.content_type
-        headers.update(
-            {
-                "Upstash-Message-Id": message_id,
-                "Upstash-Retried": str(retried),
-                "Upstash-Signature": signature,
-                "User-Agent": _USER_AGENT,
-            }
-        )
+            own["Content-Type"] = draft.content_type
         if draft.schedule_id is not None:
-            headers["Upstash-Schedule-Id"] = draft.schedule_id
+            own["Upstash-Schedule-Id"] = draft.schedule_id
+        headers = _delivery_headers(draft.forward_headers, own)
         client = self._client
         started = time.time()
         if client is None:
@@ -1208,7 +1248,9 @@ class QStashServer:
             response = client.request(
                 draft.method, draft.url, content=draft.body, headers=headers, timeout=timeout
             )
-        except httpx.HTTPError as error:
+        except Exception as error:
+            # Not only httpx.HTTPError: h11 raises its own errors for some
+            # malformed requests, and any of them is a failed attempt.
             return _Answer(None, {}, b"", f"{type(error).__name__}: {error}", started, time.time())
         return _Answer(
             status=response.status_code,
@@ -1294,6 +1336,63 @@ def _flow_json(key: str, state: _FlowState) -> dict[str, JSON]:
         "isPinnedParallelism": False,
         "isPinnedRate": False,
     }
+
+
+_TRANSPORT_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+    }
+)
+"""Headers the HTTP layer computes for each request; forwarded copies are dropped."""
+
+
+def _delivery_headers(
+    forward: Mapping[str, str], own: Mapping[str, str]
+) -> list[tuple[bytes, bytes]]:
+    """Merge forwarded headers with QStash's own, names compared without case.
+
+    QStash's own headers win over forwarded ones of the same name, and the
+    transport's (``Host``, ``Content-Length``, ...) are never taken from the
+    publisher. Values are sent as the bytes that arrived (Latin-1, as
+    :mod:`http.server` decodes them), or as UTF-8 when they came from JSON.
+    """
+    merged: dict[str, tuple[str, str]] = {}
+    for name, value in forward.items():
+        lowered = name.lower()
+        if lowered not in _TRANSPORT_HEADERS:
+            merged[lowered] = (name, value)
+    for name, value in own.items():
+        merged[name.lower()] = (name, value)
+    return [(_header_bytes(name), _header_bytes(value)) for name, value in merged.values()]
+
+
+def _header_bytes(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+def _check_draft(draft: _Draft) -> None:
+    """Refuse at publish time what would otherwise fail at delivery time."""
+    for headers in (draft.forward_headers, draft.callback_headers, draft.failure_callback_headers):
+        for name, value in headers.items():
+            if not name or "\r" in value or "\n" in value or "\0" in value:
+                raise _HttpError(400, f"invalid forwarded header {name!r}")
+    for kind, url in (("callback", draft.callback), ("failure_callback", draft.failure_callback)):
+        if url is not None:
+            try:
+                _callback_draft(draft, cast("MessageKind", kind), "", {})
+            except RetryDelayError as error:
+                raise _HttpError(400, f"invalid {kind} retry delay: {error}") from error
 
 
 def _host_text(host: str) -> str:
