@@ -34,6 +34,7 @@ from ._records import MessageState as MessageState
 from ._records import PublishedMessage as PublishedMessage
 from ._records import ScheduleRecord as ScheduleRecord
 from ._records import Stats as Stats
+from ._records import WorkflowRunRecord as WorkflowRunRecord
 from ._server import QStashServer as QStashServer
 from ._signing import sign as sign
 
@@ -53,6 +54,7 @@ __all__ = [
     "QStashServer",
     "ScheduleRecord",
     "Stats",
+    "WorkflowRunRecord",
     "default_backoff",
     "parse_duration",
     "sign",

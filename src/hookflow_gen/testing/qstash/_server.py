@@ -41,9 +41,11 @@ from ._records import (
     PublishedMessage,
     ScheduleRecord,
     Stats,
+    WorkflowRunRecord,
 )
 from ._scheduler import Scheduler
 from ._signing import sign
+from ._workflows import Run, Waiter, WorkflowRole
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -101,6 +103,9 @@ class _Draft:
     flow_key: str | None = None
     flow: _FlowConfig | None = None
     schedule_id: str | None = None
+    workflow_run_id: str | None = None
+    workflow_role: WorkflowRole | None = None
+    workflow_url: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -225,6 +230,8 @@ class _Counters:
     delivered: int = 0
     failed: int = 0
     cancelled: int = 0
+    delivered_bytes: int = 0
+    largest_delivery: int = 0
 
 
 class QStashServer:
@@ -247,6 +254,12 @@ class QStashServer:
     each firing a normal signed message. Flow control
     (``Upstash-Flow-Control-Key`` / ``-Value``) caps the deliveries of a key
     in flight (``parallelism``) and started per period (``rate``, ``period``).
+
+    Upstash Workflow runs (messages with ``Upstash-Workflow-RunId``) are kept
+    as QStash keeps them: each delivery to the workflow carries the run's
+    accumulated step list, ``context.call`` goes through a callback,
+    ``/v2/wait`` and ``/v2/notify`` park and resume steps, and
+    ``/v2/workflows/runs`` ends or cancels runs (see ``_workflows.py``).
 
     Not modelled: URL groups, queue ordering and parallelism (``/v2/enqueue``
     behaves like publish and records the queue name), logs and events. A
@@ -318,6 +331,8 @@ class QStashServer:
         self._errors: list[BaseException] = []
         self._dlq_sequence = itertools.count()
         self._schedules: dict[str, _Schedule] = {}
+        self._runs: dict[str, Run] = {}
+        self._waiters: dict[str, Waiter] = {}
         self._flows: dict[str, _FlowState] = {}
         self._origin = (time.time(), time.monotonic())
         self._httpd: _HTTPServer | None = None
@@ -451,6 +466,11 @@ class QStashServer:
         real, monotonic = self._origin
         return real + (time.monotonic() - monotonic) / self.time_scale
 
+    def workflow_runs(self) -> list[WorkflowRunRecord]:
+        """Return every Upstash Workflow run the server has seen, oldest first."""
+        with self._lock:
+            return [_run_record(run) for run in self._runs.values()]
+
     def schedules(self) -> list[ScheduleRecord]:
         """Return every cron schedule, oldest first."""
         with self._lock:
@@ -491,6 +511,8 @@ class QStashServer:
             self._dedup.clear()
             self._schedules.clear()
             self._flows.clear()
+            self._runs.clear()
+            self._waiters.clear()
             self._counters = _Counters()
             self._errors.clear()
 
@@ -582,6 +604,23 @@ class QStashServer:
                 with self._lock:
                     active = sum(state.active for state in self._flows.values())
                 return 200, {"parallelismMax": 0, "parallelismCount": active}
+            case "DELETE", ["workflows", "runs", run_id]:
+                self._end_run(run_id, cancel=params.get("cancel", "false").lower() == "true")
+                return 200, None
+            case "DELETE", ["workflows", "runs"]:
+                return 200, {"cancelled": self._cancel_runs(params, body)}
+            case "GET", ["workflows", "logs" | "events"]:
+                return 200, self._workflow_logs(params)
+            case "POST", ["wait", event_id]:
+                return 200, self._wait(unquote(event_id), pairs, lowered, body)
+            case "POST", ["notify", event_id]:
+                return 200, self._notify(None, unquote(event_id), body)
+            case "POST", ["notify", run_id, event_id]:
+                return 200, self._notify(run_id, unquote(event_id), body)
+            case "GET", ["waiters", event_id]:
+                with self._lock:
+                    found = [w for w in self._waiters.values() if w.event_id == unquote(event_id)]
+                    return 200, [w.as_json() for w in found]
             case "GET", ["keys"]:
                 return 200, {"current": self.current_signing_key, "next": self.next_signing_key}
             case "POST", ["keys", "rotate"]:
@@ -635,6 +674,15 @@ class QStashServer:
             flow = _flow_config(lowered.get("upstash-flow-control-value", ""))
         elif "upstash-flow-control-value" in lowered:
             raise _HttpError(400, "Upstash-Flow-Control-Value needs Upstash-Flow-Control-Key")
+        run_id = lowered.get("upstash-workflow-runid")
+        role: WorkflowRole | None = None
+        if run_id is not None:
+            if lowered.get("upstash-workflow-calltype", "").lower() == "tocallback":
+                role = "call"
+            elif lowered.get("upstash-workflow-init", "").lower() == "true":
+                role = "init"
+            else:
+                role = "step"
         draft = _Draft(
             url=url,
             method=method,
@@ -656,6 +704,9 @@ class QStashServer:
             label=lowered.get("upstash-label"),
             flow_key=flow_key,
             flow=flow,
+            workflow_run_id=run_id,
+            workflow_role=role,
+            workflow_url=_optional_url(lowered, "upstash-workflow-url") if run_id else None,
         )
         _check_draft(draft)
         return draft
@@ -990,6 +1041,235 @@ class QStashServer:
                     )
                     return
 
+    # -- Upstash Workflow ---------------------------------------------------------
+
+    def _track_run(self, draft: _Draft, message_id: str, now: float) -> None:
+        """Start a run or add a message to one (under the lock)."""
+        run_id = draft.workflow_run_id
+        if run_id is None:
+            return
+        run = self._runs.get(run_id)
+        if draft.workflow_role == "init":
+            if run is None:
+                run = Run(
+                    run_id=run_id,
+                    url=draft.workflow_url or draft.url,
+                    created_at=now,
+                    initial_message_id=message_id,
+                    initial_body=draft.body,
+                )
+                self._runs[run_id] = run
+        elif run is None or not run.running:
+            if draft.kind == "publish":
+                raise _HttpError(400, f"workflow run {run_id} does not exist or has ended")
+            return
+        run.message_ids.append(message_id)
+
+    def _delivery_body(self, message: _Message) -> bytes:
+        """The body a delivery carries: a workflow's step list, or the message body."""
+        draft = message.draft
+        if draft.workflow_run_id is None or draft.workflow_role not in {"init", "step"}:
+            return draft.body
+        run = self._runs.get(draft.workflow_run_id)
+        if run is None:
+            return draft.body
+        if draft.workflow_role == "step":
+            run.add_step(message.message_id, draft.body, time.time())
+        return run.delivery_body(message.message_id)
+
+    def _end_run(self, run_id: str, *, cancel: bool) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise _HttpError(404, f"workflow run {run_id} not found")
+            if not cancel:
+                run.end("RUN_SUCCESS", time.time())
+                return
+            if not run.running:
+                raise _HttpError(400, f"workflow run {run_id} has already ended ({run.state})")
+            run.end("RUN_CANCELED", time.time())
+            message_ids = list(run.message_ids)
+            waiters = [w for w in self._waiters.values() if w.run_id == run_id]
+            for waiter in waiters:
+                del self._waiters[waiter.waiter_id]
+        scheduler = self._require_scheduler()
+        for waiter in waiters:
+            scheduler.discard(_waiter_key(waiter.waiter_id))
+        for message_id in message_ids:
+            self._cancel(message_id)
+
+    def _cancel_runs(self, params: Mapping[str, str], body: bytes) -> int:
+        filters: dict[str, JSON] = dict(params)
+        if body.strip():
+            try:
+                decoded: object = json.loads(body)
+            except ValueError as error:
+                raise _HttpError(400, "the cancel body is not JSON") from error
+            if isinstance(decoded, dict):
+                filters.update(cast("dict[str, JSON]", decoded))
+        ids_value = filters.get("workflowRunIds")
+        ids: set[str] | None = None
+        if isinstance(ids_value, str):
+            ids = {i for i in ids_value.split(",") if i}
+        elif isinstance(ids_value, list):
+            ids = {str(i) for i in cast("list[object]", ids_value)}
+        url = filters.get("workflowUrl")
+        prefix = filters.get("workflowUrlStartingWith")
+        everything = str(filters.get("all", "")).lower() == "true"
+        if ids is None and url is None and prefix is None and not everything:
+            raise _HttpError(
+                400, "give workflowRunIds, workflowUrl, workflowUrlStartingWith or all=true"
+            )
+        with self._lock:
+            chosen = [
+                run.run_id
+                for run in self._runs.values()
+                if run.running
+                and (ids is None or run.run_id in ids)
+                and (url is None or run.url == url)
+                and (prefix is None or run.url.startswith(str(prefix)))
+            ]
+        for run_id in chosen:
+            self._end_run(run_id, cancel=True)
+        return len(chosen)
+
+    def _workflow_logs(self, params: Mapping[str, str]) -> JSON:
+        with self._lock:
+            states = {
+                mid: _STEP_STATES.get(message.state, "STEP_SUCCESS")
+                for mid, message in self._messages.items()
+            }
+            runs = [
+                run.as_log(states)
+                for run in reversed(self._runs.values())
+                if params.get("workflowRunId") in (None, run.run_id)
+                and params.get("workflowUrl") in (None, run.url)
+                and params.get("state") in (None, run.state)
+            ]
+        try:
+            start = int(params.get("cursor") or "0")
+            count = min(1000, int(params.get("count") or "10"))
+        except ValueError as error:
+            raise _HttpError(400, f"invalid logs query: {error}") from error
+        answer: dict[str, JSON] = {"runs": runs[start : start + count]}
+        if start + count < len(runs):
+            answer["cursor"] = str(start + count)
+        return answer
+
+    def _wait(
+        self, event_id: str, pairs: list[tuple[str, str]], lowered: dict[str, str], body: bytes
+    ) -> JSON:
+        """``POST /v2/wait/{eventId}``: park a step until a notify or its timeout."""
+        run_id = lowered.get("upstash-workflow-runid")
+        if not run_id:
+            raise _HttpError(400, "a wait needs an Upstash-Workflow-RunId header")
+        try:
+            request: object = json.loads(body)
+        except ValueError as error:
+            raise _HttpError(400, "the wait body is not JSON") from error
+        if not isinstance(request, dict):
+            raise _HttpError(400, "the wait body must be a JSON object")
+        fields = cast("dict[str, JSON]", request)
+        url = _destination_url(str(fields.get("url") or ""))
+        timeout_url = _destination_url(str(fields.get("timeoutUrl") or url))
+        step = fields.get("step")
+        if not isinstance(step, dict):
+            raise _HttpError(400, "the wait body needs a step object")
+        try:
+            timeout = parse_duration(str(fields.get("timeout") or "7d"))
+        except ValueError as error:
+            raise _HttpError(400, f"invalid wait timeout: {fields.get('timeout')!r}") from error
+        raw_timeout_headers: JSON = fields.get("timeoutHeaders") or {}
+        if not isinstance(raw_timeout_headers, dict):
+            raise _HttpError(400, "timeoutHeaders must be a JSON object")
+        timeout_headers: list[tuple[str, str]] = []
+        for name, values in cast("dict[str, object]", raw_timeout_headers).items():
+            timeout_headers.append((str(name), _first_value(values)))
+        timeout_body = fields.get("timeoutBody")
+        waiter = Waiter(
+            waiter_id=f"wtr_{uuid.uuid4().hex}",
+            event_id=event_id,
+            run_id=run_id,
+            url=url,
+            headers=[(n, v) for n, v in pairs if _is_publish_setting(n)],
+            timeout_url=timeout_url,
+            timeout_headers=timeout_headers,
+            timeout_body=timeout_body if isinstance(timeout_body, str) else None,
+            deadline=self.now() + timeout,
+            step=cast("dict[str, JSON]", step),
+        )
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or not run.running:
+                raise _HttpError(400, f"workflow run {run_id} does not exist or has ended")
+            early = run.lookback.get(event_id)
+            event_data = early.pop(0) if early else None
+            if event_data is None:
+                self._waiters[waiter.waiter_id] = waiter
+        if event_data is not None:
+            # Notified before it waited (a run-scoped notify): resume at once.
+            return {"messageId": self._publish_wait_step(waiter, event_data)}
+        self._require_scheduler().schedule(
+            timeout * self.time_scale,
+            _waiter_key(waiter.waiter_id),
+            functools.partial(self._wait_timed_out, waiter.waiter_id),
+        )
+        return {"messageId": None}
+
+    def _wait_timed_out(self, waiter_id: str) -> None:
+        with self._lock:
+            waiter = self._waiters.pop(waiter_id, None)
+        if waiter is not None:
+            self._publish_wait_step(waiter, None)
+
+    def _publish_wait_step(self, waiter: Waiter, event_data: bytes | None) -> str:
+        """Publish the ``Wait`` step to the workflow: the event's data, or a timeout."""
+        if event_data is None:
+            url, pairs = waiter.timeout_url, waiter.timeout_headers
+        else:
+            url, pairs = waiter.url, waiter.headers
+        lowered = {name.lower(): value for name, value in pairs}
+        draft = self._parse(url, pairs, lowered, waiter.step_body(event_data=event_data), None)
+        message_id, _ = self._store(draft)
+        return message_id
+
+    def _notify(self, run_id: str | None, event_id: str, body: bytes) -> JSON:
+        """``POST /v2/notify/[{runId}/]{eventId}``: resume every matching waiter."""
+        with self._lock:
+            waiters = [
+                w
+                for w in self._waiters.values()
+                if w.event_id == event_id and run_id in (None, w.run_id)
+            ]
+            for waiter in waiters:
+                del self._waiters[waiter.waiter_id]
+            if not waiters and run_id is not None:
+                run = self._runs.get(run_id)
+                if run is None:
+                    raise _HttpError(404, f"workflow run {run_id} not found")
+                if run.running:
+                    # A run-scoped notify is kept until the run waits for it.
+                    run.lookback.setdefault(event_id, []).append(body)
+            created = {
+                w.waiter_id: _milliseconds(self._runs[w.run_id].created_at)
+                for w in waiters
+                if w.run_id in self._runs
+            }
+        scheduler = self._require_scheduler()
+        answers: list[JSON] = []
+        for waiter in waiters:
+            scheduler.discard(_waiter_key(waiter.waiter_id))
+            answers.append(
+                {
+                    "waiter": waiter.as_json(),
+                    "messageId": self._publish_wait_step(waiter, body),
+                    "deduplicated": False,
+                    "workflowRunId": waiter.run_id,
+                    "workflowCreatedAt": created.get(waiter.waiter_id, 0),
+                }
+            )
+        return answers
+
     # -- storing and delivering ---------------------------------------------
 
     def _store(self, draft: _Draft) -> tuple[str, bool]:
@@ -1005,6 +1285,7 @@ class QStashServer:
                     return self._dedup[key][0], True
             message_id = f"msg_{uuid.uuid4().hex}"
             published = time.time()
+            self._track_run(draft, message_id, published)
             message = _Message(
                 message_id=message_id,
                 draft=draft,
@@ -1054,9 +1335,14 @@ class QStashServer:
                 return
             message.state = "ACTIVE"
             message.attempts += 1
+            body = self._delivery_body(message)
         try:
-            signature = sign(key=self.current_signing_key, url=draft.url, body=draft.body)
-            answers = self._send_copies(draft, message_id, retried, plan, signature)
+            signature = sign(key=self.current_signing_key, url=draft.url, body=body)
+            answers = self._send_copies(draft, message_id, retried, plan, signature, body=body)
+            with self._lock:
+                sent = len(body) * len(answers)
+                self._counters.delivered_bytes += sent
+                self._counters.largest_delivery = max(self._counters.largest_delivery, len(body))
             self._settle(message, retried, due_at, plan, answers)
         except Exception as error:
             # Whatever went wrong, the attempt ends as a failed attempt (so a
@@ -1147,6 +1433,7 @@ class QStashServer:
             else:
                 message.state = "FAILED"
                 self._counters.failed += 1
+                self._run_failed(draft)
                 dlq_id = f"{int(time.time() * 1000)}-{next(self._dlq_sequence)}"
                 dlq_entry = DlqEntry(
                     dlq_id=dlq_id,
@@ -1172,15 +1459,52 @@ class QStashServer:
                     self._on_attempt(attempt)
                 except Exception as error:  # A failing hook must not stop the callbacks.
                     self._errors.append(error)
+        if draft.kind == "failure_callback":
+            self._record_failure_function(draft, message_id, succeeded, next_delay is None)
         if draft.kind != "publish":
             return
         if draft.callback is not None and status is not None:
-            payload = _callback_json(message, first, retried)
+            payload = self._workflow_fields(draft, _callback_json(message, first, retried))
             self._store(_callback_draft(draft, "callback", message_id, payload))
         if dlq_entry is not None and draft.failure_callback is not None:
-            payload = _callback_json(message, first, retried)
+            payload = self._workflow_fields(draft, _callback_json(message, first, retried))
             payload["dlqId"] = dlq_entry.dlq_id
             self._store(_callback_draft(draft, "failure_callback", message_id, payload))
+
+    def _run_failed(self, draft: _Draft) -> None:
+        """A run's message dead-lettered: the run failed (under the lock)."""
+        if draft.workflow_run_id is None or draft.kind == "failure_callback":
+            return
+        run = self._runs.get(draft.workflow_run_id)
+        if run is not None:
+            run.end("RUN_FAILED", time.time())
+
+    def _record_failure_function(
+        self, draft: _Draft, message_id: str, succeeded: bool, final: bool
+    ) -> None:
+        with self._lock:
+            run = self._runs.get(draft.workflow_run_id or "")
+            if run is None:
+                return
+            state = "CALLBACK_SUCCESS" if succeeded else "CALLBACK_INPROGRESS"
+            if final and not succeeded:
+                state = "CALLBACK_FAIL"
+            run.failure = {"messageId": message_id, "url": draft.url, "state": state}
+
+    def _workflow_fields(self, draft: _Draft, payload: dict[str, JSON]) -> dict[str, JSON]:
+        """Callbacks of a workflow's messages name the run and carry its initial body."""
+        if draft.workflow_run_id is None:
+            return payload
+        with self._lock:
+            run = self._runs.get(draft.workflow_run_id)
+            if run is None:
+                return payload
+            payload["workflowRunId"] = run.run_id
+            payload["workflowCreatedAt"] = _milliseconds(run.created_at)
+            if draft.workflow_role in {"init", "step"}:
+                # The failure function's context gets the run's initial payload.
+                payload["sourceBody"] = base64.b64encode(run.initial_body).decode("ascii")
+        return payload
 
     def _retry_delay(self, draft: _Draft, retried: int, answer: _Answer) -> float:
         """QStash seconds before the next attempt."""
@@ -1192,13 +1516,20 @@ class QStashServer:
         return default_backoff(retried + 1)
 
     def _send_copies(
-        self, draft: _Draft, message_id: str, retried: int, plan: FaultPlan, signature: str
+        self,
+        draft: _Draft,
+        message_id: str,
+        retried: int,
+        plan: FaultPlan,
+        signature: str,
+        *,
+        body: bytes,
     ) -> list[_Answer]:
         def fresh() -> str:
             return (
                 signature
                 if plan.replay
-                else sign(key=self.current_signing_key, url=draft.url, body=draft.body)
+                else sign(key=self.current_signing_key, url=draft.url, body=body)
             )
 
         answers: list[_Answer | None] = [None] * plan.concurrent_copies
@@ -1209,7 +1540,7 @@ class QStashServer:
 
             def run(index: int) -> None:
                 barrier.wait()
-                answers[index] = self._send(draft, message_id, retried, signatures[index])
+                answers[index] = self._send(draft, message_id, retried, signatures[index], body)
 
             threads = [
                 threading.Thread(target=run, args=(i,), name=f"qstash-copy-{i}")
@@ -1221,13 +1552,15 @@ class QStashServer:
             for thread in threads:
                 thread.join()
         else:
-            answers[0] = self._send(draft, message_id, retried, signature)
+            answers[0] = self._send(draft, message_id, retried, signature, body)
         done = [answer for answer in answers if answer is not None]
         for _ in range(plan.duplicates):
-            done.append(self._send(draft, message_id, retried, fresh()))
+            done.append(self._send(draft, message_id, retried, fresh(), body))
         return done
 
-    def _send(self, draft: _Draft, message_id: str, retried: int, signature: str) -> _Answer:
+    def _send(
+        self, draft: _Draft, message_id: str, retried: int, signature: str, body: bytes
+    ) -> _Answer:
         own = {
             "Upstash-Message-Id": message_id,
             "Upstash-Retried": str(retried),
@@ -1238,6 +1571,10 @@ class QStashServer:
             own["Content-Type"] = draft.content_type
         if draft.schedule_id is not None:
             own["Upstash-Schedule-Id"] = draft.schedule_id
+        if draft.workflow_run_id is not None and draft.workflow_role != "call":
+            own["Upstash-Workflow-RunId"] = draft.workflow_run_id
+            if draft.workflow_url is not None:
+                own["Upstash-Workflow-Url"] = draft.workflow_url
         headers = _delivery_headers(draft.forward_headers, own)
         client = self._client
         started = time.time()
@@ -1246,7 +1583,7 @@ class QStashServer:
         timeout = draft.timeout if draft.timeout is not None else self._delivery_timeout
         try:
             response = client.request(
-                draft.method, draft.url, content=draft.body, headers=headers, timeout=timeout
+                draft.method, draft.url, content=body, headers=headers, timeout=timeout
             )
         except Exception as error:
             # Not only httpx.HTTPError: h11 raises its own errors for some
@@ -1275,6 +1612,54 @@ _SCHEDULE_STATES: Final[dict[MessageState, str]] = {
     "FAILED": "FAIL",
     "CANCELLED": "FAIL",
 }
+
+
+_STEP_STATES: Final[dict[MessageState, str]] = {
+    "CREATED": "STEP_PROGRESS",
+    "ACTIVE": "STEP_PROGRESS",
+    "RETRY": "STEP_RETRY",
+    "FAILED": "STEP_FAILED",
+    "CANCELLED": "STEP_CANCELED",
+}
+
+
+def _waiter_key(waiter_id: str) -> str:
+    """The scheduler key of a waiter's timeout (never a message id)."""
+    return f"waiter:{waiter_id}"
+
+
+def _first_value(values: object) -> str:
+    """A header value from JSON: a list of values (QStash's form) or a single one."""
+    if isinstance(values, list):
+        listed = cast("list[object]", values)
+        return str(listed[0]) if listed else ""
+    return str(values)
+
+
+def _is_publish_setting(name: str) -> bool:
+    """Headers of an API request that configure the message it publishes."""
+    lowered = name.lower()
+    return lowered.startswith("upstash-") or lowered == "content-type"
+
+
+def _run_record(run: Run) -> WorkflowRunRecord:
+    steps: list[Mapping[str, JSON]] = []
+    for _, body, _ in run.steps:
+        try:
+            decoded: object = json.loads(body)
+        except ValueError:
+            decoded = {}
+        steps.append(cast("dict[str, JSON]", decoded) if isinstance(decoded, dict) else {})
+    return WorkflowRunRecord(
+        run_id=run.run_id,
+        url=run.url,
+        state=run.state,
+        created_at=run.created_at,
+        completed_at=run.completed_at,
+        initial_body=run.initial_body,
+        steps=tuple(steps),
+        message_ids=tuple(run.message_ids),
+    )
 
 
 def _schedule_key(schedule_id: str) -> str:
@@ -1556,9 +1941,12 @@ def _callback_draft(
     source: _Draft, kind: MessageKind, source_message_id: str, payload: dict[str, JSON]
 ) -> _Draft:
     """A callback is a message of its own, configured by ``Upstash-[Failure-]Callback-*``."""
+    role: WorkflowRole
     if kind == "callback":
         url, forward, prefix = source.callback, source.callback_headers, "upstash-callback-"
+        role = "callback"
     else:
+        role = "failure_callback"
         url = source.failure_callback
         forward = source.failure_callback_headers
         prefix = "upstash-failure-callback-"
@@ -1586,6 +1974,9 @@ def _callback_draft(
         label=source.label,
         kind=kind,
         source_message_id=source_message_id,
+        workflow_run_id=config.get(prefix + "workflow-runid"),
+        workflow_role=role if config.get(prefix + "workflow-runid") else None,
+        workflow_url=config.get(prefix + "workflow-url"),
     )
 
 
