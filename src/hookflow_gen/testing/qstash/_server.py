@@ -103,6 +103,8 @@ class _Draft:
     flow_key: str | None = None
     flow: _FlowConfig | None = None
     schedule_id: str | None = None
+    url_group: str | None = None
+    endpoint_name: str | None = None
     workflow_run_id: str | None = None
     workflow_role: WorkflowRole | None = None
     workflow_url: str | None = None
@@ -136,6 +138,29 @@ class _FlowState:
     window_count: int = 0
     waiting: collections.deque[tuple[str, int, float, FaultPlan]] = dataclasses.field(
         default_factory=collections.deque[tuple[str, int, float, FaultPlan]]
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class _Queue:
+    """A queue of ``/v2/enqueue``: messages delivered in order, ``parallelism`` at a time."""
+
+    name: str
+    created_at: float
+    parallelism: int = 1
+    paused: bool = False
+    updated_at: float = 0.0
+
+
+@dataclasses.dataclass(slots=True)
+class _UrlGroup:
+    """A URL group (``/v2/topics``): a publish to its name reaches every endpoint."""
+
+    name: str
+    created_at: float
+    updated_at: float
+    endpoints: list[tuple[str, str | None]] = dataclasses.field(
+        default_factory=list[tuple[str, str | None]]
     )
 
 
@@ -261,9 +286,14 @@ class QStashServer:
     ``/v2/wait`` and ``/v2/notify`` park and resume steps, and
     ``/v2/workflows/runs`` ends or cancels runs (see ``_workflows.py``).
 
-    Not modelled: URL groups, queue ordering and parallelism (``/v2/enqueue``
-    behaves like publish and records the queue name), logs and events. A
-    callback is sent only after attempts that got an HTTP answer.
+    Queues (``/v2/queues``, ``/v2/enqueue``) deliver in order, at most
+    ``parallelism`` at a time, and hold their messages while paused; URL
+    groups (``/v2/topics``) fan a publish out to every endpoint; ``/v2/events``
+    logs every state change of a message.
+
+    Not modelled: flow-control pause, pin and reset; flow control on a
+    queued message (the queue's parallelism applies instead); callbacks of
+    callbacks. A callback is sent only after attempts that got an HTTP answer.
 
     Example:
         >>> with QStashServer(time_scale=0.001) as qs:  # doctest: +SKIP
@@ -333,6 +363,10 @@ class QStashServer:
         self._schedules: dict[str, _Schedule] = {}
         self._runs: dict[str, Run] = {}
         self._waiters: dict[str, Waiter] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._reserved: dict[str, str] = {}
+        self._url_groups: dict[str, _UrlGroup] = {}
+        self._events: list[dict[str, JSON]] = []
         self._flows: dict[str, _FlowState] = {}
         self._origin = (time.time(), time.monotonic())
         self._httpd: _HTTPServer | None = None
@@ -513,6 +547,10 @@ class QStashServer:
             self._flows.clear()
             self._runs.clear()
             self._waiters.clear()
+            self._queues.clear()
+            self._reserved.clear()
+            self._url_groups.clear()
+            self._events.clear()
             self._counters = _Counters()
             self._errors.clear()
 
@@ -544,10 +582,16 @@ class QStashServer:
         # Publish and enqueue carry the destination URL, query string and all,
         # raw in the path, so they are matched before the query is split off.
         if method == "POST" and target.startswith("/v2/publish/"):
-            draft = self._parse(target[len("/v2/publish/") :], pairs, lowered, body, None)
+            destination = target[len("/v2/publish/") :]
+            if unquote(destination) in self._url_groups:
+                return self._publish_to_group(unquote(destination), pairs, lowered, body, None)
+            draft = self._parse(destination, pairs, lowered, body, None)
             return self._accept(draft)
         if method == "POST" and target.startswith("/v2/enqueue/"):
             queue, _, destination = target[len("/v2/enqueue/") :].partition("/")
+            if unquote(destination) in self._url_groups:
+                group = unquote(destination)
+                return self._publish_to_group(group, pairs, lowered, body, unquote(queue))
             draft = self._parse(destination, pairs, lowered, body, unquote(queue))
             return self._accept(draft)
         if method == "POST" and target.startswith("/v2/schedules/"):
@@ -621,6 +665,43 @@ class QStashServer:
                 with self._lock:
                     found = [w for w in self._waiters.values() if w.event_id == unquote(event_id)]
                     return 200, [w.as_json() for w in found]
+            case "GET", ["events"]:
+                return 200, self._list_events(params)
+            case "POST", ["queues"]:
+                self._upsert_queue(body)
+                return 200, None
+            case "GET", ["queues"]:
+                with self._lock:
+                    return 200, [self._queue_json(q) for q in self._queues.values()]
+            case "GET", ["queues", name]:
+                with self._lock:
+                    return 200, self._queue_json(self._queue(name))
+            case "DELETE", ["queues", name]:
+                self._delete_queue(name)
+                return 200, None
+            case "POST", ["queues", name, "pause"]:
+                self._pause_queue(name, paused=True)
+                return 200, None
+            case "POST", ["queues", name, "resume"]:
+                self._pause_queue(name, paused=False)
+                return 200, None
+            case "POST", ["topics", name, "endpoints"]:
+                self._add_endpoints(unquote(name), body)
+                return 200, None
+            case "DELETE", ["topics", name, "endpoints"]:
+                self._remove_endpoints(unquote(name), body)
+                return 200, None
+            case "GET", ["topics"]:
+                with self._lock:
+                    return 200, [self._url_group_json(g) for g in self._url_groups.values()]
+            case "GET", ["topics", name]:
+                with self._lock:
+                    return 200, self._url_group_json(self._url_group(unquote(name)))
+            case "DELETE", ["topics", name]:
+                with self._lock:
+                    self._url_group(unquote(name))
+                    del self._url_groups[unquote(name)]
+                return 200, None
             case "GET", ["keys"]:
                 return 200, {"current": self.current_signing_key, "next": self.next_signing_key}
             case "POST", ["keys", "rotate"]:
@@ -725,7 +806,7 @@ class QStashServer:
             raise _HttpError(400, "the batch body is not JSON") from error
         if not isinstance(items, list):
             raise _HttpError(400, "the batch body must be a JSON array")
-        drafts: list[_Draft] = []
+        drafts: list[_Draft | list[_Draft]] = []
         # Validate the whole batch before storing any of it, so a bad item
         # does not leave half a batch published.
         for raw_item in cast("list[object]", items):
@@ -747,9 +828,15 @@ class QStashServer:
             raw = content.encode() if isinstance(content, str) else b""
             queue = item.get("queue")
             queue_name = queue if isinstance(queue, str) else None
-            drafts.append(self._parse(destination, pairs, lowered, raw, queue_name))
+            if destination in self._url_groups:
+                drafts.append(self._group_drafts(destination, pairs, lowered, raw, queue_name))
+            else:
+                drafts.append(self._parse(destination, pairs, lowered, raw, queue_name))
         answers: list[JSON] = []
         for draft in drafts:
+            if isinstance(draft, list):
+                answers.append(self._store_group(draft))
+                continue
             message_id, deduplicated = self._store(draft)
             answers.append({"messageId": message_id, "deduplicated": deduplicated})
         return 201, answers
@@ -785,11 +872,12 @@ class QStashServer:
                 return False
             message.state = "CANCELLED"
             self._counters.cancelled += 1
-            flow_key = message.draft.flow_key
+            self._event(message, "CANCELED")
+            reserved = self._reserved.pop(message_id, None)
         self._require_scheduler().discard(message_id)
-        if flow_key is not None:
-            # The cancelled message may have been the waiter woken for a free slot.
-            self._release(flow_key, freed=False)
+        if reserved is not None:
+            # It was woken for a free slot and dropped before it ran: pass the slot on.
+            self._release(reserved)
         return True
 
     def _dlq_entry(self, dlq_id: str) -> DlqEntry:
@@ -835,6 +923,239 @@ class QStashServer:
             raise _HttpError(400, 'expected {"dlqIds": [...]}') from error
         with self._lock:
             return sum(self._dlq.pop(dlq_id, None) is not None for dlq_id in ids)
+
+    # -- events, queues and URL groups -------------------------------------------
+
+    def _event(
+        self, message: _Message, state: str, extra: Mapping[str, JSON] | None = None
+    ) -> None:
+        """Log a state change of a message for ``/v2/events`` (under the lock)."""
+        draft = message.draft
+        if draft.kind != "publish":
+            return
+        event: dict[str, JSON] = {
+            "time": _milliseconds(time.time()),
+            "messageId": message.message_id,
+            "state": state,
+            "url": draft.url,
+            "method": draft.method,
+            "header": _listed(draft.forward_headers),
+            "body": base64.b64encode(draft.body).decode("ascii"),
+            "maxRetries": draft.max_retries,
+        }
+        optional: dict[str, JSON] = {
+            "topicName": draft.url_group,
+            "endpointName": draft.endpoint_name,
+            "queueName": draft.queue,
+            "scheduleId": draft.schedule_id,
+            "label": draft.label,
+            "callback": draft.callback,
+            "failureCallback": draft.failure_callback,
+        }
+        event.update({key: value for key, value in optional.items() if value is not None})
+        event.update(_flow_fields(draft))
+        event.update(extra or {})
+        self._events.append(event)
+
+    def _list_events(self, params: Mapping[str, str]) -> JSON:
+        filters = {
+            "messageId": "messageId",
+            "state": "state",
+            "url": "url",
+            "topicName": "topicName",
+            "queueName": "queueName",
+            "scheduleId": "scheduleId",
+            "label": "label",
+        }
+        with self._lock:
+            events = list(reversed(self._events))
+        for param, field in filters.items():
+            if param in params:
+                events = [e for e in events if str(e.get(field)) == params[param]]
+        try:
+            if "fromDate" in params:
+                events = [e for e in events if e["time"] >= int(params["fromDate"])]
+            if "toDate" in params:
+                events = [e for e in events if e["time"] <= int(params["toDate"])]
+            start = int(params.get("cursor") or "0")
+            count = min(1000, int(params.get("count") or "1000"))
+        except ValueError as error:
+            raise _HttpError(400, f"invalid events query: {error}") from error
+        answer: dict[str, JSON] = {"events": events[start : start + count]}
+        if start + count < len(events):
+            answer["cursor"] = str(start + count)
+        return answer
+
+    def _queue_json(self, queue: _Queue) -> dict[str, JSON]:
+        lag = sum(
+            1
+            for message in self._messages.values()
+            if message.draft.queue == queue.name and message.state in _PENDING
+        )
+        return {
+            "name": queue.name,
+            "parallelism": queue.parallelism,
+            "createdAt": _milliseconds(queue.created_at),
+            "updatedAt": _milliseconds(queue.updated_at or queue.created_at),
+            "lag": lag,
+            "paused": queue.paused,
+        }
+
+    def _upsert_queue(self, body: bytes) -> None:
+        try:
+            fields: object = json.loads(body or b"null")
+        except ValueError as error:
+            raise _HttpError(400, "the queue body is not JSON") from error
+        if not isinstance(fields, dict):
+            raise _HttpError(400, 'expected {"queueName": ..., "parallelism": ...}')
+        config = cast("dict[str, object]", fields)
+        name, parallelism = config.get("queueName"), config.get("parallelism", 1)
+        if not isinstance(name, str) or not name:
+            raise _HttpError(400, "a queue needs a queueName")
+        if not isinstance(parallelism, int) or isinstance(parallelism, bool) or parallelism < 1:
+            raise _HttpError(400, f"invalid queue parallelism: {parallelism!r}")
+        with self._lock:
+            queue = self._queues.get(name)
+            if queue is None:
+                queue = self._queues[name] = _Queue(name, time.time())
+            queue.parallelism = parallelism
+            queue.paused = bool(config.get("paused", False))
+            queue.updated_at = time.time()
+            self._wake(f"queue:{name}")
+
+    def _queue(self, name: str) -> _Queue:
+        queue = self._queues.get(unquote(name))
+        if queue is None:
+            raise _HttpError(404, f"queue {unquote(name)} not found")
+        return queue
+
+    def _pause_queue(self, name: str, *, paused: bool) -> None:
+        with self._lock:
+            queue = self._queue(name)
+            queue.paused = paused
+            queue.updated_at = time.time()
+            self._wake(f"queue:{queue.name}")
+
+    def _delete_queue(self, name: str) -> None:
+        with self._lock:
+            queue = self._queue(name)
+            del self._queues[queue.name]
+            pending = [
+                m.message_id
+                for m in self._messages.values()
+                if m.draft.queue == queue.name and m.state in {"CREATED", "RETRY"}
+            ]
+        for message_id in pending:
+            self._cancel(message_id)
+
+    def _url_group_json(self, group: _UrlGroup) -> dict[str, JSON]:
+        return {
+            "name": group.name,
+            "createdAt": _milliseconds(group.created_at),
+            "updatedAt": _milliseconds(group.updated_at),
+            "endpoints": [
+                {"url": url, **({"name": name} if name else {})} for url, name in group.endpoints
+            ],
+        }
+
+    def _endpoints(self, body: bytes) -> list[tuple[str | None, str | None]]:
+        try:
+            fields: object = json.loads(body or b"null")
+        except ValueError as error:
+            raise _HttpError(400, "the endpoints body is not JSON") from error
+        raw = None
+        if isinstance(fields, dict):
+            raw = cast("dict[str, object]", fields).get("endpoints")
+        if not isinstance(raw, list):
+            raise _HttpError(400, 'expected {"endpoints": [{"url": ..., "name": ...}]}')
+        endpoints: list[tuple[str | None, str | None]] = []
+        for item in cast("list[object]", raw):
+            if not isinstance(item, dict):
+                raise _HttpError(400, "each endpoint must be a JSON object")
+            entry = cast("dict[str, object]", item)
+            url, name = entry.get("url"), entry.get("name")
+            endpoints.append(
+                (
+                    _destination_url(url) if isinstance(url, str) else None,
+                    name if isinstance(name, str) else None,
+                )
+            )
+        return endpoints
+
+    def _add_endpoints(self, name: str, body: bytes) -> None:
+        endpoints = self._endpoints(body)
+        if any(url is None for url, _ in endpoints):
+            raise _HttpError(400, "each endpoint needs a url")
+        now = time.time()
+        with self._lock:
+            group = self._url_groups.get(name)
+            if group is None:
+                group = self._url_groups[name] = _UrlGroup(name, now, now)
+            for url, endpoint_name in endpoints:
+                assert url is not None  # Checked above.
+                group.endpoints = [e for e in group.endpoints if e[0] != url]
+                group.endpoints.append((url, endpoint_name))
+            group.updated_at = now
+
+    def _remove_endpoints(self, name: str, body: bytes) -> None:
+        endpoints = self._endpoints(body)
+        with self._lock:
+            group = self._url_group(name)
+            urls = {url for url, _ in endpoints if url is not None}
+            names = {name for _, name in endpoints if name is not None}
+            group.endpoints = [
+                (url, name)
+                for url, name in group.endpoints
+                if url not in urls and (name is None or name not in names)
+            ]
+            group.updated_at = time.time()
+
+    def _url_group(self, name: str) -> _UrlGroup:
+        group = self._url_groups.get(name)
+        if group is None:
+            raise _HttpError(404, f"url group {name} not found")
+        return group
+
+    def _publish_to_group(
+        self,
+        name: str,
+        pairs: list[tuple[str, str]],
+        lowered: dict[str, str],
+        body: bytes,
+        queue: str | None,
+    ) -> tuple[int, JSON]:
+        """A publish to a URL group's name: one message per endpoint."""
+        drafts = self._group_drafts(name, pairs, lowered, body, queue)
+        return 201, self._store_group(drafts)
+
+    def _group_drafts(
+        self,
+        name: str,
+        pairs: list[tuple[str, str]],
+        lowered: dict[str, str],
+        body: bytes,
+        queue: str | None,
+    ) -> list[_Draft]:
+        with self._lock:
+            endpoints = list(self._url_group(name).endpoints)
+        if not endpoints:
+            raise _HttpError(400, f"url group {name} has no endpoints")
+        drafts: list[_Draft] = []
+        for url, endpoint_name in endpoints:
+            draft = self._parse(url, pairs, lowered, body, queue)
+            draft.url_group, draft.endpoint_name = name, endpoint_name
+            if draft.deduplication_key is not None:
+                draft.deduplication_key += f"|{url}"
+            drafts.append(draft)
+        return drafts
+
+    def _store_group(self, drafts: list[_Draft]) -> list[JSON]:
+        answers: list[JSON] = []
+        for draft in drafts:
+            message_id, deduplicated = self._store(draft)
+            answer = {"messageId": message_id, "url": draft.url, "deduplicated": deduplicated}
+            answers.append(answer)
+        return answers
 
     # -- schedules -------------------------------------------------------------
 
@@ -979,25 +1300,44 @@ class QStashServer:
 
     # -- flow control ------------------------------------------------------------
 
+    def _gate(self, draft: _Draft) -> tuple[str, _FlowConfig, bool] | None:
+        """The gate an attempt passes: its queue, else its flow-control key (under the lock).
+
+        Returns:
+            ``(key, configuration, paused)``, or ``None`` for an ungated message.
+        """
+        if draft.queue is not None and draft.kind == "publish":
+            queue = self._queues.get(draft.queue)
+            if queue is None:
+                # Enqueueing to an unknown queue creates it, as in QStash.
+                queue = self._queues[draft.queue] = _Queue(draft.queue, time.time())
+            config = _FlowConfig(parallelism=queue.parallelism, rate=None, period=1.0)
+            return f"queue:{draft.queue}", config, queue.paused
+        if draft.flow_key is not None and draft.flow is not None:
+            return draft.flow_key, draft.flow, False
+        return None
+
     def _admit(
         self, draft: _Draft, message_id: str, retried: int, due_at: float, plan: FaultPlan
     ) -> bool:
-        """Take a flow-control slot for an attempt, or park the attempt (under the lock).
+        """Take a slot of the message's gate for an attempt, or park it (under the lock).
 
         Returns:
-            Whether the attempt may go now. A parked attempt waits for a
-            parallelism slot (woken by :meth:`_release`) or is rescheduled for
-            the start of the next rate period.
+            Whether the attempt may go now. A parked attempt waits, in order,
+            for a parallelism slot or a resumed queue (woken by :meth:`_wake`),
+            or is rescheduled for the start of the next rate period.
         """
-        key, config = draft.flow_key, draft.flow
-        if key is None or config is None:
+        gate = self._gate(draft)
+        if gate is None:
             return True
+        key, config, paused = gate
         state = self._flows.get(key)
         if state is None:
             state = self._flows[key] = _FlowState(config=config, window_start=self.now())
         # The latest message's configuration is the key's, as in QStash.
         state.config = config
-        if config.parallelism is not None and state.active >= config.parallelism:
+        full = config.parallelism is not None and state.active >= config.parallelism
+        if paused or full or state.waiting:
             state.waiting.append((message_id, retried, due_at, plan))
             return False
         if config.rate is not None:
@@ -1016,30 +1356,42 @@ class QStashServer:
         state.active += 1
         return True
 
-    def _release(self, key: str, *, freed: bool = True) -> None:
-        """Give back a parallelism slot and wake the first attempt still waiting.
-
-        Args:
-            key: The flow-control key.
-            freed: Whether a slot is given back; ``False`` only wakes a
-                waiter, for when a woken attempt was cancelled before it ran.
-        """
+    def _release(self, key: str) -> None:
+        """Give back a slot of a gate and wake whoever waits for it."""
         with self._lock:
             state = self._flows.get(key)
             if state is None:
                 return
-            if freed:
-                state.active = max(0, state.active - 1)
-            while state.waiting:
-                message_id, retried, due_at, plan = state.waiting.popleft()
-                message = self._messages.get(message_id)
-                if message is not None and message.state in {"CREATED", "RETRY"}:
-                    self._require_scheduler().schedule(
-                        0.0,
-                        message_id,
-                        functools.partial(self._attempt, message_id, retried, due_at, plan),
-                    )
-                    return
+            state.active = max(0, state.active - 1)
+            self._wake(key)
+
+    def _wake(self, key: str) -> None:
+        """Hand free slots of a gate to the attempts parked there, in order (under the lock).
+
+        Each woken attempt holds its slot from here on (a reservation), so a
+        message arriving meanwhile cannot overtake it.
+        """
+        state = self._flows.get(key)
+        if state is None:
+            return
+        if key.startswith("queue:"):
+            queue = self._queues.get(key.removeprefix("queue:"))
+            if queue is None or queue.paused:
+                return
+            state.config = _FlowConfig(parallelism=queue.parallelism, rate=None, period=1.0)
+        limit = state.config.parallelism
+        while state.waiting and (limit is None or state.active < limit):
+            message_id, retried, due_at, plan = state.waiting.popleft()
+            message = self._messages.get(message_id)
+            if message is None or message.state not in {"CREATED", "RETRY"}:
+                continue
+            state.active += 1
+            self._reserved[message_id] = key
+            self._require_scheduler().schedule(
+                0.0,
+                message_id,
+                functools.partial(self._attempt, message_id, retried, due_at, plan, admitted=True),
+            )
 
     # -- Upstash Workflow ---------------------------------------------------------
 
@@ -1293,6 +1645,7 @@ class QStashServer:
                 not_before=published + draft.delay,
             )
             self._messages[message_id] = message
+            self._event(message, "CREATED")
             if key is not None:
                 expiry = now + self._deduplication_window * self.time_scale
                 self._dedup[key] = (message_id, expiry)
@@ -1311,13 +1664,32 @@ class QStashServer:
         return message_id, False
 
     def _attempt(
-        self, message_id: str, retried: int, due_at: float, plan: FaultPlan | None
+        self,
+        message_id: str,
+        retried: int,
+        due_at: float,
+        plan: FaultPlan | None,
+        *,
+        admitted: bool = False,
     ) -> None:
+        """Make an attempt of a due message, if it is still pending.
+
+        Args:
+            message_id: The message.
+            retried: The ``Upstash-Retried`` value of this attempt.
+            due_at: Real unix time the attempt was due.
+            plan: The fault plan, once taken.
+            admitted: The attempt already holds a slot of its gate (see :meth:`_wake`).
+        """
         with self._lock:
             message = self._messages.get(message_id)
+            reserved = self._reserved.pop(message_id, None) if admitted else None
             if message is None or message.state not in {"CREATED", "RETRY"}:
+                if reserved is not None:
+                    self._release(reserved)
                 return
             draft = message.draft
+            gate = reserved if admitted else None
         if plan is None:
             plan = self.faults.take(draft.url)
             if plan.extra_delay > 0:
@@ -1325,15 +1697,26 @@ class QStashServer:
                 self._require_scheduler().schedule(
                     plan.extra_delay * self.time_scale,
                     message_id,
-                    functools.partial(self._attempt, message_id, retried, due_at, plan),
+                    functools.partial(
+                        self._attempt, message_id, retried, due_at, plan, admitted=admitted
+                    ),
                 )
+                if reserved is not None:
+                    with self._lock:
+                        self._reserved[message_id] = reserved
                 return
         with self._lock:
             if message.state not in {"CREATED", "RETRY"}:
+                if gate is not None:
+                    self._release(gate)
                 return
-            if not self._admit(draft, message_id, retried, due_at, plan):
-                return
+            if gate is None:
+                if not self._admit(draft, message_id, retried, due_at, plan):
+                    return
+                found = self._gate(draft)
+                gate = None if found is None else found[0]
             message.state = "ACTIVE"
+            self._event(message, "ACTIVE")
             message.attempts += 1
             body = self._delivery_body(message)
         try:
@@ -1349,8 +1732,8 @@ class QStashServer:
             # retry or a dead letter), never as a message stuck ACTIVE.
             self._recover(message, retried, due_at, plan, error)
         finally:
-            if draft.flow_key is not None:
-                self._release(draft.flow_key)
+            if gate is not None:
+                self._release(gate)
 
     def _recover(
         self,
@@ -1425,15 +1808,24 @@ class QStashServer:
                 return  # reset() ran while the request was on the wire.
             self._attempts.extend(attempts)
             self._counters.attempts += len(attempts)
+            outcome: dict[str, JSON] = {} if status is None else {"responseStatus": status}
+            if first.error is not None:
+                outcome["error"] = first.error
             if succeeded:
                 message.state = "DELIVERED"
                 self._counters.delivered += 1
+                self._event(message, "DELIVERED", outcome)
             elif next_delay is not None:
                 message.state = "RETRY"
+                self._event(message, "ERROR", outcome)
+                retry_at = _milliseconds(time.time() + next_delay)
+                self._event(message, "RETRY", {"nextDeliveryTime": retry_at})
             else:
                 message.state = "FAILED"
                 self._counters.failed += 1
                 self._run_failed(draft)
+                self._event(message, "ERROR", outcome)
+                self._event(message, "FAILED", outcome)
                 dlq_id = f"{int(time.time() * 1000)}-{next(self._dlq_sequence)}"
                 dlq_entry = DlqEntry(
                     dlq_id=dlq_id,
@@ -1873,6 +2265,8 @@ def _message_json(message: _Message) -> dict[str, JSON]:
         "label": draft.label,
         "retryDelayExpression": draft.retry_delay_expression,
         "scheduleId": draft.schedule_id,
+        "topicName": draft.url_group,
+        "endpointName": draft.endpoint_name,
     }
     answer.update({key: value for key, value in optional.items() if value is not None})
     answer.update(_flow_fields(draft))
@@ -1924,8 +2318,8 @@ def _callback_json(message: _Message, answer: _Answer, retried: int) -> dict[str
         "retried": retried,
         "maxRetries": draft.max_retries,
         "sourceMessageId": message.message_id,
-        "topicName": "",
-        "endpointName": "",
+        "topicName": draft.url_group or "",
+        "endpointName": draft.endpoint_name or "",
         "url": draft.url,
         "method": draft.method,
         "sourceHeader": _listed(draft.forward_headers),
