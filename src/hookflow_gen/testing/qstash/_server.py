@@ -1718,8 +1718,9 @@ class QStashServer:
             message.state = "ACTIVE"
             self._event(message, "ACTIVE")
             message.attempts += 1
-            body = self._delivery_body(message)
         try:
+            with self._lock:
+                body = self._delivery_body(message)
             signature = sign(key=self.current_signing_key, url=draft.url, body=body)
             answers = self._send_copies(draft, message_id, retried, plan, signature, body=body)
             with self._lock:
@@ -2417,6 +2418,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     server_version = "hookflow-qstash"
     timeout = 10
+    # Headers and body leave in two writes; with Nagle's algorithm the body
+    # waits for the client's delayed ACK (about 40 ms on Linux) on every call.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._answer()
