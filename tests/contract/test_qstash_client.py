@@ -221,3 +221,29 @@ def test_flow_control_info(qs: QStashServer, client: QStash, sink: Sink) -> None
     info = client.flow_control.get("fc")
     assert (info.parallelism_max, info.parallelism_count, info.wait_list_size) == (1, 0, 0)
     assert client.flow_control.get_global_parallelism().parallelism_count == 0
+
+
+def test_flow_control_pause_resume_pin_unpin_and_reset(
+    qs: QStashServer, client: QStash, sink: Sink
+) -> None:
+    """A paused key holds its messages until resumed; pins override messages' settings."""
+    client.flow_control.pause("held")
+    for n in range(2):
+        client.message.publish_json(
+            url=sink.url("/fc-held"), body={"n": n}, flow_control={"key": "held", "parallelism": 5}
+        )
+    info = client.flow_control.get("held")
+    assert (info.is_paused, info.wait_list_size) == (True, 2)
+    assert sink.requests("/fc-held") == []
+    client.flow_control.resume("held")
+    assert sorted(r.json()["n"] for r in sink.wait_for(2, "/fc-held")) == [0, 1]
+    client.flow_control.pin("held", {"parallelism": 1, "rate": 4, "period": 2})
+    pinned = client.flow_control.get("held")
+    assert (pinned.is_pinned_parallelism, pinned.is_pinned_rate) == (True, True)
+    assert (pinned.parallelism_max, pinned.rate_max, pinned.rate_period) == (1, 4, 2)
+    client.flow_control.reset_rate("held")
+    assert client.flow_control.get("held").rate_count == 0
+    client.flow_control.unpin("held", {"parallelism": True, "rate": True})
+    unpinned = client.flow_control.get("held")
+    assert (unpinned.is_pinned_parallelism, unpinned.is_pinned_rate) == (False, False)
+    qs.wait_idle()

@@ -139,6 +139,19 @@ class _FlowState:
     waiting: collections.deque[tuple[str, int, float, FaultPlan]] = dataclasses.field(
         default_factory=collections.deque[tuple[str, int, float, FaultPlan]]
     )
+    paused: bool = False
+    pinned_parallelism: int | None = None
+    pinned_rate: tuple[int, float] | None = None
+
+    def effective(self, incoming: _FlowConfig) -> _FlowConfig:
+        """A message's configuration with the key's pinned values in its place."""
+        rate, period = incoming.rate, incoming.period
+        if self.pinned_rate is not None:
+            rate, period = self.pinned_rate
+        parallelism = incoming.parallelism
+        if self.pinned_parallelism is not None:
+            parallelism = self.pinned_parallelism
+        return _FlowConfig(parallelism=parallelism, rate=rate, period=period)
 
 
 @dataclasses.dataclass(slots=True)
@@ -291,9 +304,9 @@ class QStashServer:
     groups (``/v2/topics``) fan a publish out to every endpoint; ``/v2/events``
     logs every state change of a message.
 
-    Not modelled: flow-control pause, pin and reset; flow control on a
-    queued message (the queue's parallelism applies instead); callbacks of
-    callbacks. A callback is sent only after attempts that got an HTTP answer.
+    Not modelled: flow control on a queued message (the queue's
+    parallelism applies instead); callbacks of callbacks. A callback is
+    sent only after attempts that got an HTTP answer.
 
     Example:
         >>> with QStashServer(time_scale=0.001) as qs:  # doctest: +SKIP
@@ -515,7 +528,8 @@ class QStashServer:
 
         A message delayed far into the future keeps the server busy; cancel
         it or use a smaller ``time_scale``. A schedule's next firing does not
-        count as work; the messages it publishes do.
+        count as work; the messages it publishes do. Messages held by a
+        paused queue or flow-control key do not count either.
 
         Args:
             timeout: Real seconds to wait.
@@ -644,6 +658,9 @@ class QStashServer:
                     if state is None:
                         raise _HttpError(404, f"flow control key {unquote(key)} not found")
                     return 200, _flow_json(unquote(key), state)
+            case "POST", ["flowControl", key, action]:
+                self._flow_action(unquote(key), action, params)
+                return 200, None
             case "GET", ["globalParallelism"]:
                 with self._lock:
                     active = sum(state.active for state in self._flows.values())
@@ -1334,8 +1351,9 @@ class QStashServer:
         state = self._flows.get(key)
         if state is None:
             state = self._flows[key] = _FlowState(config=config, window_start=self.now())
-        # The latest message's configuration is the key's, as in QStash.
-        state.config = config
+        # The latest message's configuration is the key's (unless pinned), as in QStash.
+        config = state.config = state.effective(config)
+        paused = paused or state.paused
         full = config.parallelism is not None and state.active >= config.parallelism
         if paused or full or state.waiting:
             state.waiting.append((message_id, retried, due_at, plan))
@@ -1379,6 +1397,8 @@ class QStashServer:
             if queue is None or queue.paused:
                 return
             state.config = _FlowConfig(parallelism=queue.parallelism, rate=None, period=1.0)
+        elif state.paused:
+            return
         limit = state.config.parallelism
         while state.waiting and (limit is None or state.active < limit):
             message_id, retried, due_at, plan = state.waiting.popleft()
@@ -1392,6 +1412,39 @@ class QStashServer:
                 message_id,
                 functools.partial(self._attempt, message_id, retried, due_at, plan, admitted=True),
             )
+
+    def _flow_action(self, key: str, action: str, params: Mapping[str, str]) -> None:
+        """``POST /v2/flowControl/{key}/{pause|resume|pin|unpin|resetRate}``."""
+        with self._lock:
+            state = self._flows.get(key)
+            if state is None:
+                # Acting on a key before its first message prepares the key.
+                empty = _FlowConfig(parallelism=None, rate=None, period=1.0)
+                state = self._flows[key] = _FlowState(config=empty, window_start=self.now())
+            try:
+                if action == "pause":
+                    state.paused = True
+                elif action == "resume":
+                    state.paused = False
+                elif action == "resetRate":
+                    state.window_start, state.window_count = self.now(), 0
+                elif action == "pin":
+                    if "parallelism" in params:
+                        state.pinned_parallelism = _positive_param(params["parallelism"])
+                    if "rate" in params:
+                        period = float(_positive_param(params.get("period", "1")))
+                        state.pinned_rate = (_positive_param(params["rate"]), period)
+                elif action == "unpin":
+                    if params.get("parallelism", "").lower() == "true":
+                        state.pinned_parallelism = None
+                    if params.get("rate", "").lower() == "true":
+                        state.pinned_rate = None
+                else:
+                    raise _HttpError(404, f"no route for POST /v2/flowControl/{key}/{action}")
+            except ValueError as error:
+                raise _HttpError(400, f"invalid flow control {action}: {error}") from error
+            state.config = state.effective(state.config)
+            self._wake(key)
 
     # -- Upstash Workflow ---------------------------------------------------------
 
@@ -2110,10 +2163,16 @@ def _flow_json(key: str, state: _FlowState) -> dict[str, JSON]:
         "rateCount": state.window_count,
         "ratePeriod": int(config.period),
         "ratePeriodStart": int(state.window_start),
-        "isPaused": False,
-        "isPinnedParallelism": False,
-        "isPinnedRate": False,
+        "isPaused": state.paused,
+        "isPinnedParallelism": state.pinned_parallelism is not None,
+        "isPinnedRate": state.pinned_rate is not None,
     }
+
+
+def _positive_param(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 _TRANSPORT_HEADERS: Final = frozenset(
