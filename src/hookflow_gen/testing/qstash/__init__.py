@@ -32,7 +32,9 @@ from ._records import DlqEntry as DlqEntry
 from ._records import MessageKind as MessageKind
 from ._records import MessageState as MessageState
 from ._records import PublishedMessage as PublishedMessage
+from ._records import ScheduleRecord as ScheduleRecord
 from ._records import Stats as Stats
+from ._records import WorkflowRunRecord as WorkflowRunRecord
 from ._server import QStashServer as QStashServer
 from ._signing import sign as sign
 
@@ -50,7 +52,9 @@ __all__ = [
     "MessageState",
     "PublishedMessage",
     "QStashServer",
+    "ScheduleRecord",
     "Stats",
+    "WorkflowRunRecord",
     "default_backoff",
     "parse_duration",
     "sign",

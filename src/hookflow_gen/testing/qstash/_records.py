@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -14,7 +14,9 @@ __all__ = [
     "MessageKind",
     "MessageState",
     "PublishedMessage",
+    "ScheduleRecord",
     "Stats",
+    "WorkflowRunRecord",
 ]
 
 MessageState = Literal["CREATED", "ACTIVE", "RETRY", "DELIVERED", "FAILED", "CANCELLED"]
@@ -137,6 +139,32 @@ class DlqEntry:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """A cron schedule as the server holds it (``/v2/schedules``).
+
+    Attributes:
+        schedule_id: The id returned by ``client.schedule.create``.
+        destination: The URL (or queue destination) each firing publishes to.
+        cron: The cron expression, as given.
+        paused: Whether firings are suspended.
+        created_at: Real unix time the schedule was created (or last replaced).
+        last_fired_at: QStash time (see :meth:`QStashServer.now`) of the last
+            firing, if any.
+        next_fire_at: QStash time of the next firing; ``None`` while paused.
+        message_ids: The messages published by firings, oldest first.
+    """
+
+    schedule_id: str
+    destination: str
+    cron: str
+    paused: bool
+    created_at: float
+    last_fired_at: float | None
+    next_fire_at: float | None
+    message_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Stats:
     """Counters since the server started (or since :meth:`QStashServer.reset`).
 
@@ -151,6 +179,9 @@ class Stats:
         delivered: Messages that ended with a 2xx answer.
         failed: Messages that ended in the DLQ.
         cancelled: Messages cancelled before delivery.
+        delivered_bytes: Total body bytes sent to destinations, every attempt
+            and copy counted (a workflow delivery carries its whole step list).
+        largest_delivery: The largest body sent to a destination, in bytes.
     """
 
     published: int
@@ -162,3 +193,30 @@ class Stats:
     delivered: int
     failed: int
     cancelled: int
+    delivered_bytes: int
+    largest_delivery: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkflowRunRecord:
+    """An Upstash Workflow run as the server holds it.
+
+    Attributes:
+        run_id: ``Upstash-Workflow-RunId``.
+        url: The workflow endpoint.
+        state: ``RUN_STARTED``, ``RUN_SUCCESS``, ``RUN_FAILED`` or ``RUN_CANCELED``.
+        created_at: Real unix time the run started.
+        completed_at: Real unix time it ended, if it has.
+        initial_body: The run's initial payload.
+        steps: The finished steps, decoded, in the order they came due.
+        message_ids: Every message of the run, oldest first.
+    """
+
+    run_id: str
+    url: str
+    state: Literal["RUN_STARTED", "RUN_SUCCESS", "RUN_FAILED", "RUN_CANCELED"]
+    created_at: float
+    completed_at: float | None
+    initial_body: bytes
+    steps: tuple[Mapping[str, Any], ...]
+    message_ids: tuple[str, ...]
