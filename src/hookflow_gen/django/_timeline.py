@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from .._journal import CANCELLED
 
@@ -27,6 +27,11 @@ __all__ = ["Bar", "Block", "Row", "Tick", "Timeline", "humanize", "layout"]
 # The thinnest bar drawn, in percent of the axis: a 2 ms step on an hour-long
 # axis still shows, as a sliver.
 MIN_WIDTH = 0.6
+
+
+def _error_type(error: object) -> object:
+    """The ``type`` of a stored error (a JSON object), or None."""
+    return cast("dict[str, object]", error).get("type") if isinstance(error, dict) else None
 
 
 def humanize(delta: timedelta | None) -> str:
@@ -277,8 +282,8 @@ def layout(
         if pending and step.kind in ("run", "call") and not step.attempts:
             took = "-"
         status = step.status
-        error = getattr(step, "error", None)
-        if status == "failed" and isinstance(error, dict) and error.get("type") == CANCELLED:
+        error: object = getattr(step, "error", None)
+        if status == "failed" and _error_type(error) == CANCELLED:
             status = "cancelled"
             note = "cancelled here: Cancelled was thrown into the workflow at this step"
         rows.append(
