@@ -46,9 +46,7 @@ class Counts:
     by_verb: dict[str, int] = field(default_factory=dict)
 
     def per(self, steps: int) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            k: v / steps for k, v in asdict(self).items() if isinstance(v, int)
-        }
+        out: dict[str, Any] = {k: v / steps for k, v in asdict(self).items() if isinstance(v, int)}
         out["by_verb"] = {k: v / steps for k, v in sorted(self.by_verb.items())}
         return out
 
@@ -67,7 +65,7 @@ class _SqliteTrace:
         if _CONTROL.match(sql):
             c.control += 1
             c.by_verb[verb] = c.by_verb.get(verb, 0) + 1
-            if verb == "BEGIN" or verb == "SAVEPOINT" and not self.in_tx:
+            if verb == "BEGIN" or (verb == "SAVEPOINT" and not self.in_tx):
                 self.in_tx = True
             elif verb in ("COMMIT", "END"):
                 c.commits += 1
@@ -134,7 +132,7 @@ class Probe:
     def _trace_pg(self, conn: Any) -> None:
         from psycopg.pq import Trace
 
-        out = tempfile.TemporaryFile("w+")
+        out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop()
         conn.pgconn.trace(out.fileno())
         conn.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
         self._pg_files.append((conn, out))

@@ -83,7 +83,12 @@ def shape_name(shape: tuple[int, int]) -> str:
 
 
 def spread(values: list[float]) -> Json:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "all": values,
+    }
 
 
 def fmt(s: Json, digits: int = 0, unit: str = "") -> str:
@@ -99,7 +104,7 @@ class Server:
 
     def __init__(self, engine: str, db: str, target: str) -> None:
         self.engine, self.db, self.target = engine, db, target
-        self.log = tempfile.TemporaryFile("w+")
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by close()
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "step_server.py"), "--engine", engine, "--db", db,
              "--target", target],
@@ -170,7 +175,11 @@ def collect(
 
     def say(text: str) -> None:
         if progress:
-            print(f"[interleaved {time.perf_counter() - started:6.0f} s] {text}", file=sys.stderr, flush=True)
+            print(
+                f"[interleaved {time.perf_counter() - started:6.0f} s] {text}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     workdir = Path(tempfile.mkdtemp(prefix="hfbench-"))
     servers: dict[tuple[str, str], Server] = {}
@@ -193,10 +202,7 @@ def collect(
         for db in dbs:
             for engine in everyone:
                 server = servers[db, engine]
-                if engine in FLOORS:
-                    plan = [(1, floor_rows)]
-                else:
-                    plan = [(count_runs, 10), (1, 1000)]
+                plan = [(1, floor_rows)] if engine in FLOORS else [(count_runs, 10), (1, 1000)]
                 for runs, steps in plan:
                     say(f"count {engine} on {db}, {runs} x {steps}")
                     answer = server.ask(op="count", runs=runs, steps=steps)
@@ -217,7 +223,11 @@ def collect(
                             answer["us_per_step"]
                         )
                     row = {e: times[db][name][e][-1] for e in everyone}
-                    say(f"round {r + 1}/{rounds} {db} {name}: " + ", ".join(f"{e} {v:,.0f}" for e, v in row.items()) + " us/step")
+                    say(
+                        f"round {r + 1}/{rounds} {db} {name}: "
+                        + ", ".join(f"{e} {v:,.0f}" for e, v in row.items())
+                        + " us/step"
+                    )
 
         # Cold replay, interleaved with Azure DF's replay of the same n.
         import azure_df_replay as az
@@ -228,7 +238,9 @@ def collect(
             for n in ns:
                 for db in dbs:
                     answer = servers[db, "hookflow_gen"].ask(op="cold_replay", n=n)
-                    cell = cold.setdefault(str(n), {}).setdefault(db, {"total_us": [], "load_us": [], "replay_us": []})
+                    cell = cold.setdefault(str(n), {}).setdefault(
+                        db, {"total_us": [], "load_us": [], "replay_us": []}
+                    )
                     for key in cell:
                         cell[key].append(answer[key])
                 azure = az.replay_azure(n, 3 if n <= 1000 else 1, layout="compact")
@@ -262,7 +274,9 @@ def summarize(data: Json) -> None:
                 cell[engine] = {
                     "us": spread(values),
                     "vs_floor": spread([v / f for v, f in zip(values, floor, strict=True)]),
-                    "vs_floor_durable": spread([v / f for v, f in zip(values, durable, strict=True)]),
+                    "vs_floor_durable": spread(
+                        [v / f for v, f in zip(values, durable, strict=True)]
+                    ),
                     "vs_hookflow_gen": spread([v / h for v, h in zip(values, hg, strict=True)]),
                 }
             out.setdefault(db, {})[name] = cell
@@ -277,7 +291,9 @@ def summarize(data: Json) -> None:
         row["azure_compact_us"] = spread(az)
         for db in DBS:
             if db in cell:
-                row[f"azure_vs_{db}"] = spread([a / t for a, t in zip(az, cell[db]["total_us"], strict=True)])
+                row[f"azure_vs_{db}"] = spread(
+                    [a / t for a, t in zip(az, cell[db]["total_us"], strict=True)]
+                )
         cold[n] = row
     data["cold_summary"] = cold
 
@@ -339,7 +355,11 @@ def report(data: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
             add("|---|---:|---:|---:|---:|")
             for engine in everyone:
                 c = cell[engine]
-                vs_hg = "-" if engine in FLOORS or engine == "hookflow_gen" else fmt(c["vs_hookflow_gen"], 1, "x")
+                vs_hg = (
+                    "-"
+                    if engine in FLOORS or engine == "hookflow_gen"
+                    else fmt(c["vs_hookflow_gen"], 1, "x")
+                )
                 add(
                     f"| {LABELS.get(engine, engine)} | {fmt(c['us'])} | {fmt(c['vs_floor'], 1, 'x')} "
                     f"| {fmt(c['vs_floor_durable'], 1, 'x')} | {vs_hg} |"
@@ -351,7 +371,9 @@ def report(data: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
         "engine's own database, so background threads count too; SQLite: COMMITs plus autocommitted writes); round trips "
         "(PostgreSQL: ReadyForQuery messages in the libpq trace; SQLite: statements run).")  # fmt: skip
     add("")
-    add("| db | engine | shape | statements | tx control | commits | round trips | statements by verb |")
+    add(
+        "| db | engine | shape | statements | tx control | commits | round trips | statements by verb |"
+    )
     add("|---|---|---|---:|---:|---:|---:|---|")
     for db in data["dbs"]:
         for engine in everyone:
@@ -378,7 +400,9 @@ def report(data: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
         cells = [f"{int(n):,}"]
         for db in data["dbs"]:
             d = row[db]
-            cells.append(f"{fmt(d['total_us'], 2)} ({d['load_us']['median']:.2f} / {d['replay_us']['median']:.2f})")
+            cells.append(
+                f"{fmt(d['total_us'], 2)} ({d['load_us']['median']:.2f} / {d['replay_us']['median']:.2f})"
+            )
         cells.append(fmt(row["azure_compact_us"], 1))
         for db in data["dbs"]:
             cells.append(fmt(row[f"azure_vs_{db}"], 0, "x"))
@@ -386,7 +410,9 @@ def report(data: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
         add("| " + " | ".join(cells) + " |")
     add("")
     # lean writes
-    add("**Lean writes** (read from `src/hookflow_gen/django/models.py` and the runtime; not changed here):")
+    add(
+        "**Lean writes** (read from `src/hookflow_gen/django/models.py` and the runtime; not changed here):"
+    )
     add("")
     add("| what | finding |")
     add("|---|---|")
@@ -401,24 +427,48 @@ def report(data: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
         if db not in summary:
             continue
         standing = "; ".join(
-            f"{name}: {fmt(cell['hookflow_gen']['vs_floor'], 1, 'x')}" for name, cell in summary[db].items()
+            f"{name}: {fmt(cell['hookflow_gen']['vs_floor'], 1, 'x')}"
+            for name, cell in summary[db].items()
         )
         worst = max(cell["hookflow_gen"]["vs_floor"]["median"] for cell in summary[db].values())
-        verdicts.append((f"{db}: durable step within {need:g}x of INSERT+COMMIT, same rounds{tag}", standing, _verdict(worst <= need)))
+        verdicts.append(
+            (
+                f"{db}: durable step within {need:g}x of INSERT+COMMIT, same rounds{tag}",
+                standing,
+                _verdict(worst <= need),
+            )
+        )
     for db in data["dbs"]:
         standing = "; ".join(
-            f"{name}: {fmt(cell['dbos']['vs_hookflow_gen'], 1, 'x')}" for name, cell in summary[db].items()
+            f"{name}: {fmt(cell['dbos']['vs_hookflow_gen'], 1, 'x')}"
+            for name, cell in summary[db].items()
         )
         worst = min(cell["dbos"]["vs_hookflow_gen"]["median"] for cell in summary[db].values())
-        verdicts.append((f"{db}: >= 5x faster per step than DBOS Transact{tag}", standing, _verdict(worst >= 5)))
-    hg_pg = [a for a in data["counts"].get("postgres", {}).get("hookflow_gen", []) if a["runs"] == 1]
+        verdicts.append(
+            (f"{db}: >= 5x faster per step than DBOS Transact{tag}", standing, _verdict(worst >= 5))
+        )
+    hg_pg = [
+        a for a in data["counts"].get("postgres", {}).get("hookflow_gen", []) if a["runs"] == 1
+    ]
     if hg_pg:
         p = hg_pg[0]["per_step"]
-        verdicts.append(("postgres: one round trip plus its commit per step", f"{p['round_trips']:.2f} round trips, {p['commits']:.2f} commits per step (1 x 1,000)", _verdict(p["round_trips"] <= 1.1)))
+        verdicts.append(
+            (
+                "postgres: one round trip plus its commit per step",
+                f"{p['round_trips']:.2f} round trips, {p['commits']:.2f} commits per step (1 x 1,000)",
+                _verdict(p["round_trips"] <= 1.1),
+            )
+        )
     verdicts.append(("lean writes: no index a unique constraint covers, partial indexes, no insert-then-update of a step row",
                      "the FK index on Step.run is covered; Step.key and Run.parent_run_id could be partial; each run step row is written twice",
                      _verdict(False)))  # fmt: skip
-    verdicts.append(("cold replay incl. journal load vs Azure DF replay", f"Azure / hookflow_gen, worst median over n and databases: {min(worst_cold):.0f}x", "(reported)"))
+    verdicts.append(
+        (
+            "cold replay incl. journal load vs Azure DF replay",
+            f"Azure / hookflow_gen, worst median over n and databases: {min(worst_cold):.0f}x",
+            "(reported)",
+        )
+    )
     return lines, verdicts
 
 
@@ -427,7 +477,9 @@ def _verdict(ok: bool) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Durable steps of every engine, interleaved rounds.")
+    parser = argparse.ArgumentParser(
+        description="Durable steps of every engine, interleaved rounds."
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="shape size (1 = the full shapes)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--floor-rows", type=int, default=1000)
@@ -435,7 +487,13 @@ def main() -> int:
     parser.add_argument("--db", nargs="+", choices=DBS, default=list(DBS))
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
-    data = collect(scale=args.scale, rounds=args.rounds, floor_rows=args.floor_rows, peers=tuple(args.peer), dbs=tuple(args.db))
+    data = collect(
+        scale=args.scale,
+        rounds=args.rounds,
+        floor_rows=args.floor_rows,
+        peers=tuple(args.peer),
+        dbs=tuple(args.db),
+    )
     lines, verdicts = report(data)
     print("\n".join(lines))
     print("| target | where it stands | verdict |\n|---|---|---|")

@@ -53,7 +53,7 @@ def load(name: str, db: str, target: str) -> Any:
     return module.make_engine(db, target)
 
 
-def counted(probe: Probe, engine: Any, db: str, target: str, runs: int, steps: int) -> Any:
+def counted(probe: Probe, engine: Any, db: str, target: str, *, runs: int, steps: int) -> Any:
     before = 0
     if db == "postgres":
         probe.flush_pg_stats()
@@ -95,7 +95,12 @@ def main() -> int:
                 answer: Any = {"seconds": seconds, "us_per_step": seconds / (runs * steps) * 1e6}
             elif op == "count":
                 answer = counted(
-                    probe, engine, args.db, args.target, command["runs"], command["steps"]
+                    probe,
+                    engine,
+                    args.db,
+                    args.target,
+                    runs=command["runs"],
+                    steps=command["steps"],
                 )
             elif op == "cold_replay":
                 replay = getattr(engine, "cold_replay", None)

@@ -177,7 +177,9 @@ def child_replay(ns: list[int], azure_max_n: int, episodes_max_n: int) -> Json:
 def child_interleaved(scale: float, rounds: int, floor_rows: int, peers: list[str]) -> Json:
     import interleaved
 
-    return interleaved.collect(scale=scale, rounds=rounds, floor_rows=floor_rows, peers=tuple(peers))
+    return interleaved.collect(
+        scale=scale, rounds=rounds, floor_rows=floor_rows, peers=tuple(peers)
+    )
 
 
 CHILDREN = {"e2e", "replay", "interleaved"}
