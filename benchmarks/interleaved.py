@@ -305,7 +305,7 @@ def lean_writes() -> list[tuple[str, str]]:
     """What the models' indexes and the step writes do, read from the code (not changed)."""
     return [
         (
-            "`Step.run` (ForeignKey) gets Django's implicit index `hookflow_gen_step_run_id_...`",
+            "`Step.run` (ForeignKey) gets Django's implicit index (`hookflow_step_run_id_...`)",
             "covered: the unique constraint `hookflow_step_position` (run, position) leads with `run_id`, so that index only costs writes",
         ),
         (
