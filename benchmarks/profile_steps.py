@@ -113,7 +113,8 @@ def main() -> int:
                 f"| {calls[label] / n:.2f} |"
             )
         rest = wall - db_total
-        print(f"| Python (runtime, Django, the step) | {rest / n * 1e6:.0f} | {rest / wall:.0%} | - |")
+        python = "Python (runtime, Django, the step)"
+        print(f"| {python} | {rest / n * 1e6:.0f} | {rest / wall:.0%} | - |")
 
         from pyinstrument import Profiler
 
