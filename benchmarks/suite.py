@@ -33,8 +33,13 @@ What is measured, and how
    ``episodes`` (4 events per activity, as the host records it). The
    whole-life replay cost of an Azure orchestration (sum over its wake-ups)
    is measured at n=100 and extrapolated from a fitted line above that.
-4. Runtime overhead per durable step on SQLite and PostgreSQL next to a bare
-   INSERT+COMMIT loop: ``throughput.py --json``.
+4. Durable steps of every engine (hookflow_gen, DBOS Transact, any extra
+   peer) next to two floors (INSERT+COMMIT; BEGIN, SELECT ... FOR UPDATE,
+   INSERT, COMMIT) on SQLite and PostgreSQL, in interleaved rounds with
+   per-round ratios, counts of statements, commits and round trips per step,
+   and the cold replay with its journal load next to Azure DF's replay:
+   ``interleaved.py`` (which see). ``--scale`` sizes its shapes (1 = the
+   full 1,000 x 10, 1 x 1,000 and 1 x 10,000); ``--peer`` adds an engine.
 5. Memory: ``memory.py peak`` (a 10,000-step run; peak and baseline RSS),
    ``memory.py peer-peak`` (django-hookflow at n=1,000), and ``memory.py
    leak`` (one worker, 1,000 consecutive 10-step runs, default WARM_RUNS and
@@ -169,7 +174,21 @@ def child_replay(ns: list[int], azure_max_n: int, episodes_max_n: int) -> Json:
     return {"rows": rows, "whole_orchestration": wholes, "hookflow_gen_replay_growth": growth}
 
 
-CHILDREN = {"e2e", "replay"}
+def child_interleaved(scale: float, rounds: int, floor_rows: int, peers: list[str]) -> Json:
+    import interleaved
+
+    return interleaved.collect(
+        scale=scale, rounds=rounds, floor_rows=floor_rows, peers=tuple(peers)
+    )
+
+
+CHILDREN = {"e2e", "replay", "interleaved"}
+
+#: Extra peers of the interleaved step benchmark, run whenever the suite runs:
+#: module names (on ``benchmarks/`` or ``benchmarks/peers/``) that define
+#: ``make_engine(db, target)`` as described in ``step_server.py``. ``--peer``
+#: adds one for a single run.
+OPTIONAL_PEERS: tuple[str, ...] = ()
 
 
 def child_main(argv: list[str]) -> int:
@@ -182,8 +201,14 @@ def child_main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--azure-max-n", type=int, default=10_000)
     parser.add_argument("--episodes-max-n", type=int, default=1000)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--floor-rows", type=int, default=1000)
+    parser.add_argument("--peer", action="append", default=[])
     args = parser.parse_args(argv)
-    if args.child == "e2e":
+    if args.child == "interleaved":
+        out = child_interleaved(args.scale, args.rounds, args.floor_rows, args.peer)
+    elif args.child == "e2e":
         out = child_e2e(args.engine, args.n, args.mixed, args.persistence, args.repeats)
     else:
         out = child_replay(args.n, args.azure_max_n, args.episodes_max_n)
@@ -218,7 +243,7 @@ def _script(label: str, script: str, args: list[str], timeout: float = 600) -> t
     return _run(label, [sys.executable, str(HERE / script), *args], timeout=timeout)
 
 
-def collect(quick: bool) -> Json:
+def collect(quick: bool, scale: float, rounds: int, peers: list[str]) -> Json:
     """Every measurement, one subprocess each, in sequence (2 shared cores)."""
     ns_hg = [10, 100, 1000, 10_000]
     ns_peer = [10, 100, 1000]
@@ -259,13 +284,13 @@ def collect(quick: bool) -> Json:
     replay_args += ["--episodes-max-n", "1000" if quick else "10000"]
     data["replay"], t["replay"] = _json_child("replay (hookflow_gen + Azure DF)", replay_args)
 
-    runs = "150" if quick else "400"
-    out, t["overhead"] = _script(
-        "overhead (throughput.py)", "throughput.py", ["--json", "--runs", runs]
+    steps_args = ["--child", "interleaved", "--scale", str(scale), "--rounds", str(rounds)]
+    steps_args += ["--floor-rows", "200" if quick else "300"]
+    for peer in (*OPTIONAL_PEERS, *peers):
+        steps_args += ["--peer", peer]
+    data["steps"], t["durable steps, interleaved"] = _json_child(
+        "durable steps, interleaved rounds (interleaved.py)", steps_args, timeout=3600
     )
-    data["overhead"] = [
-        json.loads(line) for line in out.strip().splitlines() if line.startswith("{")
-    ]
 
     memory: Json = {}
     out, t["memory peak"] = _script("memory peak n=10000", "memory.py", ["peak", "--n", "10000"])
@@ -550,33 +575,19 @@ def report(data: Json) -> tuple[str, list[tuple[str, str, str]]]:
         add(f"| {layout} | {w['n']:,} | {w['total_s']:,.2f} | {w['method']} |")
     add("")
 
-    # ---- 4. overhead
-    add("## 4. Runtime overhead per durable step vs bare INSERT+COMMIT")
+    # ---- 4. durable steps, interleaved
+    import interleaved
+
+    add("## 4. Durable steps next to DBOS Transact and both floors, interleaved rounds")
     add("")
-    add(
-        "`throughput.py`: floor = one INSERT + COMMIT per row on the same database; per step = "
-        "one in-process worker ticking R runs of 10 trivial steps, wall / steps; steps/s with "
-        "1 and 2 worker processes (2 shared cores)."
-    )
-    add("")
-    _header(
-        add,
-        ["db", "runs x steps", "INSERT+COMMIT us", "per durable step us", "ratio"]
-        + ["steps/s 1 worker", "steps/s 2 workers"],
-        "ll",
-    )
-    for r in data["overhead"]:
-        add(
-            f"| {r['db']} | {r['runs']} x {r['steps']} | {r['floor_us']:.0f} | {r['step_us']:.0f} "
-            f"| {r['ratio']:.1f}x | {r['steps_per_s_1w']:.0f} | {r['steps_per_s_2w']:.0f} |"
-        )
-        verdicts.append(
-            (
-                f"overhead per durable step within 2x of INSERT+COMMIT ({r['db']})",
-                f"{r['ratio']:.1f}x ({r['step_us']:.0f} us vs {r['floor_us']:.0f} us)",
-                _verdict(r["ratio"] <= 2),
-            )
-        )
+    if data["steps"]["scale"] != 1.0:
+        add("The full shapes (1,000 x 10, 1 x 1,000, 1 x 10,000) take about 9 min on SQLite and "
+            "30 min on PostgreSQL here: `benchmarks/interleaved.py`, recorded in "
+            "`results/interleaved_full_sqlite.md` and `results/interleaved_full_postgres.md`.")  # fmt: skip
+        add("")
+    steps_lines, steps_verdicts = interleaved.report(data["steps"])
+    lines.extend(steps_lines)
+    verdicts.extend(steps_verdicts)
     add("")
 
     # ---- 5. memory
@@ -747,9 +758,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="hookflow_gen next to its peers: one command.")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and runs (~2 min)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        help="size of the interleaved step shapes (1 = full; default 0.1, --quick 0.02)",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (at least 5)")
+    parser.add_argument("--peer", action="append", default=[], help="an extra step-engine peer")
     args = parser.parse_args(argv)
+    scale = args.scale if args.scale is not None else (0.02 if args.quick else 0.1)
     started = time.perf_counter()
-    data = collect(args.quick)
+    data = collect(args.quick, scale, args.rounds, args.peer)
     dh, az = _versions()
     data["meta"] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -759,8 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         "django_hookflow": dh,
         "azure_df": az,
         "wall_s": time.perf_counter() - started,
-        "command": "uv run --group bench python benchmarks/suite.py"
-        + (" --quick" if args.quick else ""),
+        "command": "uv run --group bench python benchmarks/suite.py" + " ".join(["", *argv]),
     }
     text, verdicts = report(data)
     data["verdicts"] = [{"target": t, "standing": s, "verdict": v} for t, s, v in verdicts]
