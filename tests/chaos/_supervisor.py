@@ -144,14 +144,21 @@ class Supervisor:
             phases["external"] = self.external_kills
         return phases
 
-    def run(self, run_ids: list[str], *, deadline: float) -> Figures:
-        """Keep workers going until every run finished, some are stranded, or ``deadline`` s."""
+    def run(
+        self, run_ids: list[str], *, deadline: float, max_restarts: int | None = None
+    ) -> Figures:
+        """Keep workers going until every run finished, some are stranded, or ``deadline`` s.
+
+        With ``max_restarts``, also give up once workers were restarted that often.
+        """
         started = time.monotonic()
         self._live = [self._start() for _ in range(self.workers)]
         violating_since: dict[str, float] = {}
         stranded: list[str] = []
         try:
             while time.monotonic() - started < deadline:
+                if max_restarts is not None and self.restarts > max_restarts:
+                    break
                 for index, worker in enumerate(self._live):
                     if worker.process.poll() is not None:
                         worker.output.close()
@@ -222,7 +229,7 @@ class Supervisor:
         figures = Figures(runs=len(run_ids), restarts=self.restarts, seconds=seconds)
         figures.kills_by_phase = self.kills()
         figures.kills = sum(figures.kills_by_phase.values())
-        rows = Run.objects.filter(run_id__in=run_ids).values_list(
+        rows = Run.objects.filter(run_id__in=run_ids, workflow="chaos_job").values_list(
             "run_id", "status", "payload", "result"
         )
 

@@ -8,7 +8,8 @@ committed exactly once, plain steps re-ran at most once per kill, and no
 commit left a RUNNING run without a wake-up, lease or registered wait.
 
 The small configuration runs in CI; ``HOOKFLOW_CHAOS_RUNS=200`` (and
-optionally ``HOOKFLOW_CHAOS_KILLS``, ``HOOKFLOW_CHAOS_WORKERS``) makes the
+optionally ``HOOKFLOW_CHAOS_KILLS``, ``HOOKFLOW_CHAOS_WORKERS``,
+``HOOKFLOW_CHAOS_DEADLINE`` in seconds, ``HOOKFLOW_CHAOS_SEED``) makes the
 random test larger; run with ``-s`` to see the figures.
 """
 
@@ -113,6 +114,7 @@ def test_workers_killed_at_random(tmp_path: Path) -> None:
         external_kill_odds=0.02,
         seed=int(os.environ.get("HOOKFLOW_CHAOS_SEED", "1")),
     )
-    figures = supervisor.run(_start(runs), deadline=max(150.0, 2.5 * runs + 60))
+    deadline = float(os.environ.get("HOOKFLOW_CHAOS_DEADLINE", max(150.0, 2.5 * runs + 60)))
+    figures = supervisor.run(_start(runs), deadline=deadline)
     assert figures.kills >= 1, figures.line()
     _check(figures)

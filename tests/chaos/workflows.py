@@ -8,12 +8,15 @@ may kill the worker running them.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic import BaseModel
 
-from hookflow_gen import Context, Flow, RetryPolicy, current_step, workflow
+from hookflow_gen import Context, Flow, RetryPolicy, StepFailed, current_step, workflow
 from tests._invariant import arm_after_commit, kill_point
 from tests.djangoapp.models import Entry, Execution
 
@@ -77,3 +80,29 @@ def chaos_job(ctx: Context, job: Job) -> Flow[int]:
     return (yield from ctx.run("last", effect, left + right + child).options(
         atomic=True, retry=PATIENT
     ))  # fmt: skip
+
+
+TWO_ATTEMPTS = RetryPolicy(maximum_attempts=2, initial_interval=timedelta(milliseconds=50))
+
+
+def dies(marker: str) -> str:
+    """Appends a line to ``marker``, then SIGKILLs the worker running it: every time."""
+    with Path(marker).open("a") as file:
+        file.write(f"{current_step().attempt}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"
+
+
+class Poison(BaseModel):
+    marker: str
+    atomic: bool
+
+
+@workflow
+def chaos_poison(ctx: Context, poison: Poison) -> Flow[str]:
+    """A step that kills its worker on every attempt."""
+    step = ctx.run("dies", dies, poison.marker)
+    try:
+        return (yield from step.options(retry=TWO_ATTEMPTS, atomic=poison.atomic))
+    except StepFailed as exc:
+        return f"gave up after {exc.attempts} attempts"
