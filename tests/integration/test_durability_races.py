@@ -104,10 +104,6 @@ def _race_once(i: int, rng: random.Random) -> str | None:
 
 
 @pytest.mark.no_invariant  # the lost event strands runs: the test asserts the outcome itself
-@pytest.mark.xfail(
-    reason="issue 8: defect 2 (notify racing a run reaching wait_for_event loses the event)",
-    strict=True,
-)
 def test_notify_racing_wait_for_event_never_loses_the_event() -> None:
     """notify while a run reaches its event wait, 200 times: every run gets its event."""
     rng = random.Random(8)
@@ -120,11 +116,6 @@ def test_notify_racing_wait_for_event_never_loses_the_event() -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    reason="issue 8: defect 4 (a step whose worker dies is claimed again without counting "
-    "the attempt)",
-    strict=True,
-)
 @pytest.mark.parametrize("atomic", [False, True], ids=["plain", "atomic"])
 def test_step_that_kills_its_worker_fails_after_maximum_attempts(
     atomic: bool, tmp_path: Path
@@ -178,10 +169,6 @@ def _terminate(pid: int) -> None:
     assert not _alive(pid)
 
 
-@pytest.mark.xfail(
-    reason="issue 8: defect 10 (pool threads keep dead connections after a database restart)",
-    strict=True,
-)
 def test_steps_with_a_timeout_survive_a_lost_database_connection(runtime: Runtime) -> None:
     """A pool thread's connection killed by the server: the next step with a timeout succeeds."""
     first = durability_backend.start(Numbers(a=1, b=0))
@@ -193,9 +180,6 @@ def test_steps_with_a_timeout_survive_a_lost_database_connection(runtime: Runtim
     assert second.status is RunStatus.COMPLETED, Run.objects.get(pk=second.run_id).error
 
 
-@pytest.mark.xfail(
-    reason="issue 8: defect 10 (pool threads leak their database connections)", strict=True
-)
 def test_closing_the_runtime_closes_its_pool_connections() -> None:
     """``Runtime.close`` leaves no database connection of its step threads open."""
     runtime = build_runtime(get_settings())
