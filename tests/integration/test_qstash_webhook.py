@@ -267,11 +267,13 @@ def test_publish_failure_answers_503_and_redelivery_repairs_it(
     scheduler: QStashScheduler,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A failed publish answers 503; QStash's redelivery publishes the lost wake-up."""
+    """A publish that keeps failing answers 503 and stays owed; the redelivery publishes it."""
+    from hookflow_gen.django.models import Outbox
+
     handle = flows.sleepy.start(flows.Nap(seconds=60))
     client = scheduler.client.message
     real = client.publish_json
-    failures = iter([True])
+    failures = iter([True, True])
 
     def flaky(**kwargs: Any) -> Any:
         if next(failures, False):
@@ -282,35 +284,42 @@ def test_publish_failure_answers_503_and_redelivery_repairs_it(
     response = deliver({"run_id": handle.run_id, "seq": 1})
     assert response.status_code == 503
     assert published(qstash) == [{"run_id": handle.run_id, "seq": 1}]
+    assert list(Outbox.objects.values_list("run_id", "seq")) == [(handle.run_id, 2)]
     response = deliver({"run_id": handle.run_id, "seq": 1}, retried=1)
     assert response.status_code == 200
     assert published(qstash)[-1] == {"run_id": handle.run_id, "seq": 2}
+    assert not Outbox.objects.exists()
     assert flows.executions(handle.run_id) == {0: 1}
 
 
-def test_retried_delivery_with_a_held_step_asks_to_come_back(runtime: Runtime) -> None:
-    """A retried delivery that finds a step leased answers 503 with Retry-After."""
+@pytest.mark.parametrize("retried", [0, 1])
+def test_delivery_finding_a_held_step_publishes_a_wakeup_for_its_lease_end(
+    runtime: Runtime, qstash: QStashServer, retried: int
+) -> None:
+    """A delivery that finds a step leased by another tick leaves a wake-up for the lease's end."""
     import dataclasses
     from datetime import timedelta
 
+    from hookflow_gen._journal import StepRecord, StepStatus
+
     handle = flows.linear.start(flows.Count(n=1))
     store = runtime.store
+    lease_until = runtime.clock.now() + timedelta(seconds=30)
     with store.atomic():
         run = store.lock_run(handle.run_id)
         assert run is not None
-        from hookflow_gen._journal import StepRecord, StepStatus
-
-        now = runtime.clock.now()
+        store.save_run(dataclasses.replace(run, wake_at=None))
         record = StepRecord(position=0, kind="run", name="step-0", status=StepStatus.PENDING)
         store.save_step(
             handle.run_id,
-            dataclasses.replace(
-                record, attempts=1, lease_until=now + timedelta(seconds=30), lease_owner="dead"
-            ),
+            dataclasses.replace(record, attempts=1, lease_until=lease_until, lease_owner="dead"),
         )
-    response = deliver({"run_id": handle.run_id, "seq": 1}, retried=1)
-    assert response.status_code == 503
-    assert 1 <= int(response["Retry-After"]) <= 30
+    for _ in range(3):  # copies of one message: one wake-up between them
+        response = deliver({"run_id": handle.run_id, "seq": 1}, retried=retried)
+        assert response.status_code == 200
+    lease = [m for m in qstash.messages(kind="publish") if "lease-dead" in (m.deduplication_id or "")]
+    assert len(lease) == 1
+    assert json.loads(lease[0].body) == {"run_id": handle.run_id, "seq": 1}
     assert flows.executions(handle.run_id) == {}
 
 
