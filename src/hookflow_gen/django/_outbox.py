@@ -135,11 +135,16 @@ def flush(
 
     from .models import Outbox
 
+    from .models import Run
+
     rows = Outbox.objects.using(using).order_by("id")
     if run_id is not None:
         rows = rows.filter(run_id=run_id)
     if older_than is not None:
         rows = rows.filter(created_at__lte=timezone.now() - older_than)
+    # A finished (or deleted) run needs no wake-up: its debts are void.
+    live = Run.objects.using(using).filter(status="running").values("run_id")
+    rows.exclude(run_id__in=live).delete()
     owed = list(rows.values_list("dedup_id", "run_id", "seq", "wake_at", "after")[:limit])
     sent = failed = 0
     error: str | None = None
