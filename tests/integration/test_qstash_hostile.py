@@ -29,16 +29,12 @@ from hookflow_gen.testing.qstash import (
     sign,
 )
 from tests.e2e import flows
-from tests.integration.test_qstash_webhook import HOST, HOOK, SITE, deliver
-from tests.integration.test_qstash_webhook import (
-    qstash as qstash,  # a fixture
-)
-from tests.integration.test_qstash_webhook import (
-    runtime as runtime,  # a fixture
-)
-from tests.integration.test_qstash_webhook import (
-    scheduler as scheduler,  # a fixture
-)
+from tests.integration.test_qstash_webhook import HOOK, HOST, SITE, deliver
+
+# The webhook tests' fixtures (a local QStash, its scheduler, a runtime on them).
+from tests.integration.test_qstash_webhook import qstash as qstash  # noqa: PLC0414
+from tests.integration.test_qstash_webhook import runtime as runtime  # noqa: PLC0414
+from tests.integration.test_qstash_webhook import scheduler as scheduler  # noqa: PLC0414
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -137,9 +133,7 @@ def test_deeply_nested_signed_json_is_a_489(runtime: Runtime) -> None:
 
 
 @pytest.mark.parametrize("body_claim", [None, 12345, ["x"], {"a": 1}])
-def test_token_without_a_string_body_claim_is_a_401(
-    runtime: Runtime, body_claim: object
-) -> None:
+def test_token_without_a_string_body_claim_is_a_401(runtime: Runtime, body_claim: object) -> None:
     """A token signed with our key but with no ``body`` claim, or a non-string one, gets 401."""
     handle = flows.linear.start(flows.Count(n=1))
     body = json.dumps({"run_id": handle.run_id, "seq": 1}).encode()
@@ -151,7 +145,7 @@ def test_token_without_a_string_body_claim_is_a_401(
 
 @pytest.mark.parametrize("where", ["body", "query"])
 def test_nul_in_a_run_id_is_a_permanent_489(runtime: Runtime, where: str) -> None:
-    """A NUL in ``run_id`` or ``?run=`` is refused for good (489), not 503 "database unavailable"."""
+    """A NUL in ``run_id`` or ``?run=`` is a 489 for good, not 503 "database unavailable"."""
     if where == "body":
         response = deliver({"run_id": "abc\x00def", "seq": 1})
     else:
@@ -230,9 +224,9 @@ def _cases(run_id: str) -> list[tuple[str, str, str, bytes, str | None, dict[str
             .decode()
             .rstrip("=")
             + ".",
-            "nested-header": base64.urlsafe_b64encode(
-                b'{"alg":' + b"[" * 1400 + b"]" * 1400 + b"}"
-            ).decode().rstrip("=")
+            "nested-header": base64.urlsafe_b64encode(b'{"alg":' + b"[" * 1400 + b"]" * 1400 + b"}")
+            .decode()
+            .rstrip("=")
             + ".e30.c2ln",
             "forged-key": token(claims_for(url, good_body), key="sig_" + "z" * 28),
         }

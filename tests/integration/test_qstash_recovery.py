@@ -40,15 +40,11 @@ from tests.integration.test_qstash_webhook import (
     deliver,
     published,
 )
-from tests.integration.test_qstash_webhook import (
-    qstash as qstash,  # a fixture
-)
-from tests.integration.test_qstash_webhook import (
-    runtime as runtime,  # a fixture
-)
-from tests.integration.test_qstash_webhook import (
-    scheduler as scheduler,  # a fixture
-)
+
+# The webhook tests' fixtures (a local QStash, its scheduler, a runtime on them).
+from tests.integration.test_qstash_webhook import qstash as qstash  # noqa: PLC0414
+from tests.integration.test_qstash_webhook import runtime as runtime  # noqa: PLC0414
+from tests.integration.test_qstash_webhook import scheduler as scheduler  # noqa: PLC0414
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -197,22 +193,23 @@ def test_recovery_leaves_runs_that_keep_the_invariant(runtime: Runtime) -> None:
     store = runtime.store
     now = runtime.clock.now()
     due = flows.linear.start(flows.Count(n=1))  # wake_at set
+    pending = StepStatus.PENDING
     leased = flows.linear.start(flows.Count(n=1))
-    _hold(runtime, leased.run_id, StepRecord(0, "run", "step-0", StepStatus.PENDING, attempts=1,
-          lease_until=now + timedelta(minutes=5), lease_owner="b" * 32), wake_seq=2)  # fmt: skip
+    lease = now + timedelta(minutes=5)
+    held = StepRecord(0, "run", "step-0", pending, attempts=1, lease_until=lease, lease_owner="b")
+    _hold(runtime, leased.run_id, held, wake_seq=2)
     waiting = flows.waiter.start(flows.Wait(key="k"))
-    _hold(runtime, waiting.run_id,
-          StepRecord(0, "event", "approval", StepStatus.PENDING, key="k"), wake_seq=2)  # fmt: skip
+    _hold(runtime, waiting.run_id, StepRecord(0, "event", "approval", pending, key="k"), wake_seq=2)
     parent = flows.parent.start(flows.Count(n=1))
     child = flows.linear.start(flows.Count(n=1), run_id=f"{parent.run_id}-0")
-    _hold(runtime, parent.run_id,
-          StepRecord(0, "invoke", "child", StepStatus.PENDING, key=child.run_id), wake_seq=2)  # fmt: skip
+    invoke = StepRecord(0, "invoke", "child", pending, key=child.run_id)
+    _hold(runtime, parent.run_id, invoke, wake_seq=2)
     sleeper = flows.sleepy.start(flows.Nap(seconds=1))
-    _hold(runtime, sleeper.run_id, StepRecord(0, "sleep", "nap", StepStatus.PENDING,
-          wake_at=now + timedelta(seconds=1)), wake_seq=2)  # fmt: skip
+    nap = StepRecord(0, "sleep", "nap", pending, wake_at=now + timedelta(seconds=1))
+    _hold(runtime, sleeper.run_id, nap, wake_seq=2)
     orphan = flows.parent.start(flows.Count(n=1))
-    _hold(runtime, orphan.run_id,
-          StepRecord(0, "invoke", "child", StepStatus.PENDING, key="no-such-child"), wake_seq=2)  # fmt: skip
+    lost = StepRecord(0, "invoke", "child", pending, key="no-such-child")
+    _hold(runtime, orphan.run_id, lost, wake_seq=2)
     assert sorted(recover(runtime)) == sorted([sleeper.run_id, orphan.run_id])
     for kept in (due, leased, waiting, parent):
         assert store.get_run(kept.run_id).wake_seq in (1, 2)  # type: ignore[union-attr]  # exists
@@ -234,9 +231,10 @@ def test_database_worker_recovers_stranded_runs(clock: Any) -> None:
     runtime = build_runtime(get_settings(), clock=clock, scheduler=DatabaseScheduler())
     with use_runtime(runtime):
         handle = flows.linear.start(flows.Count(n=1))
-        _hold(runtime, handle.run_id, StepRecord(0, "run", "step-0", StepStatus.PENDING,
-              attempts=1, lease_until=clock.now() - timedelta(seconds=1),
-              lease_owner="c" * 32), wake_seq=1)  # fmt: skip
+        lapsed = clock.now() - timedelta(seconds=1)
+        claim = StepRecord(0, "run", "step-0", StepStatus.PENDING, attempts=1,
+                           lease_until=lapsed, lease_owner="c" * 32)  # fmt: skip
+        _hold(runtime, handle.run_id, claim, wake_seq=1)
         flows.reset()
         Worker(runtime, poll_interval=0.01).run(until_idle=0.0, max_ticks=5)
         assert handle.status is RunStatus.COMPLETED
@@ -321,7 +319,7 @@ def test_dead_lettered_callback_is_replayed_from_the_dlq(
     fast: tuple[Runtime, QStashServer, str],
 ) -> None:
     """A call's answer whose callback was dead-lettered is replayed by the sweep: no re-call."""
-    runtime, server, target = fast
+    _, server, target = fast
     handle = flows.caller.start(flows.Fetch(url=target))
     server.wait_idle(timeout=30)
     assert deliver({"run_id": handle.run_id, "seq": 1}).status_code == 200

@@ -317,7 +317,9 @@ def test_delivery_finding_a_held_step_publishes_a_wakeup_for_its_lease_end(
     for _ in range(3):  # copies of one message: one wake-up between them
         response = deliver({"run_id": handle.run_id, "seq": 1}, retried=retried)
         assert response.status_code == 200
-    lease = [m for m in qstash.messages(kind="publish") if "lease-dead" in (m.deduplication_id or "")]
+    lease = [
+        m for m in qstash.messages(kind="publish") if "lease-dead" in (m.deduplication_id or "")
+    ]
     assert len(lease) == 1
     assert json.loads(lease[0].body) == {"run_id": handle.run_id, "seq": 1}
     assert flows.executions(handle.run_id) == {}

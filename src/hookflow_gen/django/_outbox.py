@@ -133,9 +133,7 @@ def flush(
     """
     from django.utils import timezone
 
-    from .models import Outbox
-
-    from .models import Run
+    from .models import Outbox, Run
 
     rows = Outbox.objects.using(using).order_by("id")
     if run_id is not None:
