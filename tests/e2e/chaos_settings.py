@@ -1,3 +1,4 @@
+# pyright: reportConstantRedefinition=false
 """Settings of the web server process the QStash crash-and-fault suite kills and restarts.
 
 The test settings, with the QStash scheduler configured from the environment

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import pytest
@@ -94,11 +94,9 @@ class _Proxy(ThreadingHTTPServer):
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
-    server: _Proxy
-
     def _forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        proxy = self.server
+        proxy = cast("_Proxy", self.server)
         fault = "none"
         if self.command == "POST" and self.path.startswith("/v2/publish/"):
             with proxy.counts.lock:

@@ -52,7 +52,7 @@ KEY = DEFAULT_CURRENT_SIGNING_KEY
 
 def token(claims: dict[str, Any], *, key: str = KEY) -> str:
     """A token with exactly these claims, HS256-signed with ``key``."""
-    return jwt.encode(claims, key, algorithm="HS256")
+    return jwt.encode(claims, key, algorithm="HS256")  # pyright: ignore[reportUnknownMemberType]
 
 
 def claims_for(url: str, raw: bytes, /, **changes: Any) -> dict[str, Any]:

@@ -56,7 +56,10 @@ def _stranded_query(using: str, now: datetime, late_before: datetime | None) -> 
     child_running = Run.objects.using(using).filter(pk=OuterRef("key"), status="running")
     child_wait = pending.filter(kind="invoke").filter(Exists(child_running))
     unwoken = (
-        Q(wake_at__isnull=True) & ~Exists(live_lease) & ~Exists(event_wait) & ~Exists(child_wait)
+        Q(wake_at__isnull=True)
+        & ~Q(Exists(live_lease))
+        & ~Q(Exists(event_wait))
+        & ~Q(Exists(child_wait))
     )
     if late_before is not None:
         unwoken |= Q(wake_at__lt=late_before)
