@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import hashlib
+import itertools
 import json
 import math
 import subprocess
@@ -32,6 +34,7 @@ from hookflow_gen.testing.qstash import (
     default_backoff,
     parse_duration,
 )
+from hookflow_gen.testing.qstash._cron import Cron, CronError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -50,6 +53,11 @@ class Received:
     body: bytes
     started: float
     finished: float
+    raw_headers: tuple[tuple[str, str], ...] = ()
+
+    def count(self, name: str) -> int:
+        """How many times a header arrived, names compared without case."""
+        return sum(key.lower() == name.lower() for key, _ in self.raw_headers)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -126,6 +134,7 @@ class Sink:
                     body=body,
                     started=started,
                     finished=time.time(),
+                    raw_headers=tuple(handler.headers.items()),
                 )
             )
             self._condition.notify_all()
@@ -717,11 +726,306 @@ def test_public_names_are_pinned() -> None:
         "MessageState",
         "PublishedMessage",
         "QStashServer",
+        "ScheduleRecord",
         "Stats",
         "default_backoff",
         "parse_duration",
         "sign",
     ]
+
+
+# -- forwarded headers and failed deliveries ---------------------------------------
+
+
+def test_qstash_headers_win_over_forwarded_ones_of_any_case(
+    qs: QStashServer, client: QStash, sink: Sink
+) -> None:
+    """Forwarded headers named like QStash's own, in any case, never reach the destination."""
+    result = publish(
+        client,
+        url=sink.url("/hook"),
+        body="payload",
+        headers={
+            "upstash-signature": "stale-token",
+            "UPSTASH-MESSAGE-ID": "msg_forged",
+            "upstash-retried": "7",
+            "user-agent": "forged-agent",
+            "HOST": "evil.example",
+            "content-type": "text/forged",
+            "X-Kept": "yes",
+        },
+        content_type="text/plain",
+    )
+    [request] = sink.wait_for(1, "/hook")
+    own = ["upstash-signature", "upstash-message-id", "upstash-retried", "user-agent", "host"]
+    for name in own:
+        assert request.count(name) == 1, name
+    verify(qs, request)
+    assert request.headers["upstash-message-id"] == result.message_id
+    assert request.headers["upstash-retried"] == "0"
+    assert request.headers["user-agent"] == "Upstash-QStash"
+    assert request.headers["host"] == sink.base.removeprefix("http://")
+    assert request.headers["content-type"] == "text/plain"
+    assert request.headers["x-kept"] == "yes"
+
+
+def test_forwarded_content_length_does_not_break_the_delivery(
+    qs: QStashServer, client: QStash, sink: Sink
+) -> None:
+    """A forwarded Content-Length that contradicts the body is ignored; the body arrives whole."""
+    publish(client, url=sink.url("/hook"), body="hello world", headers={"Content-Length": "3"})
+    [request] = sink.wait_for(1, "/hook")
+    qs.wait_idle()
+    assert request.body == b"hello world"
+    assert request.count("content-length") == 1
+    assert qs.stats.delivered == 1
+
+
+def test_any_exception_in_a_delivery_ends_as_retries_then_a_dead_letter(
+    qs: QStashServer, client: QStash, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error while delivering is a failed attempt: retried, then dead-lettered."""
+    original = httpx.Client.request
+
+    def failing(self: httpx.Client, method: str, url: Any, **options: Any) -> httpx.Response:
+        if str(url).startswith(sink.url("/boom")):
+            raise RuntimeError("boom")
+        return original(self, method, url, **options)
+
+    monkeypatch.setattr(httpx.Client, "request", failing)
+    result = publish_json(client, url=sink.url("/boom"), body={}, retries=2)
+    qs.wait_idle()
+    message = qs.message(result.message_id)
+    assert message.state == "FAILED"
+    attempts = qs.attempts(result.message_id)
+    assert [a.retried for a in attempts] == [0, 1, 2]
+    assert all(a.error is not None and "RuntimeError: boom" in a.error for a in attempts)
+    [entry] = qs.dlq()
+    assert entry.message.message_id == result.message_id
+
+
+def test_headers_that_cannot_be_sent_are_refused_at_publish(qs: QStashServer, sink: Sink) -> None:
+    """A forwarded header with a line break, or a bad callback setting, is a 400 at publish."""
+    items = [{"destination": sink.url("/x"), "headers": {"Upstash-Forward-X": "a\r\nb"}}]
+    assert raw(qs, "POST", "/v2/batch", json=items).status_code == 400
+    bad_callback = raw(
+        qs,
+        "POST",
+        "/v2/publish/" + sink.url("/x"),
+        headers={
+            "Upstash-Callback": sink.url("/cb"),
+            "Upstash-Callback-Retries": "many",
+        },
+    )
+    assert bad_callback.status_code == 400
+    assert qs.stats.published == 0
+
+
+# -- schedules -------------------------------------------------------------------
+
+
+def test_cron_next_firing_follows_each_field() -> None:
+    """Cron expressions fire at the next matching minute, with steps, lists, names and zones."""
+    start = datetime.datetime(2026, 12, 2, 3, 7, 30, tzinfo=datetime.UTC).timestamp()
+
+    def next_utc(text: str, after: float = start) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(Cron.parse(text).next_after(after), datetime.UTC)
+
+    assert next_utc("* * * * *") == datetime.datetime(2026, 12, 2, 3, 8, tzinfo=datetime.UTC)
+    assert next_utc("*/15 * * * *").minute == 15
+    assert next_utc("0 9 * * MON-FRI") == datetime.datetime(2026, 12, 2, 9, 0, tzinfo=datetime.UTC)
+    assert next_utc("0 0 1 JAN *") == datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC)
+    assert next_utc("30 4 * * 0").weekday() == 6  # 0 is Sunday
+    assert next_utc("30 4 * * 7") == next_utc("30 4 * * 0")
+    # Both day fields restricted: either one matching fires (the 5th, then Monday the 7th).
+    fifth = next_utc("0 0 5 * MON")
+    assert fifth == datetime.datetime(2026, 12, 5, tzinfo=datetime.UTC)
+    assert next_utc("0 0 5 * MON", fifth.timestamp()).day == 7
+    tokyo = next_utc("CRON_TZ=Asia/Tokyo 0 9 * * *")
+    assert tokyo == datetime.datetime(2026, 12, 3, 0, 0, tzinfo=datetime.UTC)
+    bad_expressions = ["* * * *", "61 * * * *", "*/0 * * * *", "5-1 * * * *"]
+    bad_expressions.append("CRON_TZ=No/X * * * * *")
+    for bad in bad_expressions:
+        with pytest.raises(CronError):
+            Cron.parse(bad)
+    with pytest.raises(CronError):
+        Cron.parse("0 0 30 2 *").next_after(start)
+
+
+def test_schedule_fires_signed_deliveries_on_the_scaled_clock(
+    qs: QStashServer, client: QStash, sink: Sink
+) -> None:
+    """A cron schedule publishes a normal signed message at each firing of the QStash clock."""
+    schedule_id = client.schedule.create(
+        destination=sink.url("/sweep?site=1"),
+        cron="* * * * *",
+        body="tick",
+        headers={"X-Site": "shop"},
+        retries=2,
+    )
+    requests = sink.wait_for(3, "/sweep")
+    ids = {request.headers["upstash-message-id"] for request in requests}
+    assert len(ids) == 3
+    for request in requests:
+        verify(qs, request)
+        assert request.body == b"tick"
+        assert request.headers["x-site"] == "shop"
+        assert request.headers["upstash-schedule-id"] == schedule_id
+        assert request.url.endswith("/sweep?site=1")
+    # Firings land on minute boundaries of the QStash clock, a minute apart.
+    fired = [qs.message(request.headers["upstash-message-id"]).published_at for request in requests]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fired)]
+    assert all(gap >= 60 * SCALE * 0.5 for gap in gaps)
+    record = next(r for r in qs.schedules() if r.schedule_id == schedule_id)
+    assert ids <= set(record.message_ids)
+    assert all(qs.message(i).max_retries == 2 for i in ids)
+
+
+def test_schedule_list_get_pause_resume_delete(
+    qs: QStashServer, client: QStash, sink: Sink
+) -> None:
+    """Schedules are listed, read, paused, resumed and deleted through the client."""
+    schedule_id = client.schedule.create(
+        destination=sink.url("/tick"), cron="*/5 * * * *", body="b", headers={"X-A": "1"}
+    )
+    other = client.schedule.create(destination=sink.url("/other"), cron="0 0 1 1 *")
+    assert {s.schedule_id for s in client.schedule.list()} == {schedule_id, other}
+    got = client.schedule.get(schedule_id)
+    assert got.cron == "*/5 * * * *"
+    assert got.destination == sink.url("/tick")
+    assert got.body == "b"
+    assert got.headers == {"X-A": ["1"]}
+    assert got.paused is False
+    assert got.next_schedule_time is not None
+    assert got.next_schedule_time >= got.created_at
+    client.schedule.pause(schedule_id)
+    paused = client.schedule.get(schedule_id)
+    assert paused.paused is True
+    assert paused.next_schedule_time is None
+    fired = len(next(r for r in qs.schedules() if r.schedule_id == schedule_id).message_ids)
+    client.schedule.resume(schedule_id)
+    assert client.schedule.get(schedule_id).paused is False
+    sink.wait_for(fired + 1, "/tick")
+    client.schedule.delete(schedule_id)
+    assert [s.schedule_id for s in client.schedule.list()] == [other]
+    with pytest.raises(QStashError, match="not found"):
+        client.schedule.get(schedule_id)
+    assert schedule_id not in {r.schedule_id for r in qs.schedules()}
+
+
+def test_schedule_with_same_id_replaces_and_wait_idle_ignores_schedules(
+    qs: QStashServer, client: QStash, sink: Sink
+) -> None:
+    """Creating with an existing schedule id replaces it; an idle schedule does not block."""
+    first = client.schedule.create(
+        destination=sink.url("/a"), cron="0 0 1 1 *", schedule_id="sweep"
+    )
+    second = client.schedule.create(
+        destination=sink.url("/b"), cron="0 0 1 1 *", schedule_id="sweep"
+    )
+    assert first == second == "sweep"
+    [schedule] = client.schedule.list()
+    assert schedule.destination == sink.url("/b")
+    qs.wait_idle(timeout=5)
+
+
+def test_schedule_create_rejects_bad_input(qs: QStashServer, sink: Sink) -> None:
+    """A missing or invalid cron, or a bad destination, is a 400 with a message."""
+    no_cron = raw(qs, "POST", "/v2/schedules/" + sink.url("/x"))
+    assert no_cron.status_code == 400
+    assert "Upstash-Cron" in no_cron.json()["error"]
+    bad_cron = raw(qs, "POST", "/v2/schedules/" + sink.url("/x"), headers={"Upstash-Cron": "x"})
+    assert bad_cron.status_code == 400
+    bad_url = raw(qs, "POST", "/v2/schedules/nowhere", headers={"Upstash-Cron": "* * * * *"})
+    assert bad_url.status_code == 400
+    assert raw(qs, "GET", "/v2/schedules").json() == []
+
+
+# -- flow control ----------------------------------------------------------------
+
+
+def _max_overlap(requests: list[Received]) -> int:
+    events = sorted(
+        [(r.started, 1) for r in requests] + [(r.finished, -1) for r in requests],
+        key=lambda event: (event[0], event[1]),
+    )
+    current = peak = 0
+    for _, change in events:
+        current += change
+        peak = max(peak, current)
+    return peak
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_flow_control_parallelism_caps_concurrent_deliveries(
+    qs: QStashServer, client: QStash, sink: Sink, parallelism: int
+) -> None:
+    """No more deliveries of one flow-control key run at once than its parallelism."""
+    sink.slow("/slow", 0.05)
+    for n in range(6):
+        publish_json(
+            client,
+            url=sink.url("/slow"),
+            body={"n": n},
+            flow_control={"key": "k", "parallelism": parallelism},
+        )
+    requests = sink.wait_for(6, "/slow")
+    qs.wait_idle()
+    assert _max_overlap(requests) <= parallelism
+    assert sorted(r.json()["n"] for r in requests) == list(range(6))
+    info = client.flow_control.get("k")
+    assert info.parallelism_max == parallelism
+    assert info.parallelism_count == 0
+    assert info.wait_list_size == 0
+
+
+def test_flow_control_rate_spreads_deliveries_over_periods(sink: Sink) -> None:
+    """At most ``rate`` deliveries of a key start within one period of the QStash clock."""
+    scale = 0.01
+    with QStashServer(time_scale=scale) as server:
+        client = QStash(server.token, base_url=server.url, retry=False)
+        for n in range(6):
+            publish_json(
+                client,
+                url=sink.url("/rated"),
+                body={"n": n},
+                flow_control={"key": "r", "rate": 2, "period": 10},
+            )
+        sink.wait_for(6, "/rated")
+        server.wait_idle()
+        starts = sorted(a.started_at for a in server.attempts())
+    assert len(starts) == 6
+    # Any three starts span about a period (10 QStash seconds = 0.1 s real); without
+    # the rate all six would start within a few milliseconds. Half a period of slack
+    # absorbs scheduling jitter on a loaded machine.
+    spans = [later - earlier for earlier, later in zip(starts, starts[2:], strict=False)]
+    assert min(spans) >= 10 * scale * 0.5
+
+
+def test_flow_control_is_reported_and_validated(qs: QStashServer, client: QStash) -> None:
+    """A pending message shows its flow control; a malformed value is a 400."""
+    result = publish_json(
+        client,
+        url="http://127.0.0.1:9/never",
+        body={},
+        delay=3600,
+        flow_control={"key": "shown", "parallelism": 3, "rate": 5, "period": "1m"},
+    )
+    message = client.message.get(result.message_id)
+    assert message.flow_control is not None
+    assert message.flow_control.key == "shown"
+    assert message.flow_control.parallelism == 3
+    assert message.flow_control.rate == 5
+    assert message.flow_control.period == 60
+    client.message.cancel(result.message_id)
+    for value in ["parallelism=0", "speed=3", "rate=x", ""]:
+        answer = raw(
+            qs,
+            "POST",
+            "/v2/publish/http://127.0.0.1:9/x",
+            headers={"Upstash-Flow-Control-Key": "k", "Upstash-Flow-Control-Value": value},
+        )
+        assert answer.status_code == 400, value
 
 
 # -- command line ----------------------------------------------------------------

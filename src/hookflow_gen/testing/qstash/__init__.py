@@ -32,6 +32,7 @@ from ._records import DlqEntry as DlqEntry
 from ._records import MessageKind as MessageKind
 from ._records import MessageState as MessageState
 from ._records import PublishedMessage as PublishedMessage
+from ._records import ScheduleRecord as ScheduleRecord
 from ._records import Stats as Stats
 from ._server import QStashServer as QStashServer
 from ._signing import sign as sign
@@ -50,6 +51,7 @@ __all__ = [
     "MessageState",
     "PublishedMessage",
     "QStashServer",
+    "ScheduleRecord",
     "Stats",
     "default_backoff",
     "parse_duration",

@@ -14,6 +14,7 @@ __all__ = [
     "MessageKind",
     "MessageState",
     "PublishedMessage",
+    "ScheduleRecord",
     "Stats",
 ]
 
@@ -134,6 +135,32 @@ class DlqEntry:
     response_headers: Mapping[str, str]
     response_body: bytes
     failed_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """A cron schedule as the server holds it (``/v2/schedules``).
+
+    Attributes:
+        schedule_id: The id returned by ``client.schedule.create``.
+        destination: The URL (or queue destination) each firing publishes to.
+        cron: The cron expression, as given.
+        paused: Whether firings are suspended.
+        created_at: Real unix time the schedule was created (or last replaced).
+        last_fired_at: QStash time (see :meth:`QStashServer.now`) of the last
+            firing, if any.
+        next_fire_at: QStash time of the next firing; ``None`` while paused.
+        message_ids: The messages published by firings, oldest first.
+    """
+
+    schedule_id: str
+    destination: str
+    cron: str
+    paused: bool
+    created_at: float
+    last_fired_at: float | None
+    next_fire_at: float | None
+    message_ids: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

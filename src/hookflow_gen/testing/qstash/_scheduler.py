@@ -19,11 +19,15 @@ class Scheduler:
 
     Work is keyed (by message id) so a cancelled message leaves the heap at
     once; otherwise a cancelled day-long delay would keep the queue busy.
+    Background work (a schedule's next firing) never makes the scheduler
+    busy: a cron schedule would otherwise keep :meth:`wait_idle` waiting
+    forever. What a background task starts (a delivery) is foreground work.
     """
 
     def __init__(self, workers: int, on_error: Callable[[BaseException], None]) -> None:
         self._condition = threading.Condition()
-        self._heap: list[tuple[float, int, str, Task]] = []
+        self._heap: list[tuple[float, int, str, Task, bool]] = []
+        self._foreground = 0
         self._sequence = itertools.count()
         self._in_flight = 0
         self._stopping = False
@@ -34,13 +38,23 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def schedule(self, delay: float, key: str, task: Task) -> None:
-        """Run ``task`` after ``delay`` real seconds; ignored once stopping."""
+    def schedule(self, delay: float, key: str, task: Task, *, background: bool = False) -> None:
+        """Run ``task`` after ``delay`` real seconds; ignored once stopping.
+
+        Args:
+            delay: Real seconds to wait.
+            key: What :meth:`discard` drops the task by.
+            task: The callable.
+            background: The pending task does not count as work for
+                :meth:`idle` and :meth:`wait_idle`.
+        """
         due = time.monotonic() + max(0.0, delay)
         with self._condition:
             if self._stopping:
                 return
-            heapq.heappush(self._heap, (due, next(self._sequence), key, task))
+            heapq.heappush(self._heap, (due, next(self._sequence), key, task, background))
+            if not background:
+                self._foreground += 1
             self._condition.notify_all()
 
     def discard(self, key: str) -> int:
@@ -51,6 +65,7 @@ class Scheduler:
             if dropped:
                 heapq.heapify(kept)
                 self._heap = kept
+                self._foreground = sum(not entry[4] for entry in kept)
                 self._condition.notify_all()
             return dropped
 
@@ -58,17 +73,18 @@ class Scheduler:
         """Drop every pending task."""
         with self._condition:
             self._heap.clear()
+            self._foreground = 0
             self._condition.notify_all()
 
     def idle(self) -> bool:
         with self._condition:
-            return not self._heap and self._in_flight == 0
+            return self._foreground == 0 and self._in_flight == 0
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until nothing is pending or running; ``False`` on timeout."""
         deadline = time.monotonic() + timeout
         with self._condition:
-            while self._heap or self._in_flight:
+            while self._foreground or self._in_flight:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -80,6 +96,7 @@ class Scheduler:
         with self._condition:
             self._stopping = True
             self._heap.clear()
+            self._foreground = 0
             self._condition.notify_all()
         if self._thread.is_alive():
             self._thread.join()
@@ -95,7 +112,9 @@ class Scheduler:
                 if wait > 0:
                     self._condition.wait(wait)
                     continue
-                _, _, _, task = heapq.heappop(self._heap)
+                _, _, _, task, background = heapq.heappop(self._heap)
+                if not background:
+                    self._foreground -= 1
                 # Counted before the lock is released so wait_idle never sees a gap
                 # between "popped" and "running".
                 self._in_flight += 1

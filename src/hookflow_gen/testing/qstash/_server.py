@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -30,6 +31,7 @@ from ._config import (
     default_backoff,
     parse_duration,
 )
+from ._cron import Cron, CronError
 from ._faults import FaultPlan, Faults
 from ._records import (
     DeliveryAttempt,
@@ -37,6 +39,7 @@ from ._records import (
     MessageKind,
     MessageState,
     PublishedMessage,
+    ScheduleRecord,
     Stats,
 )
 from ._scheduler import Scheduler
@@ -95,6 +98,72 @@ class _Draft:
     label: str | None
     kind: MessageKind = "publish"
     source_message_id: str | None = None
+    flow_key: str | None = None
+    flow: _FlowConfig | None = None
+    schedule_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FlowConfig:
+    """``Upstash-Flow-Control-Value``: at most ``parallelism`` deliveries at once,
+    at most ``rate`` started per ``period`` QStash seconds."""
+
+    parallelism: int | None
+    rate: int | None
+    period: float
+
+    def as_json(self) -> dict[str, JSON]:
+        answer: dict[str, JSON] = {"period": int(self.period)}
+        if self.parallelism is not None:
+            answer["parallelism"] = self.parallelism
+        if self.rate is not None:
+            answer["rate"] = self.rate
+        return answer
+
+
+@dataclasses.dataclass(slots=True)
+class _FlowState:
+    """One flow-control key: its latest configuration and what it admits now."""
+
+    config: _FlowConfig
+    active: int = 0
+    window_start: float = 0.0
+    window_count: int = 0
+    waiting: collections.deque[tuple[str, int, float, FaultPlan]] = dataclasses.field(
+        default_factory=collections.deque[tuple[str, int, float, FaultPlan]]
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class _Schedule:
+    """A cron schedule; mutated only under the server lock."""
+
+    schedule_id: str
+    destination: str
+    cron: Cron
+    pairs: list[tuple[str, str]]
+    lowered: dict[str, str]
+    body: bytes
+    template: _Draft
+    created_at: float
+    paused: bool = False
+    generation: int = 0
+    last_fired_at: float | None = None
+    next_fire_at: float | None = None
+    message_ids: list[str] = dataclasses.field(default_factory=list[str])
+    error: str | None = None
+
+    def snapshot(self) -> ScheduleRecord:
+        return ScheduleRecord(
+            schedule_id=self.schedule_id,
+            destination=self.destination,
+            cron=self.cron.text,
+            paused=self.paused,
+            created_at=self.created_at,
+            last_fired_at=self.last_fired_at,
+            next_fire_at=self.next_fire_at,
+            message_ids=tuple(self.message_ids),
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -173,10 +242,15 @@ class QStashServer:
     ``Upstash-Timeout`` and ``delivery_timeout`` are network timeouts and are
     not scaled.
 
-    Not modelled: URL groups, schedules, queue ordering and parallelism
-    (``/v2/enqueue`` behaves like publish and records the queue name), flow
-    control (the headers are accepted and recorded, not enforced), logs and
-    events. A callback is sent only after attempts that got an HTTP answer.
+    Cron schedules (``/v2/schedules``) fire on the server's QStash clock
+    (:meth:`now`, which runs ``1 / time_scale`` times as fast as real time),
+    each firing a normal signed message. Flow control
+    (``Upstash-Flow-Control-Key`` / ``-Value``) caps the deliveries of a key
+    in flight (``parallelism``) and started per period (``rate``, ``period``).
+
+    Not modelled: URL groups, queue ordering and parallelism (``/v2/enqueue``
+    behaves like publish and records the queue name), logs and events. A
+    callback is sent only after attempts that got an HTTP answer.
 
     Example:
         >>> with QStashServer(time_scale=0.001) as qs:  # doctest: +SKIP
@@ -243,6 +317,9 @@ class QStashServer:
         self._counters = _Counters()
         self._errors: list[BaseException] = []
         self._dlq_sequence = itertools.count()
+        self._schedules: dict[str, _Schedule] = {}
+        self._flows: dict[str, _FlowState] = {}
+        self._origin = (time.time(), time.monotonic())
         self._httpd: _HTTPServer | None = None
         self._http_thread: threading.Thread | None = None
         self._scheduler: Scheduler | None = None
@@ -364,11 +441,27 @@ class QStashServer:
         with self._lock:
             return Stats(**dataclasses.asdict(self._counters))
 
+    def now(self) -> float:
+        """The server's QStash clock: unix seconds that run ``1 / time_scale`` times as fast.
+
+        Cron schedules fire and flow-control periods roll on this clock, so
+        with ``time_scale=0.001`` an every-minute schedule fires every 60 ms.
+        It starts at the real time when the server is created.
+        """
+        real, monotonic = self._origin
+        return real + (time.monotonic() - monotonic) / self.time_scale
+
+    def schedules(self) -> list[ScheduleRecord]:
+        """Return every cron schedule, oldest first."""
+        with self._lock:
+            return [schedule.snapshot() for schedule in self._schedules.values()]
+
     def wait_idle(self, timeout: float = 10.0) -> None:
         """Block until no delivery is pending or running.
 
         A message delayed far into the future keeps the server busy; cancel
-        it or use a smaller ``time_scale``.
+        it or use a smaller ``time_scale``. A schedule's next firing does not
+        count as work; the messages it publishes do.
 
         Args:
             timeout: Real seconds to wait.
@@ -396,6 +489,8 @@ class QStashServer:
             self._attempts.clear()
             self._dlq.clear()
             self._dedup.clear()
+            self._schedules.clear()
+            self._flows.clear()
             self._counters = _Counters()
             self._errors.clear()
 
@@ -433,6 +528,8 @@ class QStashServer:
             queue, _, destination = target[len("/v2/enqueue/") :].partition("/")
             draft = self._parse(destination, pairs, lowered, body, unquote(queue))
             return self._accept(draft)
+        if method == "POST" and target.startswith("/v2/schedules/"):
+            return self._create_schedule(target[len("/v2/schedules/") :], pairs, lowered, body)
         path, _, query = target.partition("?")
         params = {key: values[-1] for key, values in parse_qs(query).items()}
         parts = path.rstrip("/").split("/")[2:]
@@ -457,6 +554,34 @@ class QStashServer:
                 return 200, None
             case "DELETE", ["dlq"]:
                 return 200, {"deleted": self._delete_dlq_many(body)}
+            case "GET", ["schedules"]:
+                with self._lock:
+                    return 200, [self._schedule_json(s) for s in self._schedules.values()]
+            case "GET", ["schedules", schedule_id]:
+                with self._lock:
+                    return 200, self._schedule_json(self._schedule(schedule_id))
+            case "DELETE", ["schedules", schedule_id]:
+                self._delete_schedule(schedule_id)
+                return 200, None
+            case "PATCH" | "POST", ["schedules", schedule_id, "pause"]:
+                self._pause_schedule(schedule_id, paused=True)
+                return 200, None
+            case "PATCH" | "POST", ["schedules", schedule_id, "resume"]:
+                self._pause_schedule(schedule_id, paused=False)
+                return 200, None
+            case "GET", ["flowControl"]:
+                with self._lock:
+                    return 200, [_flow_json(k, v) for k, v in self._flows.items()]
+            case "GET", ["flowControl", key]:
+                with self._lock:
+                    state = self._flows.get(unquote(key))
+                    if state is None:
+                        raise _HttpError(404, f"flow control key {unquote(key)} not found")
+                    return 200, _flow_json(unquote(key), state)
+            case "GET", ["globalParallelism"]:
+                with self._lock:
+                    active = sum(state.active for state in self._flows.values())
+                return 200, {"parallelismMax": 0, "parallelismCount": active}
             case "GET", ["keys"]:
                 return 200, {"current": self.current_signing_key, "next": self.next_signing_key}
             case "POST", ["keys", "rotate"]:
@@ -504,7 +629,13 @@ class QStashServer:
                 digest.update(repr(part).encode())
             digest.update(body)
             dedup_key = "content:" + digest.hexdigest()
-        return _Draft(
+        flow_key = lowered.get("upstash-flow-control-key")
+        flow: _FlowConfig | None = None
+        if flow_key is not None:
+            flow = _flow_config(lowered.get("upstash-flow-control-value", ""))
+        elif "upstash-flow-control-value" in lowered:
+            raise _HttpError(400, "Upstash-Flow-Control-Value needs Upstash-Flow-Control-Key")
+        draft = _Draft(
             url=url,
             method=method,
             headers=dict(lowered),
@@ -523,7 +654,11 @@ class QStashServer:
             failure_callback_headers=_prefixed(pairs, _FAILURE_CALLBACK_FORWARD),
             queue=queue,
             label=lowered.get("upstash-label"),
+            flow_key=flow_key,
+            flow=flow,
         )
+        _check_draft(draft)
+        return draft
 
     def _accept(self, draft: _Draft) -> tuple[int, JSON]:
         message_id, deduplicated = self._store(draft)
@@ -599,7 +734,11 @@ class QStashServer:
                 return False
             message.state = "CANCELLED"
             self._counters.cancelled += 1
+            flow_key = message.draft.flow_key
         self._require_scheduler().discard(message_id)
+        if flow_key is not None:
+            # The cancelled message may have been the waiter woken for a free slot.
+            self._release(flow_key, freed=False)
         return True
 
     def _dlq_entry(self, dlq_id: str) -> DlqEntry:
@@ -645,6 +784,211 @@ class QStashServer:
             raise _HttpError(400, 'expected {"dlqIds": [...]}') from error
         with self._lock:
             return sum(self._dlq.pop(dlq_id, None) is not None for dlq_id in ids)
+
+    # -- schedules -------------------------------------------------------------
+
+    def _create_schedule(
+        self,
+        destination: str,
+        pairs: list[tuple[str, str]],
+        lowered: dict[str, str],
+        body: bytes,
+    ) -> tuple[int, JSON]:
+        cron_text = lowered.get("upstash-cron", "").strip()
+        if not cron_text:
+            raise _HttpError(400, "a schedule needs an Upstash-Cron header")
+        try:
+            cron = Cron.parse(cron_text)
+            cron.next_after(self.now())
+        except CronError as error:
+            raise _HttpError(400, f"invalid Upstash-Cron: {error}") from error
+        # Validated like a publish now, so a bad header fails the create, not a firing.
+        template = self._parse(destination, pairs, lowered, body, lowered.get("upstash-queue-name"))
+        schedule_id = lowered.get("upstash-schedule-id") or f"scd_{uuid.uuid4().hex}"
+        with self._lock:
+            previous = self._schedules.pop(schedule_id, None)
+            schedule = _Schedule(
+                schedule_id=schedule_id,
+                destination=template.url,
+                cron=cron,
+                pairs=list(pairs),
+                lowered=dict(lowered),
+                body=body,
+                template=template,
+                created_at=time.time(),
+                generation=0 if previous is None else previous.generation,
+            )
+            self._schedules[schedule_id] = schedule
+            self._arm(schedule)
+        return 201, {"scheduleId": schedule_id}
+
+    def _schedule(self, schedule_id: str) -> _Schedule:
+        schedule = self._schedules.get(schedule_id)
+        if schedule is None:
+            raise _HttpError(404, f"schedule {schedule_id} not found")
+        return schedule
+
+    def _delete_schedule(self, schedule_id: str) -> None:
+        with self._lock:
+            schedule = self._schedule(schedule_id)
+            del self._schedules[schedule_id]
+            schedule.generation += 1
+        self._require_scheduler().discard(_schedule_key(schedule_id))
+
+    def _pause_schedule(self, schedule_id: str, *, paused: bool) -> None:
+        with self._lock:
+            schedule = self._schedule(schedule_id)
+            if schedule.paused != paused or schedule.next_fire_at is None:
+                schedule.paused = paused
+                self._arm(schedule)
+
+    def _arm(self, schedule: _Schedule) -> None:
+        """Plan the schedule's next firing on the QStash clock (under the lock)."""
+        scheduler = self._require_scheduler()
+        schedule.generation += 1
+        scheduler.discard(_schedule_key(schedule.schedule_id))
+        if schedule.paused:
+            schedule.next_fire_at = None
+            return
+        now = self.now()
+        due = schedule.cron.next_after(now)
+        schedule.next_fire_at = due
+        scheduler.schedule(
+            (due - now) * self.time_scale,
+            _schedule_key(schedule.schedule_id),
+            functools.partial(self._fire, schedule.schedule_id, schedule.generation),
+            background=True,
+        )
+
+    def _fire(self, schedule_id: str, generation: int) -> None:
+        """Publish one message for a schedule, then plan the next firing.
+
+        Firings missed while the server was slow are skipped, not caught up,
+        as QStash does.
+        """
+        with self._lock:
+            schedule = self._schedules.get(schedule_id)
+            if schedule is None or schedule.generation != generation or schedule.paused:
+                return
+            fired_at = schedule.next_fire_at
+            draft = dataclasses.replace(schedule.template, schedule_id=schedule_id)
+        try:
+            message_id, _ = self._store(draft)
+        finally:
+            with self._lock:
+                current = self._schedules.get(schedule_id) is schedule
+                if current and schedule.generation == generation:
+                    self._arm(schedule)
+        with self._lock:
+            schedule.last_fired_at = fired_at
+            schedule.message_ids.append(message_id)
+
+    def _schedule_json(self, schedule: _Schedule) -> dict[str, JSON]:
+        draft = schedule.template
+        answer: dict[str, JSON] = {
+            "scheduleId": schedule.schedule_id,
+            "cron": schedule.cron.text,
+            "createdAt": _milliseconds(schedule.created_at),
+            "destination": draft.url,
+            "method": draft.method,
+            "header": _listed(draft.forward_headers),
+            "retries": draft.max_retries,
+            "isPaused": schedule.paused,
+            "callerIP": "127.0.0.1",
+            **_body_fields(schedule.body, "body", "bodyBase64"),
+        }
+        states: dict[str, JSON] | None = None
+        if schedule.message_ids:
+            last = self._messages.get(schedule.message_ids[-1])
+            if last is not None:
+                states = {last.message_id: _SCHEDULE_STATES.get(last.state, "IN_PROGRESS")}
+        optional: dict[str, JSON] = {
+            "callback": draft.callback,
+            "failureCallback": draft.failure_callback,
+            "callbackHeader": _listed(draft.callback_headers) if draft.callback_headers else None,
+            "failureCallbackHeader": (
+                _listed(draft.failure_callback_headers) if draft.failure_callback_headers else None
+            ),
+            "queueName": draft.queue,
+            "label": draft.label,
+            "retryDelayExpression": draft.retry_delay_expression,
+            "delay": int(draft.delay) if draft.delay else None,
+            "timeout": int(draft.timeout) if draft.timeout is not None else None,
+            "lastScheduleTime": (
+                None if schedule.last_fired_at is None else _milliseconds(schedule.last_fired_at)
+            ),
+            "nextScheduleTime": (
+                None if schedule.next_fire_at is None else _milliseconds(schedule.next_fire_at)
+            ),
+            "lastScheduleStates": states,
+        }
+        answer.update({key: value for key, value in optional.items() if value is not None})
+        answer.update(_flow_fields(draft))
+        return answer
+
+    # -- flow control ------------------------------------------------------------
+
+    def _admit(
+        self, draft: _Draft, message_id: str, retried: int, due_at: float, plan: FaultPlan
+    ) -> bool:
+        """Take a flow-control slot for an attempt, or park the attempt (under the lock).
+
+        Returns:
+            Whether the attempt may go now. A parked attempt waits for a
+            parallelism slot (woken by :meth:`_release`) or is rescheduled for
+            the start of the next rate period.
+        """
+        key, config = draft.flow_key, draft.flow
+        if key is None or config is None:
+            return True
+        state = self._flows.get(key)
+        if state is None:
+            state = self._flows[key] = _FlowState(config=config, window_start=self.now())
+        # The latest message's configuration is the key's, as in QStash.
+        state.config = config
+        if config.parallelism is not None and state.active >= config.parallelism:
+            state.waiting.append((message_id, retried, due_at, plan))
+            return False
+        if config.rate is not None:
+            now = self.now()
+            if now - state.window_start >= config.period:
+                state.window_start, state.window_count = now, 0
+            if state.window_count >= config.rate:
+                wait = state.window_start + config.period - now
+                self._require_scheduler().schedule(
+                    wait * self.time_scale,
+                    message_id,
+                    functools.partial(self._attempt, message_id, retried, due_at, plan),
+                )
+                return False
+            state.window_count += 1
+        state.active += 1
+        return True
+
+    def _release(self, key: str, *, freed: bool = True) -> None:
+        """Give back a parallelism slot and wake the first attempt still waiting.
+
+        Args:
+            key: The flow-control key.
+            freed: Whether a slot is given back; ``False`` only wakes a
+                waiter, for when a woken attempt was cancelled before it ran.
+        """
+        with self._lock:
+            state = self._flows.get(key)
+            if state is None:
+                return
+            if freed:
+                state.active = max(0, state.active - 1)
+            while state.waiting:
+                message_id, retried, due_at, plan = state.waiting.popleft()
+                message = self._messages.get(message_id)
+                if message is not None and message.state in {"CREATED", "RETRY"}:
+                    self._require_scheduler().schedule(
+                        0.0,
+                        message_id,
+                        functools.partial(self._attempt, message_id, retried, due_at, plan),
+                    )
+                    return
 
     # -- storing and delivering ---------------------------------------------
 
@@ -706,10 +1050,58 @@ class QStashServer:
         with self._lock:
             if message.state not in {"CREATED", "RETRY"}:
                 return
+            if not self._admit(draft, message_id, retried, due_at, plan):
+                return
             message.state = "ACTIVE"
             message.attempts += 1
-        signature = sign(key=self.current_signing_key, url=draft.url, body=draft.body)
-        answers = self._send_copies(draft, message_id, retried, plan, signature)
+        try:
+            signature = sign(key=self.current_signing_key, url=draft.url, body=draft.body)
+            answers = self._send_copies(draft, message_id, retried, plan, signature)
+            self._settle(message, retried, due_at, plan, answers)
+        except Exception as error:
+            # Whatever went wrong, the attempt ends as a failed attempt (so a
+            # retry or a dead letter), never as a message stuck ACTIVE.
+            self._recover(message, retried, due_at, plan, error)
+        finally:
+            if draft.flow_key is not None:
+                self._release(draft.flow_key)
+
+    def _recover(
+        self,
+        message: _Message,
+        retried: int,
+        due_at: float,
+        plan: FaultPlan,
+        error: Exception,
+    ) -> None:
+        with self._lock:
+            active = message.state == "ACTIVE"
+        if not active:
+            # The outcome was already recorded; only a later step (a callback
+            # or the on_attempt hook) failed. wait_idle() reports it.
+            self._errors.append(error)
+            return
+        now = time.time()
+        reason = f"internal error: {type(error).__name__}: {error}"
+        answer = _Answer(None, {}, b"", reason, now, now)
+        try:
+            self._settle(message, retried, due_at, plan, [answer])
+        except Exception as second:
+            with self._lock:
+                message.state = "FAILED"
+                self._counters.failed += 1
+            self._errors.append(second)
+
+    def _settle(
+        self,
+        message: _Message,
+        retried: int,
+        due_at: float,
+        plan: FaultPlan,
+        answers: list[_Answer],
+    ) -> None:
+        """Record the answers of one attempt and retry, deliver or dead-letter the message."""
+        message_id, draft = message.message_id, message.draft
         first = answers[0]
         if plan.drop_answer:
             first = dataclasses.replace(
@@ -776,7 +1168,10 @@ class QStashServer:
             )
         if self._on_attempt is not None:
             for attempt in attempts:
-                self._on_attempt(attempt)
+                try:
+                    self._on_attempt(attempt)
+                except Exception as error:  # A failing hook must not stop the callbacks.
+                    self._errors.append(error)
         if draft.kind != "publish":
             return
         if draft.callback is not None and status is not None:
@@ -833,17 +1228,17 @@ class QStashServer:
         return done
 
     def _send(self, draft: _Draft, message_id: str, retried: int, signature: str) -> _Answer:
-        headers = dict(draft.forward_headers)
+        own = {
+            "Upstash-Message-Id": message_id,
+            "Upstash-Retried": str(retried),
+            "Upstash-Signature": signature,
+            "User-Agent": _USER_AGENT,
+        }
         if draft.content_type is not None:
-            headers["Content-Type"] = draft.content_type
-        headers.update(
-            {
-                "Upstash-Message-Id": message_id,
-                "Upstash-Retried": str(retried),
-                "Upstash-Signature": signature,
-                "User-Agent": _USER_AGENT,
-            }
-        )
+            own["Content-Type"] = draft.content_type
+        if draft.schedule_id is not None:
+            own["Upstash-Schedule-Id"] = draft.schedule_id
+        headers = _delivery_headers(draft.forward_headers, own)
         client = self._client
         started = time.time()
         if client is None:
@@ -853,7 +1248,9 @@ class QStashServer:
             response = client.request(
                 draft.method, draft.url, content=draft.body, headers=headers, timeout=timeout
             )
-        except httpx.HTTPError as error:
+        except Exception as error:
+            # Not only httpx.HTTPError: h11 raises its own errors for some
+            # malformed requests, and any of them is a failed attempt.
             return _Answer(None, {}, b"", f"{type(error).__name__}: {error}", started, time.time())
         return _Answer(
             status=response.status_code,
@@ -871,6 +1268,131 @@ class QStashServer:
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+_SCHEDULE_STATES: Final[dict[MessageState, str]] = {
+    "DELIVERED": "SUCCESS",
+    "FAILED": "FAIL",
+    "CANCELLED": "FAIL",
+}
+
+
+def _schedule_key(schedule_id: str) -> str:
+    """The scheduler key of a schedule's next firing (never a message id)."""
+    return f"schedule:{schedule_id}"
+
+
+def _flow_config(text: str) -> _FlowConfig:
+    """Parse ``parallelism=3, rate=10, period=1m`` (any order, any subset)."""
+    values: dict[str, str] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, equals, value = part.partition("=")
+        name = name.strip().lower()
+        if not equals or name not in {"parallelism", "rate", "period"}:
+            raise _HttpError(400, f"invalid Upstash-Flow-Control-Value part: {part.strip()!r}")
+        values[name] = value.strip()
+
+    def positive(name: str) -> int | None:
+        if name not in values:
+            return None
+        if not values[name].isdigit() or int(values[name]) < 1:
+            raise _HttpError(400, f"invalid flow control {name}: {values[name]!r}")
+        return int(values[name])
+
+    period = 1.0
+    if "period" in values:
+        try:
+            period = parse_duration(values["period"])
+        except ValueError as error:
+            raise _HttpError(400, f"invalid flow control period: {values['period']!r}") from error
+        if period <= 0:
+            raise _HttpError(400, f"invalid flow control period: {values['period']!r}")
+    parallelism, rate = positive("parallelism"), positive("rate")
+    if parallelism is None and rate is None:
+        raise _HttpError(400, "flow control needs a parallelism or a rate")
+    return _FlowConfig(parallelism=parallelism, rate=rate, period=period)
+
+
+def _flow_fields(draft: _Draft) -> dict[str, JSON]:
+    if draft.flow_key is None or draft.flow is None:
+        return {}
+    return {"flowControlKey": draft.flow_key, **draft.flow.as_json()}
+
+
+def _flow_json(key: str, state: _FlowState) -> dict[str, JSON]:
+    config = state.config
+    return {
+        "flowControlKey": key,
+        "waitListSize": len(state.waiting),
+        "parallelismMax": config.parallelism or 0,
+        "parallelismCount": state.active,
+        "rateMax": config.rate or 0,
+        "rateCount": state.window_count,
+        "ratePeriod": int(config.period),
+        "ratePeriodStart": int(state.window_start),
+        "isPaused": False,
+        "isPinnedParallelism": False,
+        "isPinnedRate": False,
+    }
+
+
+_TRANSPORT_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+    }
+)
+"""Headers the HTTP layer computes for each request; forwarded copies are dropped."""
+
+
+def _delivery_headers(
+    forward: Mapping[str, str], own: Mapping[str, str]
+) -> list[tuple[bytes, bytes]]:
+    """Merge forwarded headers with QStash's own, names compared without case.
+
+    QStash's own headers win over forwarded ones of the same name, and the
+    transport's (``Host``, ``Content-Length``, ...) are never taken from the
+    publisher. Values are sent as the bytes that arrived (Latin-1, as
+    :mod:`http.server` decodes them), or as UTF-8 when they came from JSON.
+    """
+    merged: dict[str, tuple[str, str]] = {}
+    for name, value in forward.items():
+        lowered = name.lower()
+        if lowered not in _TRANSPORT_HEADERS:
+            merged[lowered] = (name, value)
+    for name, value in own.items():
+        merged[name.lower()] = (name, value)
+    return [(_header_bytes(name), _header_bytes(value)) for name, value in merged.values()]
+
+
+def _header_bytes(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+def _check_draft(draft: _Draft) -> None:
+    """Refuse at publish time what would otherwise fail at delivery time."""
+    for headers in (draft.forward_headers, draft.callback_headers, draft.failure_callback_headers):
+        for name, value in headers.items():
+            if not name or "\r" in value or "\n" in value or "\0" in value:
+                raise _HttpError(400, f"invalid forwarded header {name!r}")
+    for kind, url in (("callback", draft.callback), ("failure_callback", draft.failure_callback)):
+        if url is not None:
+            try:
+                _callback_draft(draft, cast("MessageKind", kind), "", {})
+            except RetryDelayError as error:
+                raise _HttpError(400, f"invalid {kind} retry delay: {error}") from error
 
 
 def _host_text(host: str) -> str:
@@ -965,9 +1487,10 @@ def _message_json(message: _Message) -> dict[str, JSON]:
         "queueName": draft.queue,
         "label": draft.label,
         "retryDelayExpression": draft.retry_delay_expression,
-        "flowControlKey": draft.headers.get("upstash-flow-control-key"),
+        "scheduleId": draft.schedule_id,
     }
     answer.update({key: value for key, value in optional.items() if value is not None})
+    answer.update(_flow_fields(draft))
     return answer
 
 
@@ -1024,7 +1547,7 @@ def _callback_json(message: _Message, answer: _Answer, retried: int) -> dict[str
         "sourceBody": base64.b64encode(draft.body).decode("ascii"),
         "notBefore": str(_milliseconds(message.not_before)),
         "createdAt": str(_milliseconds(message.published_at)),
-        "scheduleId": "",
+        "scheduleId": draft.schedule_id or "",
         "callerIP": "127.0.0.1",
     }
 
