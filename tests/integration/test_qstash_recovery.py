@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import json
 import threading
+import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -376,3 +377,44 @@ def test_call_answer_over_the_limit_fails_the_step_for_good(
     assert step.status == "failed"
     assert "CALL_RESPONSE_MAX_BYTES" in step.error["message"]
     assert handle.status is RunStatus.FAILED
+
+
+# -- manage.py hookflow qstash-schedule ---------------------------------------------------
+
+
+def test_qstash_schedule_command_creates_the_sweep_schedule_once(
+    fast: tuple[Runtime, QStashServer, str], capsys: Any
+) -> None:
+    """``qstash-schedule`` creates one schedule calling the sweep; again, it changes nothing."""
+    _, server, _ = fast
+    call_command("hookflow", "qstash-schedule")
+    assert "created" in capsys.readouterr().out
+    call_command("hookflow", "qstash-schedule")
+    assert "already calls" in capsys.readouterr().out
+    [schedule] = server.schedules()
+    assert (schedule.schedule_id, schedule.destination, schedule.cron) == (
+        "hookflow-sweep",
+        SWEEP,
+        "* * * * *",
+    )
+    call_command("hookflow", "qstash-schedule", "--cron", "*/5 * * * *")
+    assert "updated" in capsys.readouterr().out
+    [schedule] = server.schedules()
+    assert schedule.cron == "*/5 * * * *"
+    # On QStash's (compressed) clock the schedule fires: a message to the sweep.
+    deadline = time.monotonic() + 30
+    while not server.schedules()[0].message_ids:
+        assert time.monotonic() < deadline, "the schedule never fired"
+        time.sleep(0.05)
+    fired = server.message(server.schedules()[0].message_ids[0])
+    assert fired.url == SWEEP
+
+
+def test_qstash_schedule_command_needs_the_qstash_scheduler(runtime: Runtime) -> None:
+    """With another scheduler, ``qstash-schedule`` says what is missing."""
+    from django.core.management import CommandError
+
+    other = build_runtime(get_settings(), scheduler=DatabaseScheduler())
+    with use_runtime(other), pytest.raises(CommandError, match="SCHEDULER"):
+        call_command("hookflow", "qstash-schedule")
+    other.close()
