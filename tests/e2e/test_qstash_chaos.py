@@ -19,6 +19,7 @@ The small configuration runs with the suite; a larger one::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -40,7 +41,7 @@ from hookflow_gen._client import use_runtime
 from hookflow_gen._store import RunStatus
 from hookflow_gen.django import build_runtime, get_settings
 from hookflow_gen.django._qstash import QStashScheduler
-from hookflow_gen.django.models import Run
+from hookflow_gen.django.models import Run, Step
 from hookflow_gen.testing.qstash import QStashServer
 from tests.djangoapp.models import Entry, Execution
 from tests.e2e import chaos_flows
@@ -136,6 +137,22 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _Echo(BaseHTTPRequestHandler):
+    """The call steps' target, in this process: it stays up while the site is killed."""
+
+    def do_POST(self) -> None:
+        data = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        body = json.dumps({"echoed": str(data.get("text"))}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 # -- the site process -------------------------------------------------------------------
 
 
@@ -197,6 +214,7 @@ class Chaos:
     qstash: QStashServer
     proxy: _Proxy
     rng: random.Random
+    echo_url: str
 
 
 @pytest.fixture
@@ -208,6 +226,9 @@ def chaos(tmp_path: Path) -> Iterator[Chaos]:
     proxy_thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     proxy_thread.start()
     proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
+    echo = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    echo.daemon_threads = True
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
     port = _free_port()
     env = dict(os.environ)
     env.update(
@@ -236,8 +257,10 @@ def chaos(tmp_path: Path) -> Iterator[Chaos]:
     try:
         site.start()
         with use_runtime(runtime):
-            yield Chaos(site, server, proxy, rng)
+            yield Chaos(site, server, proxy, rng, f"http://127.0.0.1:{echo.server_address[1]}/")
     finally:
+        echo.shutdown()
+        echo.server_close()
         site.stop()
         server.stop()
         proxy.shutdown()
@@ -261,7 +284,7 @@ def test_runs_complete_once_through_kills_duplicates_and_lost_publishes(chaos: C
     started = time.monotonic()
     handles = [
         chaos_flows.mix.start(
-            chaos_flows.Chaos(index=i, delay=rng.uniform(0.05, 0.3), echo_url=f"{site.url}/echo/")
+            chaos_flows.Chaos(index=i, delay=rng.uniform(0.05, 0.3), echo_url=chaos.echo_url)
         )
         for i in range(RUNS)
     ]
@@ -307,7 +330,14 @@ def test_runs_complete_once_through_kills_duplicates_and_lost_publishes(chaos: C
     elapsed = time.monotonic() - started
 
     for index, handle in enumerate(handles):
-        assert handle.status is RunStatus.COMPLETED, handle.run_id
+        failed = Run.objects.filter(pk=handle.run_id, status="failed").values_list(
+            "error", flat=True
+        )
+        assert handle.status is RunStatus.COMPLETED, (
+            handle.run_id,
+            list(failed),
+            list(Step.objects.filter(run_id=handle.run_id).values_list("name", "status", "error")),
+        )
         assert handle.result() == chaos_flows.expected(index)
     labels = list(Entry.objects.values_list("label", flat=True))
     wanted = sorted(f"{run_id}:{name}" for run_id in ids for name in chaos_flows.ATOMIC_STEPS)
@@ -319,11 +349,16 @@ def test_runs_complete_once_through_kills_duplicates_and_lost_publishes(chaos: C
             assert count <= 1 + kills
             extra += count - 1
     stats = qs.stats
+    dead: dict[str, int] = {}
+    for entry in qs.dlq():
+        kind = entry.message.url.removeprefix(hooks).partition("?")[0] or "qstash/"
+        key = f"{kind}:{entry.response_status}"
+        dead[key] = dead.get(key, 0) + 1
     counts = chaos.proxy.counts
     print(
         f"\nQStash chaos (seed {SEED}): {RUNS} runs completed in {elapsed:.1f}s through "
         f"{kills} SIGKILLs mid-step; {stats.attempts} delivery attempts "
-        f"({stats.delivered} delivered, {stats.failed} dead-lettered); "
+        f"({stats.delivered} delivered, {stats.failed} dead-lettered, left in the DLQ {dead}); "
         f"{counts.refused} publishes refused and {counts.answer_lost} answers lost of "
         f"{counts.forwarded + counts.refused + counts.answer_lost}; "
         f"{extra} plain-step re-runs (all interrupted by a kill); atomic rows exactly once"
