@@ -29,7 +29,7 @@ from hookflow_gen.django import build_runtime, get_settings
 from hookflow_gen.django._qstash import QStashScheduler
 from hookflow_gen.django._recovery import recover
 from hookflow_gen.django._worker import Worker
-from hookflow_gen.django.models import Outbox, Step
+from hookflow_gen.django.models import Outbox, SeenSignature, Step
 from hookflow_gen.testing.qstash import (
     DEFAULT_CURRENT_SIGNING_KEY,
     DEFAULT_NEXT_SIGNING_KEY,
@@ -150,7 +150,10 @@ def test_stale_delivery_finding_a_dead_claim_leaves_a_wakeup_for_its_lease(
         lease_owner="f" * 32,
     )
     _hold(runtime, handle.run_id, claim, wake_seq=3)
-    response = deliver({"run_id": handle.run_id, "seq": 1}, retried=1)
+    # The attempt that claimed it was accepted, then died with the tick.
+    expires = runtime.clock.now() + timedelta(minutes=5)
+    SeenSignature.objects.create(jti="first-attempt", expires_at=expires, message_id="m-fan")
+    response = deliver({"run_id": handle.run_id, "seq": 1}, retried=1, message_id="m-fan")
     assert response.status_code == 200
     assert response.json()["status"] == "ignored"
     [lease] = [m for m in qstash.messages(kind="publish") if "lease-" in (m.deduplication_id or "")]

@@ -89,6 +89,7 @@ def deliver(
     retried: int = 0,
     now: float | None = None,
     path: str | None = None,
+    message_id: str | None = None,
 ) -> _MonkeyPatchedWSGIResponse:
     """POST a delivery to the webhook as QStash would, signed for ``url``."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -101,7 +102,7 @@ def deliver(
         headers={
             "Upstash-Signature": token,
             "Upstash-Retried": str(retried),
-            "Upstash-Message-Id": f"msg_test_{time.monotonic_ns()}",
+            "Upstash-Message-Id": message_id or f"msg_test_{time.monotonic_ns()}",
         },
         HTTP_HOST=HOST,
     )
@@ -296,7 +297,7 @@ def test_publish_failure_answers_503_and_redelivery_repairs_it(
 def test_delivery_finding_a_held_step_publishes_a_wakeup_for_its_lease_end(
     runtime: Runtime, qstash: QStashServer, retried: int
 ) -> None:
-    """A delivery that finds a step leased by another tick leaves a wake-up for the lease's end."""
+    """Copies of a message that find a step leased by another tick leave a wake-up for its end."""
     import dataclasses
     from datetime import timedelta
 
@@ -314,13 +315,21 @@ def test_delivery_finding_a_held_step_publishes_a_wakeup_for_its_lease_end(
             handle.run_id,
             dataclasses.replace(record, attempts=1, lease_until=lease_until, lease_owner="dead"),
         )
+
+    def lease_wakeups() -> list[Any]:
+        return [
+            m for m in qstash.messages(kind="publish") if "lease-" in (m.deduplication_id or "")
+        ]
+
+    # The only delivery of its message: the holder's own message is still alive.
+    assert deliver({"run_id": handle.run_id, "seq": 1}, retried=retried).status_code == 200
+    assert lease_wakeups() == []
     for _ in range(3):  # copies of one message: one wake-up between them
-        response = deliver({"run_id": handle.run_id, "seq": 1}, retried=retried)
+        response = deliver({"run_id": handle.run_id, "seq": 1}, retried=retried, message_id="m1")
         assert response.status_code == 200
-    lease = [
-        m for m in qstash.messages(kind="publish") if "lease-dead" in (m.deduplication_id or "")
-    ]
+    lease = lease_wakeups()
     assert len(lease) == 1
+    assert lease[0].deduplication_id is not None and "lease-dead" in lease[0].deduplication_id
     assert json.loads(lease[0].body) == {"run_id": handle.run_id, "seq": 1}
     assert flows.executions(handle.run_id) == {}
 

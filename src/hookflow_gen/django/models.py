@@ -159,6 +159,13 @@ class SeenSignature(models.Model):
 
     jti: models.CharField[str, str] = models.CharField("token id", max_length=255, primary_key=True)
     expires_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(db_index=True)
+    message_id: models.CharField[str | None, str | None] = models.CharField(
+        max_length=128,
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="The delivered message, to tell a copy of a delivery from another message.",
+    )
 
     class Meta:
         verbose_name = "seen QStash signature"

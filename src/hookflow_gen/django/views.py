@@ -144,6 +144,8 @@ class _Body:
     data: bytes | None
     size: int
     digest: bytes
+    #: The accepted token's ``jti`` (set once the signature is verified).
+    token_id: str | None = None
 
 
 def _read_body(request: HttpRequest, *, keep: int, ceiling: int) -> _Body:
@@ -277,13 +279,16 @@ def _decode_token(signature: str, keys: tuple[str, str]) -> dict[str, Any]:
     raise _Refused(401, f"invalid signature: {problem}")
 
 
-def _verify(request: HttpRequest, config: QStashConfig, body: _Body) -> None:
+def _verify(request: HttpRequest, config: QStashConfig, body: _Body) -> str:
     """Check the ``Upstash-Signature`` header, then record its ``jti`` against replays.
 
     Every claim is checked for presence and type before it is used: ``iss``
     is Upstash, ``sub`` the URL called, ``body`` the base64url SHA-256 of
     the body (with or without padding), ``exp``/``nbf`` numbers PyJWT
     checks against the clock, ``jti`` a token id of at most 255 characters.
+
+    Returns:
+        The token's ``jti``, recorded with the delivery's message id.
 
     Raises:
         _Refused: 401 for a bad signature, 503 when it cannot be checked.
@@ -312,10 +317,16 @@ def _verify(request: HttpRequest, config: QStashConfig, body: _Body) -> None:
     expected = base64.urlsafe_b64encode(body.digest).rstrip(b"=").decode("ascii")
     if not hmac.compare_digest(digest.rstrip("="), expected):
         raise _Refused(401, "invalid signature: the body does not match its hash")
-    _record_token(jti, exp)
+    _record_token(jti, exp, _message_id(request))
+    return jti
 
 
-def _record_token(jti: str, exp: float) -> None:
+def _message_id(request: HttpRequest) -> str | None:
+    value = request.headers.get("Upstash-Message-Id", "")
+    return value if 0 < len(value) <= 128 and value.isprintable() else None
+
+
+def _record_token(jti: str, exp: float, message_id: str | None) -> None:
     from .models import SeenSignature
 
     try:
@@ -326,7 +337,9 @@ def _record_token(jti: str, exp: float) -> None:
         # Its own transaction, committed before the tick: a delivery that then
         # fails is retried by QStash with a new token, never with this one.
         with transaction.atomic(using=_db()):
-            SeenSignature.objects.using(_db()).create(jti=jti, expires_at=expires)
+            SeenSignature.objects.using(_db()).create(
+                jti=jti, expires_at=expires, message_id=message_id
+            )
     except IntegrityError:
         raise _Refused(401, f"replayed signature (token {jti} was used before)") from None
     _prune_now_and_then()
@@ -372,7 +385,7 @@ def _retried(request: HttpRequest) -> int:
 
 
 def _hand_off(
-    request: HttpRequest, runtime: Runtime, run_id: str, delivered_seq: int | None
+    request: HttpRequest, runtime: Runtime, run_id: str, delivered_seq: int | None, body: _Body
 ) -> RunState:
     """Make sure the run's next wake-up is out before the delivery is acknowledged.
 
@@ -380,9 +393,10 @@ def _hand_off(
       it went out), and its outbox rows are sent; on a retried delivery
       those of its parent and children too (the first attempt may have died
       after committing their wake-ups).
-    - A step still leased by another tick gets a wake-up for when its lease
-      lapses, unless the run has another wake-up on its way (see
-      ``_keep_lease_alive``).
+    - When another delivery of this same message was accepted before (a
+      concurrent copy, or an attempt that died), a step still leased by
+      another tick gets a wake-up for when its lease lapses, unless the run
+      has another wake-up on its way (see ``_keep_lease_alive``).
 
     Raises:
         _Refused: 503 when a publish failed: QStash retries the delivery,
@@ -407,7 +421,7 @@ def _hand_off(
                 report = _outbox.flush(scheduler, store.db, run_id=owed)
                 if report.failed:
                     raise _Refused(503, f"could not publish a wake-up: {report.error}")
-        if not run.status.finished:
+        if not run.status.finished and _copy_elsewhere(request, body):
             _keep_lease_alive(runtime, scheduler, run, delivered_seq)
     except (QStashError, httpx.HTTPError, ConfigurationError) as exc:
         raise _Refused(503, f"could not publish the next wake-up: {exc}") from None
@@ -425,16 +439,33 @@ def _relatives(runtime: Runtime, run: RunState) -> list[RunState]:
     return [other for other in found if other is not None and not other.status.finished]
 
 
+def _copy_elsewhere(request: HttpRequest, body: _Body) -> bool:
+    """Whether another delivery of this very message was accepted within the token lifetime.
+
+    Only then can this answer end a message another tick depends on: a copy
+    of it running concurrently, or its earlier attempt that died. A message
+    with no id counts as copied (the safe side).
+    """
+    from .models import SeenSignature
+
+    message_id = _message_id(request)
+    if message_id is None:
+        return True
+    copies = SeenSignature.objects.using(_db()).filter(message_id=message_id)
+    return copies.exclude(jti=body.token_id or "").exists()
+
+
 def _keep_lease_alive(
     runtime: Runtime, scheduler: QStashScheduler, run: RunState, delivered_seq: int | None
 ) -> None:
     """Publish a wake-up for when a step leased by another tick lapses, if nothing else comes.
 
-    This delivery is about to be acknowledged. If a ``run`` step of the run
-    is leased by another tick (a concurrent copy of this very message, or a
-    tick that died), that tick's own delivery may already be acknowledged
-    (a copy answered first) or may never be: should the holder die, nothing
-    would wake the run when its lease lapses. So a delayed wake-up for the
+    This delivery is about to be acknowledged, and another delivery of the
+    same message was accepted before (``_copy_elsewhere``). If a ``run``
+    step of the run is leased by another tick (that concurrent copy, or an
+    attempt that died), the message that tick depends on ends with this
+    answer: should the holder die, nothing would wake the run when its lease
+    lapses. So a delayed wake-up for the
     lease's end is published before answering 200, deduplicated by the
     lease's owner: any number of deliveries that find the same lease cost
     one message. (A retryable 503 would also keep this delivery alive, but
@@ -505,7 +536,7 @@ def _delivery(
             config = _config(runtime)
             keep, ceiling = limits(config)
             body = _read_body(request, keep=keep, ceiling=ceiling)
-            _verify(request, config, body)
+            body = dataclasses.replace(body, token_id=_verify(request, config, body))
             return handle(request, runtime, body)
         except _Refused as refused:
             return _refuse(request, refused)
@@ -544,13 +575,13 @@ def _wake_up(request: HttpRequest, runtime: Runtime, body: _Body) -> JsonRespons
         raise _permanent(f"no run has id {run_id!r}")
     if run.status.finished or seq < run.wake_seq:
         reason = f"run is {run.status.value}" if run.status.finished else "stale wake-up"
-        run = _hand_off(request, runtime, run_id, seq)
+        run = _hand_off(request, runtime, run_id, seq, body)
         return _answer(
             200,
             {"status": "ignored", "reason": reason, "run_id": run_id, "seq": seq},
         )
     report = runtime.tick(run_id)
-    run = _hand_off(request, runtime, run_id, seq)
+    run = _hand_off(request, runtime, run_id, seq, body)
     return _finish(run, {"steps_run": report.steps_run})
 
 
@@ -575,12 +606,12 @@ def _call_back(request: HttpRequest, runtime: Runtime, body: _Body) -> JsonRespo
     else:
         answer = _call_answer(_json_object(body.data), limit)
     return _record_call(
-        request, runtime, run_id=run_id, position=position, owner=owner, answer=answer
+        (request, body), runtime, run_id=run_id, position=position, owner=owner, answer=answer
     )
 
 
 def _record_call(
-    request: HttpRequest | None,
+    delivery: tuple[HttpRequest, _Body] | None,
     runtime: Runtime,
     *,
     run_id: str,
@@ -591,8 +622,8 @@ def _record_call(
     if runtime.store.get_run(run_id) is None:
         raise _permanent(f"no run has id {run_id!r}")
     accepted = runtime.complete_step(run_id, position, owner, answer)
-    if request is not None:
-        run = _hand_off(request, runtime, run_id, None)
+    if delivery is not None:
+        run = _hand_off(delivery[0], runtime, run_id, None, delivery[1])
     else:
         found = runtime.store.get_run(run_id)
         assert found is not None
