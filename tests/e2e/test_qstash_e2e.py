@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -88,6 +89,9 @@ def env(live_server: Any, transactional_db: None) -> Iterator[Env]:
         }
     scheduler = QStashScheduler(config)
     runtime = build_runtime(get_settings(), scheduler=scheduler)
+    # Copies of a delivery that find a step leased publish a wake-up for the
+    # lease's end; a short lease lets the server go idle before teardown.
+    runtime.lease = timedelta(seconds=5)
     try:
         with use_runtime(runtime):
             yield Env(runtime, site, server)

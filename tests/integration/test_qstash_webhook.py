@@ -89,6 +89,7 @@ def deliver(
     retried: int = 0,
     now: float | None = None,
     path: str | None = None,
+    message_id: str | None = None,
 ) -> _MonkeyPatchedWSGIResponse:
     """POST a delivery to the webhook as QStash would, signed for ``url``."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -101,7 +102,7 @@ def deliver(
         headers={
             "Upstash-Signature": token,
             "Upstash-Retried": str(retried),
-            "Upstash-Message-Id": f"msg_test_{time.monotonic_ns()}",
+            "Upstash-Message-Id": message_id or f"msg_test_{time.monotonic_ns()}",
         },
         HTTP_HOST=HOST,
     )
@@ -267,11 +268,13 @@ def test_publish_failure_answers_503_and_redelivery_repairs_it(
     scheduler: QStashScheduler,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A failed publish answers 503; QStash's redelivery publishes the lost wake-up."""
+    """A publish that keeps failing answers 503 and stays owed; the redelivery publishes it."""
+    from hookflow_gen.django.models import Outbox
+
     handle = flows.sleepy.start(flows.Nap(seconds=60))
     client = scheduler.client.message
     real = client.publish_json
-    failures = iter([True])
+    failures = iter([True, True])
 
     def flaky(**kwargs: Any) -> Any:
         if next(failures, False):
@@ -282,35 +285,52 @@ def test_publish_failure_answers_503_and_redelivery_repairs_it(
     response = deliver({"run_id": handle.run_id, "seq": 1})
     assert response.status_code == 503
     assert published(qstash) == [{"run_id": handle.run_id, "seq": 1}]
+    assert list(Outbox.objects.values_list("run_id", "seq")) == [(handle.run_id, 2)]
     response = deliver({"run_id": handle.run_id, "seq": 1}, retried=1)
     assert response.status_code == 200
     assert published(qstash)[-1] == {"run_id": handle.run_id, "seq": 2}
+    assert not Outbox.objects.exists()
     assert flows.executions(handle.run_id) == {0: 1}
 
 
-def test_retried_delivery_with_a_held_step_asks_to_come_back(runtime: Runtime) -> None:
-    """A retried delivery that finds a step leased answers 503 with Retry-After."""
+@pytest.mark.parametrize("retried", [0, 1])
+def test_delivery_finding_a_held_step_publishes_a_wakeup_for_its_lease_end(
+    runtime: Runtime, qstash: QStashServer, retried: int
+) -> None:
+    """Copies of a message that find a step leased by another tick leave a wake-up for its end."""
     import dataclasses
     from datetime import timedelta
 
+    from hookflow_gen._journal import StepRecord, StepStatus
+
     handle = flows.linear.start(flows.Count(n=1))
     store = runtime.store
+    lease_until = runtime.clock.now() + timedelta(seconds=30)
     with store.atomic():
         run = store.lock_run(handle.run_id)
         assert run is not None
-        from hookflow_gen._journal import StepRecord, StepStatus
-
-        now = runtime.clock.now()
+        store.save_run(dataclasses.replace(run, wake_at=None))
         record = StepRecord(position=0, kind="run", name="step-0", status=StepStatus.PENDING)
         store.save_step(
             handle.run_id,
-            dataclasses.replace(
-                record, attempts=1, lease_until=now + timedelta(seconds=30), lease_owner="dead"
-            ),
+            dataclasses.replace(record, attempts=1, lease_until=lease_until, lease_owner="dead"),
         )
-    response = deliver({"run_id": handle.run_id, "seq": 1}, retried=1)
-    assert response.status_code == 503
-    assert 1 <= int(response["Retry-After"]) <= 30
+
+    def lease_wakeups() -> list[Any]:
+        return [
+            m for m in qstash.messages(kind="publish") if "lease-" in (m.deduplication_id or "")
+        ]
+
+    # The only delivery of its message: the holder's own message is still alive.
+    assert deliver({"run_id": handle.run_id, "seq": 1}, retried=retried).status_code == 200
+    assert lease_wakeups() == []
+    for _ in range(3):  # copies of one message: one wake-up between them
+        response = deliver({"run_id": handle.run_id, "seq": 1}, retried=retried, message_id="m1")
+        assert response.status_code == 200
+    lease = lease_wakeups()
+    assert len(lease) == 1
+    assert lease[0].deduplication_id is not None and "lease-dead" in lease[0].deduplication_id
+    assert json.loads(lease[0].body) == {"run_id": handle.run_id, "seq": 1}
     assert flows.executions(handle.run_id) == {}
 
 

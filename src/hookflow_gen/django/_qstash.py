@@ -17,6 +17,9 @@ each key falls back to the environment variable in brackets::
         "RETRY_DELAY": None,               # Upstash-Retry-Delay expression, in ms
         "PUBLISH_RETRIES": None,           # the client's own retries of a failed publish
         "CALL_LEASE": 3600,                # how long a call may stay in flight
+        "CALL_RESPONSE_MAX_BYTES": 4194304,  # largest call answer kept; a larger one fails the step
+        "RECOVER_AFTER": 600,              # a wake-up this late is re-published by the sweep
+        "SWEEP_PATH": None,                # default: reverse("hookflow:qstash-sweep")
     }
 
 A wake-up message carries only ``{"run_id": ..., "seq": ...}``: the journal
@@ -24,14 +27,23 @@ in the database is the source of truth, so a message's size does not grow
 with the run. Its deduplication id is ``f"{run_id}-{seq}"``, so publishing
 the same wake-up twice (two workers, a redelivered tick repairing a lost
 publish) sends one message. Wake-ups are published only once the transaction
-that set them commits.
+that set them commits: each is first written as an outbox row in that
+transaction (``_outbox.py``), so a publish that fails after the commit is
+retried by the next delivery of the run, a worker or the sweep
+(``manage.py hookflow qstash-schedule`` makes QStash call it every minute).
+
+Signatures are checked against the URL QStash was told to call: ``BASE_URL``
+(or ``SIGNATURE_BASE_URL``) followed by the request's path and query, never
+the scheme and host the request says it came to, so a TLS-terminating proxy
+in front of the site does not turn every delivery into a 401.
 
 System checks (with the QStash scheduler and ``DEBUG = False``):
 
 ==========================  ====================================================
 ``hookflow_gen.E101``       no QStash token
 ``hookflow_gen.E102``       a signing key is missing
-``hookflow_gen.E103``       no ``BASE_URL``: QStash would not know where to deliver
+``hookflow_gen.E103``       no ``BASE_URL``: QStash would not know where to deliver,
+                            and signatures could not be checked against it
 ==========================  ====================================================
 
 Signatures are verified in every case, ``DEBUG`` or not: without keys the
@@ -97,6 +109,9 @@ _KEYS = frozenset(
         "RETRY_DELAY",
         "PUBLISH_RETRIES",
         "CALL_LEASE",
+        "CALL_RESPONSE_MAX_BYTES",
+        "RECOVER_AFTER",
+        "SWEEP_PATH",
     }
 )
 _DEFAULT_MAX_DELAY = timedelta(days=7)
@@ -104,6 +119,9 @@ _DEFAULT_MAX_DELAY = timedelta(days=7)
 # half an hour (12 s, 2.5 min, 30 min) if the site is down; the lease outlasts it.
 _DEFAULT_CALL_LEASE = timedelta(hours=1)
 _PUBLISHED_MEMORY = 4096
+_DEFAULT_CALL_RESPONSE_MAX_BYTES = 4 * 1024 * 1024
+# QStash retries a wake-up for about half an hour; one later than this was lost.
+_DEFAULT_RECOVER_AFTER = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +136,20 @@ class QStashConfig:
         base_url: the site's public base URL, e.g. ``https://example.com``.
         webhook_path: the wake-up webhook's path; None: ``reverse("hookflow:qstash")``.
         callback_path: the call-callback path; None: ``reverse("hookflow:qstash-call")``.
-        signature_base_url: the scheme and host deliveries are signed for,
-            when a proxy in front of the site changes them; None: from the
-            request (``SECURE_PROXY_SSL_HEADER`` and ``USE_X_FORWARDED_HOST``
-            apply).
+        signature_base_url: the base URL deliveries are signed for, when it
+            differs from ``base_url``; None: ``base_url``. The signed URL is
+            this base followed by the request's path and query; only with
+            neither set (``DEBUG``) is it rebuilt from the request.
         max_delay: the plan's longest delay; a longer wait is chained.
         retries: QStash retries of a wake-up message; None: QStash's default.
         retry_delay: an ``Upstash-Retry-Delay`` expression (milliseconds).
         publish_retries: retries of a failed publish inside the client.
         call_lease: how long a ``call`` handed to QStash may stay in flight.
+        call_response_max_bytes: the largest ``call`` answer body accepted;
+            a larger one fails the step with a non-retryable error.
+        recover_after: how late a wake-up may be before the sweep takes its
+            message for lost and wakes the run again.
+        sweep_path: the sweep's path; None: ``reverse("hookflow:qstash-sweep")``.
     """
 
     token: str | None = None
@@ -142,6 +165,9 @@ class QStashConfig:
     retry_delay: str | None = None
     publish_retries: int | None = None
     call_lease: timedelta = _DEFAULT_CALL_LEASE
+    call_response_max_bytes: int = _DEFAULT_CALL_RESPONSE_MAX_BYTES
+    recover_after: timedelta = _DEFAULT_RECOVER_AFTER
+    sweep_path: str | None = None
 
     @classmethod
     def from_settings(
@@ -203,6 +229,13 @@ class QStashConfig:
             retry_delay=text("RETRY_DELAY"),
             publish_retries=_count("PUBLISH_RETRIES", options.get("PUBLISH_RETRIES")),
             call_lease=_duration("CALL_LEASE", options.get("CALL_LEASE"), _DEFAULT_CALL_LEASE),
+            call_response_max_bytes=_size(
+                "CALL_RESPONSE_MAX_BYTES", options.get("CALL_RESPONSE_MAX_BYTES")
+            ),
+            recover_after=_duration(
+                "RECOVER_AFTER", options.get("RECOVER_AFTER"), _DEFAULT_RECOVER_AFTER
+            ),
+            sweep_path=text("SWEEP_PATH"),
         )
 
 
@@ -227,6 +260,14 @@ def _count(key: str, value: object) -> int | None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigurationError(f"HOOKFLOW['QSTASH'][{key!r}] must be an integer >= 0")
+    return value
+
+
+def _size(key: str, value: object) -> int:
+    if value is None:
+        return _DEFAULT_CALL_RESPONSE_MAX_BYTES
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
+        raise ConfigurationError(f"HOOKFLOW['QSTASH'][{key!r}] must be a byte count >= 1024")
     return value
 
 
@@ -327,6 +368,10 @@ class QStashScheduler:
         query = urlencode({"run": run_id, "position": position, "owner": owner})
         return f"{base}{'&' if '?' in base else '?'}{query}"
 
+    def sweep_url(self) -> str:
+        """The absolute URL of the sweep, which a QStash schedule calls."""
+        return self._absolute(self.config.sweep_path, "hookflow:qstash-sweep", "SWEEP_PATH")
+
     def _absolute(self, path: str | None, name: str, key: str) -> str:
         if not self.config.base_url:
             raise ConfigurationError(
@@ -348,11 +393,30 @@ class QStashScheduler:
     # -- wake-ups ---------------------------------------------------------------
 
     def wake(self, store: Store, run: RunState) -> None:
-        """Publish the run's wake-up once the current transaction commits."""
+        """Owe the run's wake-up in the open transaction; publish it once that commits.
+
+        On the Django store the debt is an outbox row written in the same
+        transaction (see ``_outbox``), so a failed publish is retried later
+        and never raises out of the commit. On another store (tests) the
+        wake-up is published after the commit and a failure raises.
+        """
         wake_at = run.wake_at
         if wake_at is None:
             return
         run_id, seq = run.run_id, run.wake_seq
+        from ._store import DjangoStore
+
+        if isinstance(store, DjangoStore):
+            from . import _outbox
+
+            using = store.db
+            key = _outbox.owe(using, run_id, seq, wake_at)
+
+            def send() -> None:
+                _outbox.send_owed(self, using, key, run_id=run_id, seq=seq, wake_at=wake_at)
+
+            store.on_commit(send)
+            return
 
         def publish() -> None:
             self.publish_wakeup(run_id, seq, wake_at)
@@ -520,7 +584,9 @@ def check_qstash(
                 "the QStash scheduler has no BASE_URL",
                 hint=(
                     "Set HOOKFLOW['QSTASH']['BASE_URL'] to the site's public URL "
-                    "(e.g. 'https://example.com'), where QStash delivers wake-ups."
+                    "(e.g. 'https://example.com'), where QStash delivers wake-ups. Signatures "
+                    "are checked against BASE_URL plus the request's path, so it must be the "
+                    "URL QStash calls (the proxy's https address, not the app server's)."
                 ),
                 id="hookflow_gen.E103",
             )

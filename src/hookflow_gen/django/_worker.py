@@ -37,10 +37,17 @@ class Worker:
         close_connections: close unusable or expired database connections
             between ticks, as Django does between requests (a long-lived
             worker outlives database restarts and ``CONN_MAX_AGE``).
+        recover_every: seconds between sweeps for runs that nothing would
+            wake (``_sweep.sweep``: also the QStash outbox); None: never.
     """
 
     def __init__(
-        self, runtime: Runtime, *, poll_interval: float, close_connections: bool = False
+        self,
+        runtime: Runtime,
+        *,
+        poll_interval: float,
+        close_connections: bool = False,
+        recover_every: float | None = 60.0,
     ) -> None:
         self.runtime = runtime
         store = runtime.store
@@ -49,6 +56,8 @@ class Worker:
         self.store = store
         self.poll_interval = poll_interval
         self.close_connections = close_connections
+        self.recover_every = recover_every
+        self._next_recovery = time.monotonic()
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -80,6 +89,7 @@ class Worker:
         while not self.stopping and (max_ticks is None or ticks < max_ticks):
             if self.close_connections:
                 _close_old_connections()
+            self._recover_now_and_then()
             now = clock.now()
             if self._tick_one(now):
                 ticks += 1
@@ -98,6 +108,17 @@ class Worker:
                 break
             self._sleep(wait)
         return ticks
+
+    def _recover_now_and_then(self) -> None:
+        if self.recover_every is None or time.monotonic() < self._next_recovery:
+            return
+        self._next_recovery = time.monotonic() + self.recover_every
+        from ._sweep import sweep
+
+        try:
+            sweep(self.runtime, dlq=False)
+        except Exception:
+            log.exception("could not look for stranded runs")
 
     def _tick_one(self, now: datetime) -> bool:
         """Claim and tick the run due first; False if none is due."""

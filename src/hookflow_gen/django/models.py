@@ -12,7 +12,7 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-__all__ = ["Event", "Run", "Step"]
+__all__ = ["Event", "Outbox", "Run", "SeenSignature", "Step"]
 
 
 class Run(models.Model):
@@ -168,6 +168,13 @@ class SeenSignature(models.Model):
 
     jti: models.CharField[str, str] = models.CharField("token id", max_length=255, primary_key=True)
     expires_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(db_index=True)
+    message_id: models.CharField[str | None, str | None] = models.CharField(
+        max_length=128,
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="The delivered message, to tell a copy of a delivery from another message.",
+    )
 
     class Meta:
         verbose_name = "seen QStash signature"
@@ -175,3 +182,37 @@ class SeenSignature(models.Model):
 
     def __str__(self) -> str:
         return self.jti
+
+
+class Outbox(models.Model):
+    """A QStash wake-up the site owes: written with the change that made it owed.
+
+    The row commits in the same transaction as the run's new ``wake_at``; it
+    is sent once that transaction commits and deleted when QStash accepts
+    it. A row still here means the publish failed (or the process died
+    first): the next delivery of the run, a worker and the sweep send it
+    again. Its ``dedup_id`` is the message's deduplication id, so sending
+    one twice costs nothing.
+    """
+
+    id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    dedup_id: models.CharField[str, str] = models.CharField(max_length=400, unique=True)
+    run_id: models.CharField[str, str] = models.CharField(max_length=255, db_index=True)
+    seq: models.PositiveIntegerField[int, int] = models.PositiveIntegerField()
+    wake_at: models.DateTimeField[datetime, datetime] = models.DateTimeField()
+    after: models.CharField[str | None, str | None] = models.CharField(
+        max_length=128, null=True, blank=True
+    )
+    created_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
+        default=timezone.now
+    )
+    attempts: models.PositiveIntegerField[int, int] = models.PositiveIntegerField(default=0)
+    last_error: models.TextField[str | None, str | None] = models.TextField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "QStash outbox message"
+        verbose_name_plural = "QStash outbox messages"
+        ordering = ("id",)
+
+    def __str__(self) -> str:
+        return f"wake-up {self.dedup_id}"

@@ -2,6 +2,8 @@
 
 - ``qstash/``: QStash wake-up deliveries (``hookflow:qstash``).
 - ``qstash/call/``: QStash callbacks of ``call`` steps (``hookflow:qstash-call``).
+- ``qstash/sweep/``: the sweep a QStash schedule calls (``hookflow:qstash-sweep``;
+  ``manage.py hookflow qstash-schedule`` creates the schedule).
 """
 
 from __future__ import annotations
@@ -15,4 +17,5 @@ app_name = "hookflow"
 urlpatterns = [
     path("qstash/", views.qstash_webhook, name="qstash"),
     path("qstash/call/", views.qstash_call, name="qstash-call"),
+    path("qstash/sweep/", views.qstash_sweep, name="qstash-sweep"),
 ]

@@ -9,6 +9,10 @@ Subcommands:
 - ``notify KEY JSON``: send an event.
 - ``replay``: replay stored journals against the current code; exit code 1
   if any run no longer replays (run it before deploying a workflow change).
+- ``recover``: wake runs that nothing would wake (and, on QStash, send the
+  outbox and repair dead letters), once.
+- ``qstash-schedule``: create (or update) the QStash schedule that calls the
+  sweep endpoint, so a QStash site repairs itself without a worker.
 
 Each subcommand is one entry of ``SUBCOMMANDS``: add one with the
 ``subcommand`` decorator.
@@ -453,3 +457,92 @@ def _qstash_dev(command: Command, options: dict[str, Any]) -> None:
     from hookflow_gen.django._qstash import qstash_dev
 
     qstash_dev(command, options)
+
+
+# -- recover --------------------------------------------------------------------------
+
+
+def _recover_arguments(parser: CommandParser) -> None:
+    parser.add_argument(
+        "--no-dlq", action="store_true", help="do not read QStash's dead-letter queue"
+    )
+
+
+@subcommand(
+    "recover",
+    "Wake runs that nothing would wake; on QStash also send the outbox and repair dead letters.",
+    _recover_arguments,
+)
+def _recover(command: Command, options: dict[str, Any]) -> None:
+    from hookflow_gen.django._sweep import sweep
+
+    runtime = _runtime()
+    _store(runtime)
+    report = sweep(runtime, dlq=not options["no_dlq"])
+    for run_id in report.woken:
+        command.stdout.write(f"woke run {run_id}")
+    for run_id in report.dlq_woken:
+        command.stdout.write(f"woke run {run_id} (its wake-up was dead-lettered)")
+    command.stdout.write(
+        f"{len(report.woken) + len(report.dlq_woken)} run(s) woken, "
+        f"{report.outbox_sent} owed wake-up(s) sent, "
+        f"{report.dlq_replayed} dead-lettered callback(s) replayed"
+    )
+    for error in report.errors:
+        command.stderr.write(error)
+    if report.outbox_failed or report.errors:
+        raise CommandError("the sweep could not finish; see above", returncode=1)
+
+
+# -- qstash-schedule ------------------------------------------------------------------
+
+_SWEEP_SCHEDULE_ID = "hookflow-sweep"
+
+
+def _qstash_schedule_arguments(parser: CommandParser) -> None:
+    parser.add_argument(
+        "--cron",
+        default="* * * * *",
+        help="how often QStash calls the sweep (default: every minute)",
+    )
+    parser.add_argument(
+        "--schedule-id",
+        default=_SWEEP_SCHEDULE_ID,
+        help=f"the schedule's id (default {_SWEEP_SCHEDULE_ID!r}; one per site)",
+    )
+
+
+@subcommand(
+    "qstash-schedule",
+    "Create or update the QStash schedule that calls this site's sweep endpoint.",
+    _qstash_schedule_arguments,
+)
+def _qstash_schedule(command: Command, options: dict[str, Any]) -> None:
+    import httpx
+    from qstash.errors import QStashError
+
+    from hookflow_gen.django._qstash import QStashScheduler
+
+    scheduler = _runtime().scheduler
+    if not isinstance(scheduler, QStashScheduler):
+        raise CommandError("qstash-schedule needs HOOKFLOW['SCHEDULER'] = 'qstash'")
+    schedule_id: str = options["schedule_id"]
+    cron: str = options["cron"]
+    try:
+        url = scheduler.sweep_url()
+        client = scheduler.client
+        existing = next((s for s in client.schedule.list() if s.schedule_id == schedule_id), None)
+        if existing is not None and existing.destination == url and existing.cron == cron:
+            command.stdout.write(f"schedule {schedule_id!r} already calls {url} at {cron!r}")
+            return
+        # Creating with the same id replaces the schedule: running this again is safe.
+        client.schedule.create(
+            destination=url, cron=cron, schedule_id=schedule_id, body="{}",
+            content_type="application/json",
+        )  # fmt: skip
+    except ConfigurationError as exc:
+        raise CommandError(str(exc)) from None
+    except (QStashError, httpx.HTTPError) as exc:
+        raise CommandError(f"QStash refused the schedule: {exc}") from None
+    verb = "updated" if existing is not None else "created"
+    command.stdout.write(f"schedule {schedule_id!r} {verb}: QStash calls {url} at {cron!r}")
