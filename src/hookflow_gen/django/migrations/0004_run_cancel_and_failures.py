@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("hookflow", "0002_seensignature"),
+        ("hookflow", "0003_outbox"),
     ]
 
     operations = [
