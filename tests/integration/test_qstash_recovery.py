@@ -179,6 +179,7 @@ def _lapsed_call(runtime: Runtime, run_id: str) -> None:
     )
 
 
+@pytest.mark.no_invariant  # builds a stranded run on purpose
 def test_recovery_wakes_a_run_whose_call_lease_lapsed(
     runtime: Runtime, qstash: QStashServer
 ) -> None:
@@ -192,6 +193,7 @@ def test_recovery_wakes_a_run_whose_call_lease_lapsed(
     assert recover(runtime) == []  # woken now: nothing left to do
 
 
+@pytest.mark.no_invariant  # builds a stranded run on purpose
 def test_recovery_leaves_runs_that_keep_the_invariant(runtime: Runtime) -> None:
     """Runs with a wake-up, a live lease, an event wait or a running child are left alone."""
     store = runtime.store
@@ -230,6 +232,7 @@ def test_long_overdue_wakeup_counts_as_lost_on_qstash(
     assert published(qstash)[-1] == {"run_id": handle.run_id, "seq": 2}
 
 
+@pytest.mark.no_invariant  # builds a stranded run on purpose
 def test_database_worker_recovers_stranded_runs(clock: Any) -> None:
     """The database worker wakes a run whose lease lapsed with no wake-up, and ticks it."""
     runtime = build_runtime(get_settings(), clock=clock, scheduler=DatabaseScheduler())
@@ -246,6 +249,7 @@ def test_database_worker_recovers_stranded_runs(clock: Any) -> None:
     runtime.close()
 
 
+@pytest.mark.no_invariant  # builds a stranded run on purpose
 def test_recover_command_wakes_stranded_runs(runtime: Runtime, capsys: Any) -> None:
     """``manage.py hookflow recover`` wakes a stranded run and says so."""
     handle = flows.caller.start(flows.Fetch(url="http://127.0.0.1:9/echo/"))

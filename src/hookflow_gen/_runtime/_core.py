@@ -244,14 +244,16 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
                     elif due is not None:
                         timers.append(due)
                 elif kind == "invoke":
-                    if due is not None and due <= now:
-                        checked = self._check_child(run, record, now)
+                    if due is None or due <= now:
+                        # A timed look (an adopted run), or a look on waking (the
+                        # child's end could not settle this step: a sweep woke it).
+                        checked = self._check_child(run, record, now, poll=due is not None)
                         replay.settle(checked)
                         if checked.status is not _PENDING:
                             progressed = True
                         elif checked.wake_at is not None:
                             timers.append(checked.wake_at)
-                    elif due is not None:
+                    else:
                         timers.append(due)
                 elif record.lease_until is not None and record.lease_until > now:
                     leases.append(record.lease_until)

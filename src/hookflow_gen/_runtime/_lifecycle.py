@@ -185,9 +185,17 @@ class LifecycleMixin(RuntimeBase):
         # An existing run: it may end before this commit, unseen; look again later too.
         return self._child_outcome(record, child, now)
 
-    def _check_child(self, run: RunState, record: StepRecord, now: datetime) -> StepRecord:
-        """A timed look at the child of an invoke step that attached to an existing run."""
+    def _check_child(
+        self, run: RunState, record: StepRecord, now: datetime, *, poll: bool
+    ) -> StepRecord:
+        """Settle an invoke step from its child if the child ended.
+
+        With ``poll`` (an invoke that adopted an existing run, which may end
+        unseen) a running child is looked at again a lease later.
+        """
         child = self.store.get_run(record.key) if record.key else None
+        if child is not None and not child.status.finished and not poll:
+            return record
         if child is None:
             error = ErrorInfo(
                 type="hookflow_gen.exceptions.UnknownRunError",
