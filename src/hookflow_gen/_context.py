@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from pydantic import TypeAdapter
 
@@ -20,10 +20,12 @@ from ._steps import (
     GatherStep,
     InvokeStep,
     LeafStep,
+    RaceStep,
     RetryPolicy,
     RunStep,
     SleepStep,
     Step,
+    Winner,
     as_timedelta,
     is_leaf,
 )
@@ -89,7 +91,7 @@ class Context:
     values when the run is replayed.
     """
 
-    __slots__ = ("_clock", "_info", "_random", "_replaying")
+    __slots__ = ("_clock", "_info", "_patches", "_random", "_replaying")
 
     def __init__(
         self,
@@ -97,10 +99,22 @@ class Context:
         *,
         clock: Callable[[], datetime] | None = None,
         replaying: Callable[[], bool] | None = None,
+        patches: Callable[[str, bool], bool] | None = None,
     ) -> None:
+        """A context for one run.
+
+        Args:
+            info: the run's facts.
+            clock: the workflow clock (default: the run's start, forever).
+            replaying: tells whether recorded steps are being replayed.
+            patches: decides ``patched``/``deprecate_patch`` against the
+                journal (the engine's); without one every patch is taken,
+                as for a new run.
+        """
         self._info = info
         self._clock = clock or (lambda: info.started_at)
         self._replaying = replaying or (lambda: False)
+        self._patches = patches or _new_run_patches
         self._random = random.Random(info.run_id)
 
     # -- facts ---------------------------------------------------------------
@@ -140,6 +154,33 @@ class Context:
     def random(self) -> random.Random:
         """A ``random.Random`` seeded from the run id: the same sequence on replay."""
         return self._random
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new code path of the change ``patch_id``.
+
+        ``True`` for a run that reaches this point under the new code (it is
+        recorded in the journal as a ``patch`` marker, so every replay of the
+        run answers the same); ``False`` for a run that already went past this
+        point under the old code, which then replays down the old path::
+
+            if ctx.patched("charge-v2"):
+                charge = yield from ctx.run("charge-v2", charge_v2, order.order_id)
+            else:
+                charge = yield from ctx.run("charge", charge_card, order.order_id)
+
+        Once no run from before the change is left, replace ``patched`` with
+        ``deprecate_patch`` (keeps runs that recorded the marker replaying),
+        and later remove that too.
+        """
+        return self._patches(_check_patch_id(patch_id), False)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Step over the marker ``patched(patch_id)`` recorded, if this run has one.
+
+        Put it where ``if ctx.patched(patch_id):`` was once only the new path
+        is left: runs that recorded the marker replay, new runs record none.
+        """
+        self._patches(_check_patch_id(patch_id), True)
 
     # -- steps ---------------------------------------------------------------
 
@@ -310,6 +351,8 @@ class Context:
         )
 
     @overload
+    def gather(self, /) -> GatherStep[tuple[()]]: ...
+    @overload
     def gather(self, s1: Step[T1], /) -> GatherStep[tuple[T1]]: ...
     @overload
     def gather(self, s1: Step[T1], s2: Step[T2], /) -> GatherStep[tuple[T1, T2]]: ...
@@ -343,28 +386,92 @@ class Context:
 
         Every branch runs to its end. If any failed, the first failed branch
         (in argument order) is thrown into the workflow as ``StepFailed``.
-        Branch names must differ; gathers do not nest.
+        Branch names must differ. ``gather()`` with no steps is ``()`` at
+        once (a fan-out over an empty list). Gathers and races do not nest:
+        pass leaf steps (``ctx.run``, ``ctx.sleep``, ...).
+        """
+        branches = _branches("gather", steps)
+        return GatherStep(f"gather({', '.join(b.name for b in branches)})", branches)
+
+    @overload
+    def race(self, s1: Step[T1], /) -> RaceStep[Winner[Literal[0], T1]]: ...
+    @overload
+    def race(
+        self, s1: Step[T1], s2: Step[T2], /
+    ) -> RaceStep[Winner[Literal[0], T1] | Winner[Literal[1], T2]]: ...
+    @overload
+    def race(
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], /
+    ) -> RaceStep[Winner[Literal[0], T1] | Winner[Literal[1], T2] | Winner[Literal[2], T3]]: ...
+    @overload
+    def race(
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], s4: Step[T4], /
+    ) -> RaceStep[
+        Winner[Literal[0], T1]
+        | Winner[Literal[1], T2]
+        | Winner[Literal[2], T3]
+        | Winner[Literal[3], T4]
+    ]: ...
+    @overload
+    def race(self, *steps: Step[T]) -> RaceStep[Winner[int, T]]: ...
+    def race(self, *steps: Step[Any]) -> RaceStep[Winner[int, Any]]:
+        """Run steps at once and resume on the first to settle: a typed ``Winner``.
+
+        A timer raced against an event or a step is the common case::
+
+            won = yield from ctx.race(
+                ctx.wait_for_event("approval", Approval, key=key),
+                ctx.sleep("deadline", timedelta(days=2)),
+            )
+            if won.index == 0:
+                approval = won.value  # Approval
+
+        The first branch to complete or fail wins (when several settled by
+        the time the engine looks, the first in argument order); if it
+        failed, its ``StepFailed`` is thrown in. The losers are settled as
+        cancelled at once, so the run never waits on them: a pending timer
+        or event wait just ends, a child run is cancelled, and a step
+        function already running is not interrupted but its result is
+        dropped. The winner is recorded in the journal, so every replay
+        resumes the same way. Races and gathers do not nest.
         """
         if not steps:
-            raise WorkflowDefinitionError("gather needs at least one step")
-        branches: list[LeafStep] = []
-        seen: dict[str, None] = {}  # ordered, for the gather's name
-        for step in steps:
-            if isinstance(step, GatherStep):
-                raise WorkflowDefinitionError(
-                    f"gathers do not nest: pass the branches of {step.name!r} directly"
-                )
-            if not is_leaf(step):
-                raise WorkflowDefinitionError(
-                    f"gather takes steps built by ctx (ctx.run, ctx.sleep, ...), got {step!r}"
-                )
-            if step.name in seen:
-                raise WorkflowDefinitionError(
-                    f"gather has two branches named {step.name!r}; give each its own name"
-                )
-            seen[step.name] = None
-            branches.append(step)
-        return GatherStep(f"gather({', '.join(seen)})", tuple(branches))
+            raise WorkflowDefinitionError("race needs at least one step")
+        branches = _branches("race", steps)
+        return RaceStep(f"race({', '.join(b.name for b in branches)})", branches)
+
+
+def _branches(what: str, steps: tuple[Step[Any], ...]) -> tuple[LeafStep, ...]:
+    branches: list[LeafStep] = []
+    seen: set[str] = set()
+    for step in steps:
+        if isinstance(step, (GatherStep, RaceStep)):
+            raise WorkflowDefinitionError(
+                f"{what} cannot take {step.describe()}: gathers and races do not nest; pass "
+                "leaf steps (ctx.run, ctx.sleep, ...), or yield the inner one first"
+            )
+        if not is_leaf(step):
+            raise WorkflowDefinitionError(
+                f"{what} takes steps built by ctx (ctx.run, ctx.sleep, ...), got {step!r}"
+            )
+        if step.name in seen:
+            raise WorkflowDefinitionError(
+                f"{what} has two branches named {step.name!r}; give each its own name"
+            )
+        seen.add(step.name)
+        branches.append(step)
+    return tuple(branches)
+
+
+def _new_run_patches(patch_id: str, deprecated: bool) -> bool:
+    del patch_id
+    return not deprecated
+
+
+def _check_patch_id(patch_id: object) -> str:
+    if not isinstance(patch_id, str) or not patch_id:
+        raise WorkflowDefinitionError(f"a patch id must be a non-empty string, got {patch_id!r}")
+    return patch_id
 
 
 @dataclass(frozen=True, slots=True)

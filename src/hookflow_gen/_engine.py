@@ -7,10 +7,19 @@ without a settled record is returned as a ``Waiting`` decision. The runtime
 then settles that step (runs it, waits for its timer or event) and calls
 ``settle`` and ``advance`` again: the generator stays alive, so nothing is
 replayed twice within one wake-up.
+
+Some records are the engine's own decisions rather than a step's outcome:
+a race's winner (a ``race`` marker after its branches) and its cancelled
+losers, and the ``patch`` markers of ``ctx.patched``. The engine adds them
+to its journal and hands them out through ``take_writes``; whoever drives it
+stores them with the step records it writes next, so a replay finds the same
+decisions. They are derived from the journal alone, so a fresh execution
+that never saw them being written makes them again identically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,11 +30,12 @@ import pydantic
 from ._codec import decode, encode
 from ._context import Context, RunInfo
 from ._journal import ErrorInfo, StepRecord, StepStatus
-from ._steps import GatherStep, LeafStep, Step, is_step
+from ._steps import GatherStep, LeafStep, RaceStep, Step, Winner, is_step
 from ._workflow import Workflow
 from .exceptions import (
     NonDeterminismError,
     PayloadValidationError,
+    StepCancelled,
     StepFailed,
     WorkflowDefinitionError,
 )
@@ -93,6 +103,7 @@ class Replay:
         "_replay_until",
         "_send",
         "_throw",
+        "_writes",
         "context",
         "position",
         "workflow",
@@ -119,7 +130,10 @@ class Replay:
         self._replay_until = max(settled, default=-1) + 1
         self._now = info.started_at
         self.position = 0
-        self.context = Context(info, clock=self._clock, replaying=self._is_replaying)
+        self._writes: list[StepRecord] = []
+        self.context = Context(
+            info, clock=self._clock, replaying=self._is_replaying, patches=self._patch
+        )
         value = decode(
             workflow.payload_adapter, payload, what=f"the payload of workflow {workflow.name!r}"
         )
@@ -139,6 +153,44 @@ class Replay:
     def records(self) -> dict[int, StepRecord]:
         """The journal as this execution knows it, by position."""
         return self._records
+
+    def take_writes(self) -> list[StepRecord]:
+        """The records the engine decided since the last call (race and patch markers).
+
+        The caller stores them, in the transaction of the records it writes
+        next; they are already part of this execution's journal.
+        """
+        writes, self._writes = self._writes, []
+        return writes
+
+    def _write(self, record: StepRecord) -> None:
+        self._writes.append(record)
+        self.settle(record)
+
+    def _patch(self, patch_id: str, deprecated: bool) -> bool:
+        """``ctx.patched``/``deprecate_patch``: decided by the record at this position."""
+        position = self.position
+        record = self._records.get(position)
+        if record is not None:
+            if record.kind == "patch" and record.name == patch_id:
+                self.position = position + 1
+                return True
+            return False  # the run went past this point under the old code
+        if deprecated:
+            return True
+        now = self._now
+        self._write(
+            StepRecord(
+                position=position,
+                kind="patch",
+                name=patch_id,
+                result="true",
+                completed_at=now,
+                started_at=now,
+            )
+        )
+        self.position = position + 1
+        return True
 
     def settle(self, record: StepRecord) -> None:
         """Add or replace the record at ``record.position`` (fresh results, new pending steps)."""
@@ -179,7 +231,8 @@ class Replay:
                     continue
                 self._blocked = request
             position = self.position
-            if request.__class__ is not GatherStep:  # a single step: the common case, kept lean
+            cls = request.__class__
+            if cls is not GatherStep and cls is not RaceStep:  # one step: the common case
                 leaf = cast("LeafStep", request)
                 record = records.get(position)
                 if record is None:
@@ -197,9 +250,95 @@ class Replay:
                 else:
                     self._throw = _step_failed(record)
                 continue
-            waiting = self._gather(request, request.leaves, position)
+            if cls is RaceStep:
+                waiting = self._race(cast("RaceStep[Any]", request), position)
+            else:
+                waiting = self._gather(request, request.leaves, position)
             if waiting is not None:
                 return waiting
+
+    def _race(self, request: RaceStep[Any], position: int) -> Waiting | None:
+        records = self._records
+        leaves = request.branches
+        end = position + len(leaves)
+        pending: list[Pending] = []
+        first: int | None = None
+        for offset, leaf in enumerate(leaves):
+            record = records.get(position + offset)
+            if record is not None and (record.kind != leaf.kind or record.name != leaf.name):
+                raise _mismatch(position + offset, record, leaf)
+            if record is None or record.status is _PENDING:
+                pending.append(Pending(position + offset, leaf, record))
+            elif first is None:
+                first = offset
+        marker = records.get(end)
+        if marker is not None:
+            if marker.kind != request.kind or marker.name != request.name:
+                raise _mismatch(end, marker, request)
+            index = _winner_index(marker, len(leaves))
+        elif first is None:
+            return Waiting(request, tuple(pending))
+        else:
+            index = first
+            self._decide_race(request, position, index, pending)
+        winner = records.get(position + index)
+        if winner is None or winner.status is _PENDING:
+            raise NonDeterminismError(
+                f"position {end}: the journal says branch {index} won {request.describe()}, "
+                "but that branch has not settled; the journal is inconsistent",
+                position=end,
+                recorded=f"race {request.name!r} won by branch {index}",
+                current=request.describe(),
+            )
+        self._blocked = None
+        self.position = end + 1
+        if winner.completed_at is not None and winner.completed_at > self._now:
+            self._now = winner.completed_at
+        leaf = leaves[index]
+        if winner.status is _COMPLETED:
+            self._send = Winner(index, leaf.name, self._decode(leaf, winner))
+        else:
+            self._throw = _step_failed(winner)
+        return None
+
+    def _decide_race(
+        self, request: RaceStep[Any], position: int, index: int, losers: list[Pending]
+    ) -> None:
+        """Record the winner after the branches, and settle the pending losers as cancelled."""
+        winner = self._records[position + index]
+        at = max(self._now, winner.completed_at or self._now)
+        error = ErrorInfo.from_exception(
+            StepCancelled(f"{request.describe()} was won by {winner.describe()}")
+        )
+        for loser in losers:
+            base = loser.record or StepRecord(
+                position=loser.position,
+                kind=loser.step.kind,
+                name=loser.step.name,
+                attempts=0,
+                started_at=at,
+            )
+            self._write(
+                dataclasses.replace(
+                    base,
+                    status=StepStatus.FAILED,
+                    error=error,
+                    completed_at=at,
+                    wake_at=None,
+                    lease_until=None,
+                    lease_owner=None,
+                )
+            )
+        self._write(
+            StepRecord(
+                position=position + len(request.branches),
+                kind=request.kind,
+                name=request.name,
+                result=str(index),
+                completed_at=at,
+                started_at=at,
+            )
+        )
 
     def _gather(
         self, request: Step[Any], leaves: tuple[LeafStep, ...], position: int
@@ -282,7 +421,20 @@ class Replay:
         self._gen.close()
 
 
-def _mismatch(position: int, record: StepRecord, leaf: LeafStep) -> NonDeterminismError:
+def _winner_index(marker: StepRecord, branches: int) -> int:
+    text = marker.result or ""
+    if not text.isdigit() or int(text) >= branches:
+        raise NonDeterminismError(
+            f"position {marker.position}: {marker.describe()} records winner {text!r}, which is "
+            f"not one of its {branches} branches; the journal is inconsistent",
+            position=marker.position,
+            recorded=marker.describe(),
+            current=None,
+        )
+    return int(text)
+
+
+def _mismatch(position: int, record: StepRecord, leaf: Step[Any]) -> NonDeterminismError:
     return NonDeterminismError(
         f"position {position} was {record.describe()} in the journal, "
         f"now the workflow asks for {leaf.describe()}; the workflow code changed in a way "

@@ -29,14 +29,17 @@ __all__ = [
     "Flow",
     "GatherStep",
     "InvokeStep",
+    "RaceStep",
     "RetryPolicy",
     "RunStep",
     "SleepStep",
     "Step",
+    "Winner",
 ]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+I_co = TypeVar("I_co", bound=int, covariant=True)
 R = TypeVar("R")
 
 
@@ -322,12 +325,51 @@ class GatherStep(Step[T_co]):
         return self.branches
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class RaceStep(Step[T_co]):
+    """Run several steps at once; the result is the first to settle, as a ``Winner``.
+
+    The losers still pending when the race is decided are settled as
+    cancelled (a ``StepCancelled`` failure in the journal), so the run never
+    waits on them; a loser already running is not interrupted, and what it
+    returns is dropped.
+    """
+
+    kind: ClassVar[str] = "race"
+    name: str
+    branches: tuple[LeafStep, ...]
+
+    @property
+    def leaves(self) -> tuple[LeafStep, ...]:
+        """The branches, each recorded at its own consecutive position."""
+        return self.branches
+
+
+@dataclass(frozen=True, slots=True)
+class Winner(Generic[I_co, T_co]):
+    """The branch that won a ``ctx.race``: its index, name and typed value.
+
+    ``ctx.race(a, b)`` is typed ``Winner[Literal[0], A] | Winner[Literal[1], B]``,
+    so ``if won.index == 0:`` narrows ``won.value`` to ``A`` in both mypy and
+    pyright.
+
+    Attributes:
+        index: the winning branch's position among the race's arguments.
+        name: the winning branch's step name.
+        value: its result.
+    """
+
+    index: I_co
+    name: str
+    value: T_co
+
+
 LeafStep: TypeAlias = RunStep[Any] | SleepStep | CallStep[Any] | EventStep[Any] | InvokeStep[Any]
-"""A step the engine records: every kind but gather."""
+"""A step the engine records: every kind but gather and race."""
 
 
 def is_leaf(step: object) -> TypeIs[LeafStep]:
-    """True for every step kind the engine records (all but gather)."""
+    """True for every step kind the engine records (all but gather and race)."""
     return isinstance(step, (RunStep, SleepStep, CallStep, EventStep, InvokeStep))
 
 

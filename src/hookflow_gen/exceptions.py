@@ -12,6 +12,8 @@ The tree::
     ├── NonDeterminismError         replayed code no longer matches its journal
     ├── StepFailed                  a step failed for good; thrown into the
     │                               workflow at the ``yield from``
+    ├── StepCancelled               recorded for a race's losers (never raised
+    │                               into a workflow; seen in journals)
     ├── WorkflowFailed              waited on the result of a run that failed
     ├── RunCancelled                waited on the result of a cancelled run
     ├── UnknownWorkflowError        no workflow is registered under that name
@@ -48,6 +50,7 @@ __all__ = [
     "RetryAfter",
     "RunCancelled",
     "RunNotFinished",
+    "StepCancelled",
     "StepFailed",
     "UnknownRunError",
     "UnknownWorkflowError",
@@ -142,6 +145,14 @@ class StepFailed(HookflowError):
         replay as on the first run.
         """
         return f"{exc_type.__module__}.{exc_type.__qualname__}" in self.error.mro
+
+
+class StepCancelled(HookflowError):
+    """The error recorded for a race's losers, settled as cancelled when it was won.
+
+    It only appears in journals (``StepRecord.error.type``, ``hookflow
+    show``): the workflow resumes with the winner, never with this.
+    """
 
 
 class WorkflowFailed(HookflowError):

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from .._clock import Clock, SystemClock
@@ -40,6 +41,7 @@ from ..exceptions import (
     RetryAfter,
     UnknownRunError,
 )
+from ._decided import store_decided
 from ._execute import (
     CallDispatcher,
     CallExecutor,
@@ -173,6 +175,7 @@ class Runtime:
                     continue
                 replay = self._replay_for(run)
                 waiting = replay.advance()
+                store_decided(self, run_id, replay, partial(self.store.save_step, run_id))
                 self._keep_warm(run.run_id, replay)
                 step = _pending_at(waiting, position)
                 if not isinstance(step, EventStep):
@@ -310,6 +313,7 @@ class Runtime:
             now = self.clock.now()
             try:
                 decision = replay.advance()
+                store_decided(self, run.run_id, replay, writes.add)
             except NonDeterminismError as exc:
                 log.error("run %s: %s", run.run_id, exc)
                 return self._finish(
@@ -517,6 +521,7 @@ class Runtime:
             replay = self._replay_for(run)
             try:
                 decision = replay.advance()
+                store_decided(self, run_id, replay, partial(self.store.save_step, run_id))
             except NonDeterminismError:
                 decision = None  # the tick below fails the run and says why
             except BaseException:

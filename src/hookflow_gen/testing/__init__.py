@@ -106,7 +106,12 @@ class Stepper(Generic[R]):
         info = RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=started_at)
         payload_json = encode(workflow.payload_adapter, payload, what="the payload")
         self._replay = Replay(workflow, payload_json, info)
-        self._decision: Decision = self._replay.advance()
+        self._decision: Decision = self._advance()
+
+    def _advance(self) -> Decision:
+        decision = self._replay.advance()
+        self.history.extend(self._replay.take_writes())  # race and patch markers
+        return decision
 
     @property
     def context(self) -> Any:
@@ -155,7 +160,31 @@ class Stepper(Generic[R]):
             self.history.append(record)
             self._replay.settle(record)
         self.now = end
-        self._decision = self._replay.advance()
+        self._decision = self._advance()
+        return self
+
+    def send_branch(self, index: int, value: object = None, *, attempts: int = 1) -> Stepper[R]:
+        """Settle only branch ``index`` of the current gather or race with ``value``.
+
+        For a race, the branch settled first wins; an exception fails it.
+        """
+        if not isinstance(self._decision, Waiting):
+            raise HookflowError("the workflow has finished; there is no step to send to")
+        branches = self._decision.request.leaves
+        if not 0 <= index < len(branches):
+            raise HookflowError(
+                f"{self._decision.request.describe()} has branches 0 to {len(branches) - 1}"
+            )
+        target = branches[index]
+        waiting = next((p for p in self._decision.pending if p.step is target), None)
+        if waiting is None:
+            raise HookflowError(f"branch {index} ({target.describe()}) has settled already")
+        record = self._record(waiting.position, waiting.step, value, attempts)
+        self.history.append(record)
+        self._replay.settle(record)
+        if record.completed_at and record.completed_at > self.now:
+            self.now = record.completed_at
+        self._decision = self._advance()
         return self
 
     def fail(self, error: BaseException | str, *, attempts: int = 1) -> Stepper[R]:
@@ -205,7 +234,7 @@ class Stepper(Generic[R]):
 
 
 def _is_gather(step: Step[Any]) -> bool:
-    return step.kind == "gather"
+    return step.kind in ("gather", "race")
 
 
 Stub = Callable[..., Any] | object

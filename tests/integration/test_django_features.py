@@ -1,0 +1,76 @@
+"""Race, patching and call answers on the Django store and the database worker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+from pydantic import BaseModel
+
+import hookflow_gen
+from hookflow_gen import Context, Flow, RunStatus, workflow
+from hookflow_gen.django.models import Step
+from hookflow_gen.testing import replay
+from tests.conftest import run_worker
+
+if TYPE_CHECKING:
+    from hookflow_gen._runtime import Runtime
+    from hookflow_gen.testing import FakeClock
+
+pytestmark = pytest.mark.django_db
+
+
+class Key(BaseModel):
+    key: str
+
+
+class Vote(BaseModel):
+    by: str
+
+
+@workflow(name="features-vote-or-deadline")
+def vote_or_deadline(ctx: Context, payload: Key) -> Flow[str]:
+    won = yield from ctx.race(
+        ctx.wait_for_event("vote", Vote, key=payload.key), ctx.sleep("deadline", 3600)
+    )
+    if won.index == 0:
+        return f"vote by {won.value.by}"
+    return "deadline"
+
+
+def _journal(run_id: str) -> list[tuple[int, str, str]]:
+    return list(
+        Step.objects.filter(run_id=run_id)
+        .order_by("position")
+        .values_list("position", "kind", "status")
+    )
+
+
+def test_event_wins_a_race_on_the_database_scheduler(runtime: Runtime) -> None:
+    """An event beats a one-hour timer; the timer is stored cancelled and the run ends."""
+    handle = vote_or_deadline.start(Key(key="features-1"))
+    run_worker(runtime, once=True)
+    assert handle.status is RunStatus.RUNNING
+    assert hookflow_gen.notify("features-1", {"by": "ann"}) == 1
+    run_worker(runtime)
+    assert handle.result() == "vote by ann"
+    assert _journal(handle.run_id) == [
+        (0, "event", "completed"),
+        (1, "sleep", "failed"),
+        (2, "race", "completed"),
+    ]
+    timer = Step.objects.get(run_id=handle.run_id, position=1)
+    assert "StepCancelled" in str(timer.error)
+    assert replay(vote_or_deadline, Key(key="features-1"), handle.steps()).finished
+
+
+def test_timer_wins_a_race_on_the_database_scheduler(runtime: Runtime, clock: FakeClock) -> None:
+    """The timer fires first; the event wait is cancelled, so a late event is buffered."""
+    handle = vote_or_deadline.start(Key(key="features-2"))
+    run_worker(runtime, once=True)
+    clock.advance(3600)
+    run_worker(runtime)
+    assert handle.result() == "deadline"
+    assert _journal(handle.run_id)[0] == (0, "event", "failed")
+    assert hookflow_gen.notify("features-2", {"by": "late"}) == 0
