@@ -50,6 +50,8 @@ def racing(ctx: Context, order: Order) -> Flow[str]:
         assert_type(three.value, Approval)
     else:
         assert_type(three.value, None)
+    kept = yield from ctx.race(ctx.sleep("a", 1), ctx.run("b", quote, 2), cancel_losers=False)
+    assert_type(kept, Winner[Literal[0], None] | Winner[Literal[1], float])
     alone = yield from ctx.race(ctx.run("only", quote, 1))
     assert_type(alone, Winner[Literal[0], float])
     many = yield from ctx.race(*[ctx.run(f"q{i}", quote, i) for i in range(3)])

@@ -394,18 +394,27 @@ class Context:
         return GatherStep(f"gather({', '.join(b.name for b in branches)})", branches)
 
     @overload
-    def race(self, s1: Step[T1], /) -> RaceStep[Winner[Literal[0], T1]]: ...
+    def race(
+        self, s1: Step[T1], /, *, cancel_losers: bool = ...
+    ) -> RaceStep[Winner[Literal[0], T1]]: ...
     @overload
     def race(
-        self, s1: Step[T1], s2: Step[T2], /
+        self, s1: Step[T1], s2: Step[T2], /, *, cancel_losers: bool = ...
     ) -> RaceStep[Winner[Literal[0], T1] | Winner[Literal[1], T2]]: ...
     @overload
     def race(
-        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], /
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], /, *, cancel_losers: bool = ...
     ) -> RaceStep[Winner[Literal[0], T1] | Winner[Literal[1], T2] | Winner[Literal[2], T3]]: ...
     @overload
     def race(
-        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], s4: Step[T4], /
+        self,
+        s1: Step[T1],
+        s2: Step[T2],
+        s3: Step[T3],
+        s4: Step[T4],
+        /,
+        *,
+        cancel_losers: bool = ...,
     ) -> RaceStep[
         Winner[Literal[0], T1]
         | Winner[Literal[1], T2]
@@ -413,8 +422,8 @@ class Context:
         | Winner[Literal[3], T4]
     ]: ...
     @overload
-    def race(self, *steps: Step[T]) -> RaceStep[Winner[int, T]]: ...
-    def race(self, *steps: Step[Any]) -> RaceStep[Winner[int, Any]]:
+    def race(self, *steps: Step[T], cancel_losers: bool = ...) -> RaceStep[Winner[int, T]]: ...
+    def race(self, *steps: Step[Any], cancel_losers: bool = True) -> RaceStep[Winner[int, Any]]:
         """Run steps at once and resume on the first to settle: a typed ``Winner``.
 
         A timer raced against an event or a step is the common case::
@@ -432,13 +441,18 @@ class Context:
         cancelled at once, so the run never waits on them: a pending timer
         or event wait just ends, a child run is cancelled, and a step
         function already running is not interrupted but its result is
-        dropped. The winner is recorded in the journal, so every replay
-        resumes the same way. Races and gathers do not nest.
+        dropped. With ``cancel_losers=False`` the losers are left to finish
+        instead: they keep running while the workflow goes on (their results
+        are recorded, not used; a run that ends does not wait for them).
+        The winner is recorded in the journal, so every replay resumes the
+        same way. Races and gathers do not nest.
         """
         if not steps:
             raise WorkflowDefinitionError("race needs at least one step")
         branches = _branches("race", steps)
-        return RaceStep(f"race({', '.join(b.name for b in branches)})", branches)
+        return RaceStep(
+            f"race({', '.join(b.name for b in branches)})", branches, bool(cancel_losers)
+        )
 
 
 def _branches(what: str, steps: tuple[Step[Any], ...]) -> tuple[LeafStep, ...]:

@@ -56,14 +56,25 @@ class Pending:
     position: int
     step: LeafStep
     record: StepRecord | None
+    background: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Waiting:
-    """The workflow is blocked on ``request``; ``pending`` are its unsettled steps."""
+    """The workflow is blocked on ``request``; ``pending`` are the steps to carry on.
+
+    ``pending`` holds ``request``'s unsettled steps and, after them, the
+    losers of races run with ``cancel_losers=False`` that have not settled
+    yet (``Pending.background``): they keep running, nobody waits on them.
+    """
 
     request: Step[Any]
     pending: tuple[Pending, ...]
+
+    @property
+    def branches(self) -> tuple[Pending, ...]:
+        """The unsettled steps of ``request`` itself, without background ones."""
+        return tuple(p for p in self.pending if not p.background)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +105,7 @@ class Replay:
     """
 
     __slots__ = (
+        "_background",
         "_blocked",
         "_done",
         "_gen",
@@ -131,6 +143,7 @@ class Replay:
         self._now = info.started_at
         self.position = 0
         self._writes: list[StepRecord] = []
+        self._background: dict[int, LeafStep] = {}
         self.context = Context(
             info, clock=self._clock, replaying=self._is_replaying, patches=self._patch
         )
@@ -236,11 +249,11 @@ class Replay:
                 leaf = cast("LeafStep", request)
                 record = records.get(position)
                 if record is None:
-                    return Waiting(request, (Pending(position, leaf, None),))
+                    return self._wait(request, (Pending(position, leaf, None),))
                 if record.kind != leaf.kind or record.name != leaf.name:
                     raise _mismatch(position, record, leaf)
                 if record.status is _PENDING:
-                    return Waiting(request, (Pending(position, leaf, record),))
+                    return self._wait(request, (Pending(position, leaf, record),))
                 self._blocked = None
                 self.position = position + 1
                 if record.completed_at is not None and record.completed_at > self._now:
@@ -256,6 +269,19 @@ class Replay:
                 waiting = self._gather(request, request.leaves, position)
             if waiting is not None:
                 return waiting
+
+    def _wait(self, request: Step[Any], pending: tuple[Pending, ...]) -> Waiting:
+        if not self._background:
+            return Waiting(request, pending)
+        records = self._records
+        background: list[Pending] = []
+        for position, leaf in list(self._background.items()):
+            record = records.get(position)
+            if record is not None and record.status is not _PENDING:
+                del self._background[position]  # settled: its result is not used
+            else:
+                background.append(Pending(position, leaf, record, background=True))
+        return Waiting(request, pending + tuple(background))
 
     def _race(self, request: RaceStep[Any], position: int) -> Waiting | None:
         records = self._records
@@ -277,10 +303,13 @@ class Replay:
                 raise _mismatch(end, marker, request)
             index = _winner_index(marker, len(leaves))
         elif first is None:
-            return Waiting(request, tuple(pending))
+            return self._wait(request, tuple(pending))
         else:
             index = first
             self._decide_race(request, position, index, pending)
+        if not request.cancel_losers:
+            for loser in pending:
+                self._background[loser.position] = loser.step
         winner = records.get(position + index)
         if winner is None or winner.status is _PENDING:
             raise NonDeterminismError(
@@ -304,13 +333,13 @@ class Replay:
     def _decide_race(
         self, request: RaceStep[Any], position: int, index: int, losers: list[Pending]
     ) -> None:
-        """Record the winner after the branches, and settle the pending losers as cancelled."""
+        """Record the winner after the branches; settle the pending losers as cancelled."""
         winner = self._records[position + index]
         at = max(self._now, winner.completed_at or self._now)
         error = ErrorInfo.from_exception(
             StepCancelled(f"{request.describe()} was won by {winner.describe()}")
         )
-        for loser in losers:
+        for loser in losers if request.cancel_losers else ():
             base = loser.record or StepRecord(
                 position=loser.position,
                 kind=loser.step.kind,
@@ -355,7 +384,7 @@ class Replay:
             else:
                 settled.append(record)
         if pending:
-            return Waiting(request, tuple(pending))
+            return self._wait(request, tuple(pending))
         self._blocked = None
         self.position = position + len(leaves)
         for record in settled:

@@ -329,15 +329,18 @@ class GatherStep(Step[T_co]):
 class RaceStep(Step[T_co]):
     """Run several steps at once; the result is the first to settle, as a ``Winner``.
 
-    The losers still pending when the race is decided are settled as
-    cancelled (a ``StepCancelled`` failure in the journal), so the run never
-    waits on them; a loser already running is not interrupted, and what it
-    returns is dropped.
+    With ``cancel_losers`` (the default) the losers still pending when the
+    race is decided are settled as cancelled (a ``StepCancelled`` failure in
+    the journal), so the run never waits on them; a loser already running is
+    not interrupted, and what it returns is dropped. Without it the losers
+    run on to their end while the workflow goes on; their results are
+    recorded but not used, and a run that ends does not wait for them.
     """
 
     kind: ClassVar[str] = "race"
     name: str
     branches: tuple[LeafStep, ...]
+    cancel_losers: bool = True
 
     @property
     def leaves(self) -> tuple[LeafStep, ...]:

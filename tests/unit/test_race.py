@@ -248,3 +248,38 @@ def test_a_race_over_a_list_continues_after_it() -> None:
     """A race over a list of steps is typed ``Winner[int, T]``; the workflow goes on after it."""
     with WorkflowEnvironment() as env:
         assert env.run(race_then_more, Order(order_id=1)) == [0, 0, len("ch_0_1")]
+
+
+@workflow
+def losers_left_running(ctx: Context, order: Order) -> Flow[str]:
+    won = yield from ctx.race(
+        ctx.sleep("short", 10),
+        ctx.wait_for_event("vote", Approval, key=f"vote-{order.order_id}"),
+        cancel_losers=False,
+    )
+    yield from ctx.sleep("tail", 100)
+    return won.name
+
+
+def test_losers_can_be_left_to_finish() -> None:
+    """With cancel_losers=False a losing event wait stays open and still takes its event."""
+    with WorkflowEnvironment(auto_advance=False) as env:
+        handle = losers_left_running.start(Order(order_id=4))
+        env.advance(10)
+        assert handle.status is RunStatus.RUNNING
+        journal = env.journal(handle.run_id)
+        assert journal[1].status is StepStatus.PENDING  # the losing event wait, still open
+        assert env.notify("vote-4", Approval(approved_by="late")) == 1
+        assert env.journal(handle.run_id)[1].status is StepStatus.COMPLETED
+        env.advance(100)
+        assert handle.result() == "short"
+        assert replay(losers_left_running, Order(order_id=4), env.journal(handle.run_id)).finished
+
+
+def test_background_losers_are_not_branches_of_the_next_step() -> None:
+    """After a race that leaves its losers running, the Stepper sees only the next step."""
+    s = Stepper(losers_left_running, Order(order_id=4))
+    s.send_branch(0)
+    assert s.step.name == "tail"
+    s.send()
+    assert s.result() == "short"

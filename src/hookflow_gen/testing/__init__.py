@@ -142,7 +142,7 @@ class Stepper(Generic[R]):
         """
         if not isinstance(self._decision, Waiting):
             raise HookflowError("the workflow has finished; there is no step to send to")
-        pending = self._decision.pending
+        pending = self._decision.branches
         if len(pending) == 1 and not _is_gather(self._decision.request):
             values: Sequence[object] = (value,)
         elif isinstance(value, tuple) and len(cast("tuple[object, ...]", value)) == len(pending):
@@ -176,7 +176,7 @@ class Stepper(Generic[R]):
                 f"{self._decision.request.describe()} has branches 0 to {len(branches) - 1}"
             )
         target = branches[index]
-        waiting = next((p for p in self._decision.pending if p.step is target), None)
+        waiting = next((p for p in self._decision.branches if p.step is target), None)
         if waiting is None:
             raise HookflowError(f"branch {index} ({target.describe()}) has settled already")
         record = self._record(waiting.position, waiting.step, value, attempts)
@@ -191,7 +191,7 @@ class Stepper(Generic[R]):
         """Fail the current step (every branch of a gather) with ``error``."""
         exc = error if isinstance(error, BaseException) else Exception(error)
         if isinstance(self._decision, Waiting) and _is_gather(self._decision.request):
-            return self.send(tuple(exc for _ in self._decision.pending), attempts=attempts)
+            return self.send(tuple(exc for _ in self._decision.branches), attempts=attempts)
         return self.send(exc, attempts=attempts)
 
     def _record(self, position: int, step: LeafStep, value: object, attempts: int) -> StepRecord:
