@@ -7,11 +7,22 @@ Positives pin inferred types with ``assert_type``; each negative carries a
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal, assert_type
+from typing import Any, Literal, assert_type
 
 from pydantic import BaseModel
 
-from hookflow_gen import Context, Flow, RaceStep, Winner, workflow
+from hookflow_gen import (
+    Context,
+    ErrorInfo,
+    Flow,
+    RaceStep,
+    RetryPolicy,
+    RunHandle,
+    Winner,
+    get_run,
+    workflow,
+)
+from hookflow_gen.testing import ReplayResult, replay
 
 
 class Order(BaseModel):
@@ -75,3 +86,51 @@ def racing_wrongly(ctx: Context, order: Order) -> Flow[str]:
     ctx.race(ctx.run("q", quote, "x"))  # type: ignore[call-overload]
     del label
     return "no"
+
+
+# --- the smaller gaps ----------------------------------------------------------------------
+
+
+@workflow
+def child(ctx: Context, order: Order) -> Flow[int]:
+    yield from ()  # no steps: the idiom both checkers accept, even with warn_unreachable
+    return order.order_id
+
+
+@workflow
+def gaps(ctx: Context, order: Order) -> Flow[int]:
+    nothing = yield from ctx.gather()
+    assert_type(nothing, tuple[()])
+    many = yield from ctx.gather(*[ctx.run(f"q{i}", quote, i) for i in range(order.order_id)])
+    assert_type(many, tuple[float, ...])
+    policy = RetryPolicy(maximum_attempts=3)
+    value = yield from ctx.invoke("child", child, order, retry=policy)
+    assert_type(value, int)
+    again = yield from ctx.invoke("child-2", child, order).options(retry=policy)
+    assert_type(again, int)
+    yield from ctx.sleep("nap", 1)  # a None step: a statement, no variable to assign
+    return value + again
+
+
+def typed_runs(run_id: str) -> None:
+    assert_type(get_run(gaps, run_id), RunHandle[int])
+    assert_type(get_run(gaps, run_id).result(), int)
+    assert_type(get_run(run_id), RunHandle[Any])
+    journal = get_run(run_id).steps()
+    assert_type(replay(gaps, Order(order_id=1), journal), ReplayResult)
+    assert_type(replay(gaps, payload_json='{"order_id": 1}', journal=journal), ReplayResult)
+
+
+def on_failure(run_id: str, payload: Any, error: ErrorInfo) -> None:
+    assert_type(error.original, ErrorInfo)
+    assert_type(error.original.type, str)
+    assert_type(error.cause, ErrorInfo | None)
+    assert_type(error.caused_by(ValueError), bool)
+
+
+def wrong_gaps(run_id: str) -> None:
+    wrong: RunHandle[str] = get_run(gaps, run_id)  # type: ignore[arg-type]
+    journal = get_run(run_id).steps()
+    replay(gaps, '{"order_id": 1}', journal)  # type: ignore[misc]
+    replay(gaps, Order(order_id=1), journal, payload_json="{}")  # type: ignore[call-overload]
+    del wrong

@@ -334,20 +334,35 @@ class Context:
         )
 
     def invoke(
-        self, name: str, workflow: Workflow[M, R], payload: M, *, run_id: str | None = None
+        self,
+        name: str,
+        workflow: Workflow[M, R],
+        payload: M,
+        *,
+        run_id: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> InvokeStep[R]:
         """Start ``workflow`` as a child run with ``payload`` and wait for its result.
 
-        A child that fails throws ``StepFailed`` here. ``run_id`` defaults to
-        one derived from this run and the step name, so a replay never starts
-        a second child.
+        A child that fails throws ``StepFailed`` here (``caused_by`` sees the
+        child's own error). ``run_id`` defaults to one derived from this run
+        and the step's position, so a replay never starts a second child.
+        With ``retry``, a failed child is followed by a new child run
+        (``<run id>-attempt-<n>``) after the policy's back-off, up to its
+        ``maximum_attempts``; without, a child failure is final (the
+        workflow's and the runtime's default step policies do not apply).
         """
         from ._workflow import Workflow
 
         if not isinstance(workflow, Workflow):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise WorkflowDefinitionError(f"invoke {name!r} needs a @workflow, got {workflow!r}")
         return InvokeStep(
-            _check_name(name), workflow, payload, run_id, adapter=workflow.result_adapter
+            _check_name(name),
+            workflow,
+            payload,
+            run_id,
+            adapter=workflow.result_adapter,
+            retry=retry,
         )
 
     @overload

@@ -30,7 +30,7 @@ import pydantic
 from ._codec import decode, encode
 from ._context import Context, RunInfo
 from ._journal import ErrorInfo, StepRecord, StepStatus
-from ._steps import GatherStep, LeafStep, RaceStep, Step, Winner, is_step
+from ._steps import GatherStep, InvokeStep, LeafStep, RaceStep, Step, Winner, is_step
 from ._workflow import Workflow
 from .exceptions import (
     NonDeterminismError,
@@ -96,6 +96,7 @@ Decision: TypeAlias = Waiting | Completed | Failed
 
 _PENDING = StepStatus.PENDING
 _COMPLETED = StepStatus.COMPLETED
+_FAILED = StepStatus.FAILED
 
 
 class Replay:
@@ -252,6 +253,8 @@ class Replay:
                     return self._wait(request, (Pending(position, leaf, None),))
                 if record.kind != leaf.kind or record.name != leaf.name:
                     raise _mismatch(position, record, leaf)
+                if record.status is _FAILED and leaf.__class__ is InvokeStep:
+                    record = self._retry_child(leaf, record)
                 if record.status is _PENDING:
                     return self._wait(request, (Pending(position, leaf, record),))
                 self._blocked = None
@@ -269,6 +272,30 @@ class Replay:
                 waiting = self._gather(request, request.leaves, position)
             if waiting is not None:
                 return waiting
+
+    def _retry_child(self, leaf: LeafStep, record: StepRecord) -> StepRecord:
+        """A failed child run under a retry policy: reopen the step for another child.
+
+        The reopened record (pending, no child yet, due after the back-off)
+        is the engine's own write; the runtime starts the next child when
+        it is due. Otherwise the failure stands.
+        """
+        policy = cast("InvokeStep[Any]", leaf).retry
+        error = record.error
+        attempts = max(record.attempts, 1)
+        if policy is None or error is None or not policy.retries_error(error, attempts):
+            return record
+        at = record.completed_at or self._now
+        reopened = dataclasses.replace(
+            record,
+            status=_PENDING,
+            key=None,
+            attempts=attempts,
+            completed_at=None,
+            wake_at=at + policy.delay(attempts),
+        )
+        self._write(reopened)
+        return reopened
 
     def _wait(self, request: Step[Any], pending: tuple[Pending, ...]) -> Waiting:
         if not self._background:
@@ -293,6 +320,8 @@ class Replay:
             record = records.get(position + offset)
             if record is not None and (record.kind != leaf.kind or record.name != leaf.name):
                 raise _mismatch(position + offset, record, leaf)
+            if record is not None and record.status is _FAILED and leaf.__class__ is InvokeStep:
+                record = self._retry_child(leaf, record)
             if record is None or record.status is _PENDING:
                 pending.append(Pending(position + offset, leaf, record))
             elif first is None:
@@ -379,6 +408,8 @@ class Replay:
             record = records.get(position + offset)
             if record is not None and (record.kind != leaf.kind or record.name != leaf.name):
                 raise _mismatch(position + offset, record, leaf)
+            if record is not None and record.status is _FAILED and leaf.__class__ is InvokeStep:
+                record = self._retry_child(leaf, record)
             if record is None or record.status is _PENDING:
                 pending.append(Pending(position + offset, leaf, record))
             else:

@@ -20,6 +20,7 @@ from typing_extensions import TypeIs
 from ._codec import adapter_for
 
 if TYPE_CHECKING:
+    from ._journal import ErrorInfo
     from ._workflow import Workflow
 
 __all__ = [
@@ -82,6 +83,22 @@ class RetryPolicy:
         if attempt >= self.maximum_attempts:
             return False
         return not isinstance(exc, (NonRetryableError, *self.non_retryable_error_types))
+
+    def retries_error(self, error: ErrorInfo, attempt: int) -> bool:
+        """Like ``retries``, for a recorded error (a failed child run), by type names.
+
+        A cancelled child is never retried.
+        """
+        from .exceptions import NonRetryableError, RunCancelled
+
+        if attempt >= self.maximum_attempts:
+            return False
+        stop: tuple[type[BaseException], ...] = (
+            NonRetryableError,
+            RunCancelled,
+            *self.non_retryable_error_types,
+        )
+        return not any(error.caused_by(exc_type) for exc_type in stop)
 
 
 NO_RETRY = RetryPolicy(maximum_attempts=1)
@@ -301,7 +318,11 @@ class EventStep(Step[T_co]):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class InvokeStep(Step[T_co]):
-    """Start a child workflow and wait for its result."""
+    """Start a child workflow and wait for its result.
+
+    With a ``retry`` policy a child run that fails is followed by a new
+    child run (``<run id>-attempt-<n>``) after the policy's back-off.
+    """
 
     kind: ClassVar[str] = "invoke"
     name: str
@@ -309,6 +330,11 @@ class InvokeStep(Step[T_co]):
     payload: Any
     run_id: str | None = None
     adapter: TypeAdapter[Any] = field(default=adapter_for(Any), repr=False)
+    retry: RetryPolicy | None = None
+
+    def options(self, *, retry: RetryPolicy | None = None) -> InvokeStep[T_co]:
+        """This step with another retry policy for its child runs."""
+        return dataclasses.replace(self, retry=retry if retry is not None else self.retry)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -141,10 +141,11 @@ class StepFailed(HookflowError):
         """Tell whether the original exception was an instance of ``exc_type``.
 
         Compares qualified names along the original exception's class
-        hierarchy, recorded when it was raised, so it answers the same on
-        replay as on the first run.
+        hierarchy (and those of the errors it wraps, as for a failed child
+        run), recorded when it was raised, so it answers the same on replay
+        as on the first run.
         """
-        return f"{exc_type.__module__}.{exc_type.__qualname__}" in self.error.mro
+        return self.error.caused_by(exc_type)
 
 
 class StepCancelled(HookflowError):
@@ -167,6 +168,15 @@ class WorkflowFailed(HookflowError):
         super().__init__(f"run {run_id} failed: {error.type}: {error.message}")
         self.run_id = run_id
         self.error = error
+
+    def caused_by(self, exc_type: type[BaseException]) -> bool:
+        """Whether the run's error, or one it wraps, was an ``exc_type`` (by name).
+
+        A run that failed on an uncaught step failure records the
+        ``StepFailed`` and, as its cause, the step function's exception:
+        ``failed.caused_by(ValueError)`` looks through both.
+        """
+        return self.error.caused_by(exc_type)
 
 
 class RunCancelled(HookflowError):

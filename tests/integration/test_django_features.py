@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import BaseModel
 
 import hookflow_gen
-from hookflow_gen import Context, Flow, RunStatus, workflow
-from hookflow_gen.django.models import Step
+from hookflow_gen import Context, Flow, RetryPolicy, RunStatus, workflow
+from hookflow_gen.django.models import Run, Step
 from hookflow_gen.testing import replay
 from tests.conftest import run_worker
 
@@ -73,3 +74,42 @@ def test_timer_wins_a_race_on_the_database_scheduler(runtime: Runtime, clock: Fa
     assert handle.result() == "deadline"
     assert _journal(handle.run_id)[0] == (0, "event", "failed")
     assert hookflow_gen.notify("features-2", {"by": "late"}) == 0
+
+
+class Tries(BaseModel):
+    key: str
+    failures: int
+
+
+_tries: dict[str, int] = {}
+
+
+def _flaky_once(key: str, failures: int) -> int:
+    _tries[key] = _tries.get(key, 0) + 1
+    if _tries[key] <= failures:
+        raise ConnectionError(f"try {_tries[key]} failed")
+    return _tries[key]
+
+
+@workflow(name="features-flaky-child", retry=RetryPolicy(maximum_attempts=1))
+def flaky_child(ctx: Context, payload: Tries) -> Flow[int]:
+    return (yield from ctx.run("flaky", _flaky_once, payload.key, payload.failures))
+
+
+@workflow(name="features-retrying-parent")
+def retrying_parent(ctx: Context, payload: Tries) -> Flow[int]:
+    policy = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=30))
+    return (yield from ctx.invoke("child", flaky_child, payload, retry=policy))
+
+
+def test_invoke_retries_children_on_the_database_scheduler(runtime: Runtime) -> None:
+    """A failed child is followed by a new child run after the back-off, via the worker."""
+    handle = retrying_parent.start(Tries(key=f"features-{id(runtime)}", failures=1))
+    run_worker(runtime)
+    assert handle.result() == 2
+    children = dict(Run.objects.filter(parent_run_id=handle.run_id).values_list("run_id", "status"))
+    assert children == {
+        f"{handle.run_id}-0": "failed",
+        f"{handle.run_id}-0-attempt-2": "completed",
+    }
+    assert replay(retrying_parent, Tries(key="x", failures=1), handle.steps()).finished

@@ -41,7 +41,7 @@ from ..exceptions import (
     RetryAfter,
     UnknownRunError,
 )
-from ._decided import store_decided
+from ._decided import start_next_child, store_decided
 from ._execute import (
     CallDispatcher,
     CallExecutor,
@@ -348,6 +348,11 @@ class Runtime:
                         progressed = True
                     elif due is not None:
                         timers.append(due)
+                elif kind == "invoke" and record.key is None:  # a child to retry
+                    if due is not None and due > now:
+                        timers.append(due)
+                    else:
+                        replay.settle(start_next_child(self, run, pending, record, writes.add))
                 elif kind in ("run", "call"):
                     if record.lease_until is not None and record.lease_until > now:
                         leases.append(record.lease_until)
@@ -672,7 +677,7 @@ class Runtime:
                 status=StepStatus.COMPLETED,
                 result=child.result,
                 completed_at=now,
-                attempts=1,
+                attempts=max(record.attempts, 1),
             )
         else:
             error = child.error or ErrorInfo(
@@ -681,7 +686,11 @@ class Runtime:
                 mro=("hookflow_gen.exceptions.RunCancelled",),
             )
             done = dataclasses.replace(
-                record, status=StepStatus.FAILED, error=error, completed_at=now, attempts=1
+                record,
+                status=StepStatus.FAILED,
+                error=error,
+                completed_at=now,
+                attempts=max(record.attempts, 1),
             )
         self.store.save_step(parent.run_id, done)
         self._wake(parent, now)

@@ -2,23 +2,28 @@
 
 The replay engine adds these records to its journal while it advances
 (``Replay.take_writes``); the runtime stores them with the records it writes
-next, in the same transaction, wherever it advances a run.
+next, in the same transaction, wherever it advances a run. It also reopens
+an ``invoke`` step whose child failed under a retry policy; the runtime then
+starts the next child run here once the back-off has passed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .._engine import Replay
+from .._engine import Pending, Replay
 from .._journal import StepRecord, StepStatus
+from .._steps import InvokeStep
+from .._store import RunState
 
 if TYPE_CHECKING:
     from ._core import Runtime
 
-__all__ = ["store_decided"]
+__all__ = ["start_next_child", "store_decided"]
 
 log = logging.getLogger("hookflow_gen")
 
@@ -46,3 +51,30 @@ def _cancel_child(runtime: Runtime, run_id: str, child: str) -> None:
         runtime.cancel(child)
     except Exception:
         log.exception("run %s: could not cancel child run %s of a lost race", run_id, child)
+
+
+def start_next_child(
+    runtime: Runtime,
+    run: RunState,
+    pending: Pending,
+    record: StepRecord,
+    save: Callable[[StepRecord], None],
+) -> StepRecord:
+    """Start attempt ``record.attempts + 1`` of a reopened ``invoke`` step; its record.
+
+    ``save`` stores the record: the same writer ``store_decided`` used, so the
+    reopened record cannot be written over the started one.
+    """
+    step = pending.step
+    assert isinstance(step, InvokeStep)
+    attempt = record.attempts + 1
+    base = step.run_id or f"{run.run_id}-{pending.position}"
+    child, _ = runtime.start_run(
+        step.workflow,
+        step.payload,
+        run_id=f"{base}-attempt-{attempt}",
+        parent=(run.run_id, pending.position),
+    )
+    started = dataclasses.replace(record, key=child.run_id, attempts=attempt, wake_at=None)
+    save(started)
+    return started

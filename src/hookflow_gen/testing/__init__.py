@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast, overload
 
 from .._client import RunHandle, use_runtime
 from .._codec import encode
@@ -49,6 +49,7 @@ M = TypeVar("M")
 R = TypeVar("R")
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+_NO_PAYLOAD: Final = object()
 
 
 class FakeClock:
@@ -367,11 +368,30 @@ class ReplayResult:
         return not isinstance(self.decision, Waiting)
 
 
+@overload
 def replay(
     workflow: Workflow[M, Any],
-    payload: M | str,
+    payload: M,
     journal: Iterable[StepRecord],
     *,
+    run_id: str = ...,
+    started_at: datetime = ...,
+) -> ReplayResult: ...
+@overload
+def replay(
+    workflow: Workflow[Any, Any],
+    *,
+    journal: Iterable[StepRecord],
+    payload_json: str,
+    run_id: str = ...,
+    started_at: datetime = ...,
+) -> ReplayResult: ...
+def replay(
+    workflow: Workflow[Any, Any],
+    payload: object = _NO_PAYLOAD,
+    journal: Iterable[StepRecord] | None = None,
+    *,
+    payload_json: str | None = None,
     run_id: str = "replay",
     started_at: datetime = EPOCH,
 ) -> ReplayResult:
@@ -379,17 +399,25 @@ def replay(
 
     Args:
         workflow: the workflow as the code defines it now.
-        payload: the run's payload (a model, or its stored JSON text).
+        payload: the run's payload, as a value of the workflow's payload type
+            (a ``str`` here is a ``str`` payload, never JSON).
         journal: the run's stored step records.
+        payload_json: instead of ``payload``, the payload's stored JSON text
+            (``RunState.payload``).
 
     Raises:
         NonDeterminismError: the code no longer follows the journal; the
             message names the position, what was recorded and what the code
             asks for now.
+        TypeError: neither or both of ``payload`` and ``payload_json`` given.
     """
+    if journal is None:
+        raise TypeError("replay() needs the journal")
+    if (payload is _NO_PAYLOAD) == (payload_json is None):
+        raise TypeError("replay() takes a payload or payload_json=, exactly one of them")
     text = (
-        payload
-        if isinstance(payload, str)
+        payload_json
+        if payload_json is not None
         else encode(workflow.payload_adapter, payload, what="the payload")
     )
     info = RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=started_at)

@@ -379,8 +379,8 @@ def _replay_runs(
             definition = get_workflow(run.workflow)
             replay(
                 definition,
-                run.payload,
-                store.steps(run.run_id),
+                payload_json=run.payload,
+                journal=store.steps(run.run_id),
                 run_id=run.run_id,
                 started_at=run.created_at or runtime.clock.now(),
             )
