@@ -134,3 +134,18 @@ def wrong_gaps(run_id: str) -> None:
     replay(gaps, '{"order_id": 1}', journal)  # type: ignore[misc]
     replay(gaps, Order(order_id=1), journal, payload_json="{}")  # type: ignore[call-overload]
     del wrong
+
+
+# --- versioning ----------------------------------------------------------------------------
+
+
+@workflow
+def versioned(ctx: Context, order: Order) -> Flow[float]:
+    assert_type(ctx.patched("quote-v2"), bool)
+    if ctx.patched("quote-v2"):
+        value = yield from ctx.run("quote-v2", quote, order.order_id)
+    else:
+        value = yield from ctx.run("quote", quote, order.order_id)
+    ctx.deprecate_patch("old-fix")
+    ctx.patched(2)  # type: ignore[arg-type]
+    return value

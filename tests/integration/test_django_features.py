@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from django.core.management import call_command
 from pydantic import BaseModel
 
 import hookflow_gen
-from hookflow_gen import Context, Flow, RetryPolicy, RunStatus, workflow
+from hookflow_gen import Context, Flow, RetryPolicy, RunStatus, Workflow, workflow
+from hookflow_gen._workflow import _registry  # pyright: ignore[reportPrivateUsage]  # a deploy
 from hookflow_gen.django.models import Run, Step
 from hookflow_gen.testing import replay
 from tests.conftest import run_worker
@@ -113,3 +117,51 @@ def test_invoke_retries_children_on_the_database_scheduler(runtime: Runtime) -> 
         f"{handle.run_id}-0-attempt-2": "completed",
     }
     assert replay(retrying_parent, Tries(key="x", failures=1), handle.steps()).finished
+
+
+def _old_greeting(ctx: Context, payload: Key) -> Flow[str]:
+    greeting = yield from ctx.run("greet", str.upper, payload.key)
+    yield from ctx.sleep("wait", 60)
+    return greeting
+
+
+def _new_greeting(ctx: Context, payload: Key) -> Flow[str]:
+    if ctx.patched("greet-v2"):
+        greeting = yield from ctx.run("greet-v2", str.title, payload.key)
+    else:
+        greeting = yield from ctx.run("greet", str.upper, payload.key)
+    yield from ctx.sleep("wait", 60)
+    return greeting
+
+
+GREETING = "features-greeting"
+
+
+@pytest.fixture
+def deployed() -> Iterator[dict[str, Workflow[Any, Any]]]:
+    """The greeting workflow's registry entry, swapped the way a deploy swaps code."""
+    _registry[GREETING] = Workflow(_old_greeting, name=GREETING)
+    try:
+        yield _registry
+    finally:
+        _registry.pop(GREETING, None)
+
+
+def test_patched_runs_replay_with_the_command(
+    runtime: Runtime, clock: FakeClock, deployed: dict[str, Workflow[Any, Any]]
+) -> None:
+    """Runs from before and after a patch both finish, and `hookflow replay` accepts both."""
+    old = deployed[GREETING].start(Key(key="old run"))
+    run_worker(runtime, once=True)  # the old code greets, then sleeps
+    new_code = Workflow(_new_greeting, name=GREETING)
+    deployed[GREETING] = new_code
+    runtime.close()  # a new process: no warm generator of the old code
+    new = new_code.start(Key(key="new run"))
+    clock.advance(60)
+    run_worker(runtime)
+    assert old.result() == "OLD RUN"
+    assert new.result() == "New Run"
+    assert [k for _, k, _ in _journal(new.run_id)] == ["patch", "run", "sleep"]
+    out = io.StringIO()
+    call_command("hookflow", "replay", "--workflow", GREETING, stdout=out)
+    assert "2 run(s) replay deterministically" in out.getvalue()
