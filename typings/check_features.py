@@ -12,6 +12,7 @@ from typing import Any, Literal, assert_type
 from pydantic import BaseModel
 
 from hookflow_gen import (
+    CallResponse,
     Context,
     ErrorInfo,
     Flow,
@@ -149,3 +150,23 @@ def versioned(ctx: Context, order: Order) -> Flow[float]:
     ctx.deprecate_patch("old-fix")
     ctx.patched(2)  # type: ignore[arg-type]
     return value
+
+
+# --- call answers as values ----------------------------------------------------------------
+
+
+@workflow
+def calling(ctx: Context, order: Order) -> Flow[int]:
+    strict = yield from ctx.call("a", "https://x.example/", response_model=Order)
+    assert_type(strict, CallResponse[Order])
+    loose = yield from ctx.call(
+        "b", "https://x.example/", response_model=Order, raise_for_status=False
+    )
+    assert_type(loose, CallResponse[Order | str])
+    assert_type(loose.ok, bool)
+    text = yield from ctx.call("c", "https://x.example/", raise_for_status=False)
+    assert_type(text.body, str)
+    if isinstance(loose.body, Order):
+        return loose.body.order_id
+    loose.body.order_id  # type: ignore[attr-defined]
+    return loose.status

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Union, overload
 
 from pydantic import TypeAdapter
 
@@ -257,6 +257,7 @@ class Context:
         headers: Mapping[str, str] | None = ...,
         timeout: timedelta | float | None = ...,
         retry: RetryPolicy | None = ...,
+        raise_for_status: Literal[True] = ...,
     ) -> CallStep[str]: ...
     @overload
     def call(
@@ -270,7 +271,35 @@ class Context:
         headers: Mapping[str, str] | None = ...,
         timeout: timedelta | float | None = ...,
         retry: RetryPolicy | None = ...,
+        raise_for_status: Literal[True] = ...,
     ) -> CallStep[T]: ...
+    @overload
+    def call(
+        self,
+        name: str,
+        url: str,
+        *,
+        method: str = ...,
+        body: Any = ...,
+        headers: Mapping[str, str] | None = ...,
+        timeout: timedelta | float | None = ...,
+        retry: RetryPolicy | None = ...,
+        raise_for_status: Literal[False],
+    ) -> CallStep[str]: ...
+    @overload
+    def call(
+        self,
+        name: str,
+        url: str,
+        *,
+        response_model: type[T],
+        method: str = ...,
+        body: Any = ...,
+        headers: Mapping[str, str] | None = ...,
+        timeout: timedelta | float | None = ...,
+        retry: RetryPolicy | None = ...,
+        raise_for_status: Literal[False],
+    ) -> CallStep[T | str]: ...
     def call(
         self,
         name: str,
@@ -282,18 +311,24 @@ class Context:
         headers: Mapping[str, str] | None = None,
         timeout: timedelta | float | None = None,
         retry: RetryPolicy | None = None,
+        raise_for_status: bool = True,
     ) -> CallStep[Any]:
         """Make an HTTP request as a durable step.
 
         ``body`` is sent as JSON (a ``str`` or ``bytes`` body as is). A 2xx
         answer becomes a ``CallResponse`` whose body is parsed as JSON into
-        ``response_model`` (kept as text without one). Any other status fails
-        the attempt; 429 and 5xx are retried per ``retry``, other 4xx are not.
-        With the QStash scheduler, QStash makes the request, so no worker
-        waits on a slow API.
+        ``response_model`` (kept as text without one). By default any other
+        status fails the attempt; 429 and 5xx are retried per ``retry``,
+        other 4xx are not. With ``raise_for_status=False`` every answer is a
+        ``CallResponse`` to read (``.status``, ``.ok``, ``.headers``), the
+        body of a non-2xx one being its raw text, so the result is typed
+        ``CallResponse[Model | str]``; only a request that got no answer
+        fails and is retried. With the QStash scheduler, QStash makes the
+        request, so no worker waits on a slow API.
         """
         if not url.startswith(("http://", "https://")):
             raise WorkflowDefinitionError(f"call {name!r} needs an http(s) URL, got {url!r}")
+        result_body: Any = response_model if raise_for_status else Union[response_model, str]  # noqa: UP007  # any annotation, not only classes
         return CallStep(
             _check_name(name),
             url,
@@ -303,7 +338,8 @@ class Context:
             timeout=as_timedelta(timeout) if timeout is not None else None,
             retry=retry,
             response_model=response_model,
-            adapter=adapter_for(CallResponse[response_model]),
+            adapter=adapter_for(CallResponse[result_body]),
+            raise_for_status=bool(raise_for_status),
         )
 
     @overload

@@ -108,15 +108,22 @@ class CallResponse(BaseModel, Generic[T]):
     """The answer to an HTTP ``call`` step.
 
     Attributes:
-        status: the HTTP status code (always 2xx: other statuses fail the step).
+        status: the HTTP status code: 2xx, unless the call was made with
+            ``raise_for_status=False`` (then any status the server sent).
         headers: response headers, names in lower case.
         body: the body, parsed as JSON into the ``response_model`` given to
-            ``ctx.call`` (raw text when none was given).
+            ``ctx.call`` (raw text when none was given, and the raw text of
+            a non-2xx answer under ``raise_for_status=False``).
     """
 
     status: int
     headers: dict[str, str]
     body: T
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx status."""
+        return 200 <= self.status < 300
 
 
 class Step(Generic[T_co]):
@@ -276,7 +283,11 @@ class SleepStep(Step[None]):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class CallStep(Step[CallResponse[T]], Generic[T]):
-    """Make an HTTP request; a 2xx answer is the result, anything else a failure."""
+    """Make an HTTP request; a 2xx answer is the result, anything else a failure.
+
+    With ``raise_for_status=False`` every answer is the result, whatever its
+    status (only a request that got no answer fails).
+    """
 
     kind: ClassVar[str] = "call"
     name: str
@@ -288,6 +299,7 @@ class CallStep(Step[CallResponse[T]], Generic[T]):
     retry: RetryPolicy | None = None
     response_model: Any = str
     adapter: TypeAdapter[Any] = field(default=adapter_for(CallResponse[str]), repr=False)
+    raise_for_status: bool = True
 
     def options(
         self, *, retry: RetryPolicy | None = None, timeout: timedelta | float | None = None
