@@ -93,8 +93,8 @@ class RunHandle(Generic[R]):
     __slots__ = ("_runtime", "run_id", "workflow")
 
     def __init__(self, run_id: str, workflow: Workflow[Any, R], runtime: Runtime) -> None:
-        self.run_id = run_id
-        self.workflow = workflow
+        self.run_id: str = run_id
+        self.workflow: Workflow[Any, R] = workflow
         self._runtime = runtime
 
     def __repr__(self) -> str:

@@ -78,12 +78,14 @@ class Workflow(Generic[M, R]):
                 "yields its steps, e.g. `charge = yield from ctx.run('charge', charge_card, 7)`; "
                 "one with no steps (yet) starts with `yield from ()`"
             )
-        self.fn = fn
-        self.__wrapped__ = fn
-        self.name = name or fn.__name__
-        self.retry = retry
-        self.on_failure = on_failure
-        self.payload_adapter, self.result_adapter = _adapters(fn)
+        self.fn: Callable[[Context, M], Flow[R]] = fn
+        self.__wrapped__: Callable[[Context, M], Flow[R]] = fn
+        self.name: str = name or fn.__name__
+        self.retry: RetryPolicy | None = retry
+        self.on_failure: FailureHandler | None = on_failure
+        adapters = _adapters(fn)
+        self.payload_adapter: TypeAdapter[Any] = adapters[0]
+        self.result_adapter: TypeAdapter[Any] = adapters[1]
 
     def __call__(self, ctx: Context, payload: M) -> Flow[R]:
         """The raw generator, for stepping by hand with ``next``/``send``/``throw``."""

@@ -128,8 +128,8 @@ class StepFailed(HookflowError):
         self.step_name = step_name
         self.position = position
         self.error = error
-        self.error_type = error.type
-        self.message = error.message
+        self.error_type: str = error.type
+        self.message: str = error.message
         self.attempts = attempts
         plural = "s" if attempts != 1 else ""
         super().__init__(
@@ -194,5 +194,5 @@ class RetryAfter(Exception):
     """
 
     def __init__(self, delay: timedelta | float, message: str = "") -> None:
-        self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        self.delay: timedelta = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
         super().__init__(message or f"retry after {self.delay.total_seconds():g}s")

@@ -111,14 +111,14 @@ class Runtime:
         self.clock: Clock = clock or SystemClock()
         self.budget = budget
         self.lease = lease
-        self.default_retry = default_retry or RetryPolicy()
+        self.default_retry: RetryPolicy = default_retry or RetryPolicy()
         self.call_executor = call_executor
         if call_dispatcher is None and isinstance(scheduler, CallDispatcher):
             call_dispatcher = scheduler
         self.call_dispatcher = call_dispatcher
         self._warm: collections.OrderedDict[str, Replay] = collections.OrderedDict()
         self._warm_max = warm_runs
-        self.executor = StepExecutor(call_executor, thread_exit=thread_exit)
+        self.executor: StepExecutor = StepExecutor(call_executor, thread_exit=thread_exit)
         bind = getattr(scheduler, "bind", None)
         if callable(bind):
             bind(self)

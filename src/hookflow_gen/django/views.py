@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["qstash_call", "qstash_webhook"]
 
-log = logging.getLogger("hookflow_gen.qstash")
+log: logging.Logger = logging.getLogger("hookflow_gen.qstash")
 
 _PRUNE_EVERY = 60.0  # seconds between deletions of expired signature rows
 _prune_lock = threading.Lock()
@@ -378,10 +378,10 @@ def _call_back(request: HttpRequest, runtime: Runtime) -> JsonResponse:
                          "run_status": run.status.value})  # fmt: skip
 
 
-qstash_webhook = _delivery("delivery", _wake_up)
+qstash_webhook: Callable[[HttpRequest], JsonResponse] = _delivery("delivery", _wake_up)
 """The wake-up webhook: ``hookflow:qstash``."""
 
-qstash_call = _delivery("callback", _call_back)
+qstash_call: Callable[[HttpRequest], JsonResponse] = _delivery("callback", _call_back)
 """The ``call`` steps' callback: ``hookflow:qstash-call``."""
 
 

@@ -101,8 +101,8 @@ class Stepper(Generic[R]):
         run_id: str = "test-run",
         started_at: datetime = EPOCH,
     ) -> None:
-        self.workflow = workflow
-        self.now = started_at
+        self.workflow: Workflow[Any, R] = workflow
+        self.now: datetime = started_at
         self.history: list[StepRecord] = []
         info = RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=started_at)
         payload_json = encode(workflow.payload_adapter, payload, what="the payload")
@@ -299,9 +299,9 @@ class WorkflowEnvironment:
         auto_advance: bool = True,
         default_retry: RetryPolicy | None = None,
     ) -> None:
-        self.clock = FakeClock(start)
-        self.store = MemoryStore()
-        self.scheduler = InlineScheduler(auto_advance=auto_advance)
+        self.clock: FakeClock = FakeClock(start)
+        self.store: MemoryStore = MemoryStore()
+        self.scheduler: InlineScheduler = InlineScheduler(auto_advance=auto_advance)
         self.runtime: Runtime = _TestRuntime(
             dict(stubs or {}),
             store=self.store,

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SUBCOMMANDS", "Command", "Subcommand", "Worker", "subcommand"]
 
-log = logging.getLogger("hookflow_gen.worker")
+log: logging.Logger = logging.getLogger("hookflow_gen.worker")
 
 Handler = Callable[["Command", dict[str, Any]], None]
 
