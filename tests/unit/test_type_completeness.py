@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 # The lowest acceptable score over every public module, the Django app included.
-# What is still ambiguous is the admin's and the app config's option overrides,
-# whose exact types django-stubs spells with private aliases. Raise it, never lower it.
-PINNED_SCORE = 0.944
+# What is still ambiguous is AppConfig.default_auto_field, whose exact type
+# django-stubs spells with a private protocol. Raise it, never lower it.
+PINNED_SCORE = 0.993
 
 ROOT = Path(__file__).resolve().parents[2]
 

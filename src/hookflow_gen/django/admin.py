@@ -8,7 +8,7 @@ write is the "cancel selected runs" action, which goes through the runtime
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
@@ -17,10 +17,45 @@ from django.utils.html import format_html
 from .models import Run, Step
 
 if TYPE_CHECKING:
-    from django.http import HttpRequest
+    from collections.abc import Callable, Sequence
+
+    from django.contrib.admin import FieldListFilter, ListFilter
+    from django.contrib.admin.options import InlineModelAdmin
+    from django.db.models import Field
+    from django.db.models.expressions import Combinable
+    from django.http import HttpRequest, HttpResponseBase
     from django.utils.safestring import SafeString
 
 __all__ = ["RunAdmin", "StepInline"]
+
+# The options' types exactly as django-stubs declares them (it names them with
+# private aliases): an override of a mutable option must repeat its type.
+_Names: TypeAlias = "list[str] | tuple[str, ...] | tuple[()]"
+_Ordering: TypeAlias = "list[str | Combinable] | tuple[str | Combinable, ...] | tuple[()] | None"
+_FieldGroups: TypeAlias = "list[str | _Names] | tuple[str | _Names, ...] | tuple[()] | None"
+_FilterOn: TypeAlias = "Field[Any, Any] | str"
+_FilterClass: TypeAlias = "type[FieldListFilter]"
+_Filter: TypeAlias = (
+    "type[ListFilter] | _FilterOn | tuple[_FilterOn, _FilterClass] | list[_FilterOn | _FilterClass]"
+)
+_Display: TypeAlias = "str | Callable[[Run], str | bool]"
+_Inline: TypeAlias = "type[InlineModelAdmin[Any, Any]]"
+_Action: TypeAlias = (
+    "Callable[[admin.ModelAdmin[Run], HttpRequest, QuerySet[Run]], HttpResponseBase | None] | str"
+)
+_STEP_FIELDS = ("position", "kind", "name", "status", "attempts", "duration", "outcome")
+_RUN_FIELDS = (
+    "run_id",
+    "workflow",
+    "status",
+    "created_at",
+    "finished_at",
+    "wake_at",
+    "parent",
+    "payload_json",
+    "result_json",
+    "error_details",
+)
 
 if TYPE_CHECKING:
     _RunAdminBase = admin.ModelAdmin[Run]
@@ -62,9 +97,9 @@ class StepInline(_StepInlineBase):
     extra = 0
     can_delete = False
     show_change_link = False
-    ordering = ("position",)
-    fields = ("position", "kind", "name", "status", "attempts", "duration", "outcome")
-    readonly_fields = fields
+    ordering: ClassVar[_Ordering] = ("position",)
+    fields: ClassVar[_FieldGroups] = _STEP_FIELDS
+    readonly_fields: ClassVar[_Names] = _STEP_FIELDS
 
     def has_add_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
         return False
@@ -96,26 +131,25 @@ class StepInline(_StepInlineBase):
 class RunAdmin(_RunAdminBase):
     """Runs: filter by workflow and status, search by id, cancel."""
 
-    list_display = ("run_id", "workflow", "status", "created_at", "finished_at", "step_count")
-    list_filter = ("workflow", "status")
-    search_fields = ("run_id",)
-    date_hierarchy = "created_at"
-    ordering = ("-created_at",)
-    actions = ("cancel_runs",)
-    inlines = (StepInline,)
-    fields = (
+    list_display: list[_Display] | tuple[_Display, ...] | tuple[()] = (
         "run_id",
         "workflow",
         "status",
         "created_at",
         "finished_at",
-        "wake_at",
-        "parent",
-        "payload_json",
-        "result_json",
-        "error_details",
+        "step_count",
     )
-    readonly_fields = fields
+    list_filter: ClassVar[list[_Filter] | tuple[_Filter, ...] | tuple[()]] = (
+        "workflow",
+        "status",
+    )
+    search_fields: ClassVar[_Names] = ("run_id",)
+    date_hierarchy: ClassVar[str | None] = "created_at"
+    ordering: ClassVar[_Ordering] = ("-created_at",)
+    actions: Sequence[_Action] | None = ("cancel_runs",)
+    inlines: ClassVar[list[_Inline] | tuple[_Inline, ...] | tuple[()]] = (StepInline,)
+    fields: ClassVar[_FieldGroups] = _RUN_FIELDS
+    readonly_fields: ClassVar[_Names] = _RUN_FIELDS
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
         return super().get_queryset(request).annotate(_step_count=Count("steps"))
