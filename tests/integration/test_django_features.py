@@ -165,3 +165,24 @@ def test_patched_runs_replay_with_the_command(
     out = io.StringIO()
     call_command("hookflow", "replay", "--workflow", GREETING, stdout=out)
     assert "2 run(s) replay deterministically" in out.getvalue()
+
+
+class Url(BaseModel):
+    url: str
+
+
+@workflow(name="features-lenient-call")
+def lenient_call(ctx: Context, payload: Url) -> Flow[str]:
+    answer = yield from ctx.call("page", payload.url, raise_for_status=False)
+    return f"{answer.status} ok={answer.ok} {answer.headers.get('content-type', '?')[:9]}"
+
+
+@pytest.mark.urls("tests.e2e.flows")
+@pytest.mark.django_db(transaction=True)
+def test_a_404_answer_is_a_value_over_http(runtime: Runtime, live_server: Any) -> None:
+    """Under raise_for_status=False the worker records a real 404 as the step's answer."""
+    handle = lenient_call.start(Url(url=f"{live_server.url}/no-such-page/"))
+    run_worker(runtime)
+    assert handle.result() == "404 ok=False text/html"
+    (call,) = handle.steps()
+    assert (call.status, call.attempts) == ("completed", 1)
