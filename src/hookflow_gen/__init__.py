@@ -28,10 +28,12 @@ from ._steps import EventStep as EventStep
 from ._steps import Flow as Flow
 from ._steps import GatherStep as GatherStep
 from ._steps import InvokeStep as InvokeStep
+from ._steps import RaceStep as RaceStep
 from ._steps import RetryPolicy as RetryPolicy
 from ._steps import RunStep as RunStep
 from ._steps import SleepStep as SleepStep
 from ._steps import Step as Step
+from ._steps import Winner as Winner
 from ._store import RunState as RunState
 from ._store import RunStatus as RunStatus
 from ._workflow import Workflow as Workflow
@@ -45,6 +47,7 @@ from .exceptions import NonRetryableError as NonRetryableError
 from .exceptions import PayloadValidationError as PayloadValidationError
 from .exceptions import RetryAfter as RetryAfter
 from .exceptions import RunCancelled as RunCancelled
+from .exceptions import StepCancelled as StepCancelled
 from .exceptions import StepFailed as StepFailed
 from .exceptions import WorkflowDefinitionError as WorkflowDefinitionError
 from .exceptions import WorkflowFailed as WorkflowFailed
@@ -64,6 +67,7 @@ __all__ = [
     "NonDeterminismError",
     "NonRetryableError",
     "PayloadValidationError",
+    "RaceStep",
     "RetryAfter",
     "RetryPolicy",
     "RunCancelled",
@@ -74,10 +78,12 @@ __all__ = [
     "RunStep",
     "SleepStep",
     "Step",
+    "StepCancelled",
     "StepFailed",
     "StepInfo",
     "StepRecord",
     "StepStatus",
+    "Winner",
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowFailed",

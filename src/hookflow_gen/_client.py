@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from asgiref.sync import sync_to_async
 
@@ -119,8 +119,8 @@ class RunHandle(Generic[R]):
     __slots__ = ("_runtime", "run_id", "workflow")
 
     def __init__(self, run_id: str, workflow: Workflow[Any, R], runtime: Runtime) -> None:
-        self.run_id = run_id
-        self.workflow = workflow
+        self.run_id: str = run_id
+        self.workflow: Workflow[Any, R] = workflow
         self._runtime = runtime
 
     def __repr__(self) -> str:
@@ -200,17 +200,42 @@ class RunHandle(Generic[R]):
         self._runtime.cancel(self.run_id)
 
 
-def get_run(run_id: str) -> RunHandle[Any]:
-    """The handle of an existing run.
+@overload
+def get_run(run_id: str, /) -> RunHandle[Any]: ...
+@overload
+def get_run(workflow: Workflow[Any, R], run_id: str, /) -> RunHandle[R]: ...
+def get_run(
+    workflow_or_id: Workflow[Any, Any] | str, run_id: str | None = None, /
+) -> RunHandle[Any]:
+    """The handle of an existing run: ``get_run(checkout, run_id)`` is a ``RunHandle[Receipt]``.
+
+    ``get_run(run_id)`` alone finds the workflow from the stored run, and
+    types the result as ``Any``.
 
     Raises:
         UnknownRunError: no run has that id.
+        HookflowError: the run belongs to another workflow than the one given.
     """
+    if isinstance(workflow_or_id, str):
+        if run_id is not None:
+            raise TypeError("get_run takes (run_id) or (workflow, run_id)")
+        expected: Workflow[Any, Any] | None = None
+        run_id = workflow_or_id
+    else:
+        if run_id is None:
+            raise TypeError("get_run(workflow, run_id) needs the run id too")
+        expected = workflow_or_id
     runtime = current_runtime()
     run = runtime.store.get_run(run_id)
     if run is None:
         raise UnknownRunError(f"no run has id {run_id!r}")
-    return RunHandle(run.run_id, get_workflow(run.workflow), runtime)
+    if expected is None:
+        return RunHandle(run.run_id, get_workflow(run.workflow), runtime)
+    if run.workflow != expected.name:
+        raise HookflowError(
+            f"run {run_id!r} is a run of workflow {run.workflow!r}, not {expected.name!r}"
+        )
+    return RunHandle(run.run_id, expected, runtime)
 
 
 def notify(key: str, payload: object) -> int:

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Union, overload
 
 from pydantic import TypeAdapter
 
@@ -20,10 +20,12 @@ from ._steps import (
     GatherStep,
     InvokeStep,
     LeafStep,
+    RaceStep,
     RetryPolicy,
     RunStep,
     SleepStep,
     Step,
+    Winner,
     as_timedelta,
     is_leaf,
 )
@@ -105,7 +107,7 @@ class Context:
     values when the run is replayed.
     """
 
-    __slots__ = ("_clock", "_info", "_random", "_replaying", "_tracker")
+    __slots__ = ("_clock", "_info", "_patches", "_random", "_replaying", "_tracker")
 
     def __init__(
         self,
@@ -113,13 +115,27 @@ class Context:
         *,
         clock: Callable[[], datetime] | None = None,
         replaying: Callable[[], bool] | None = None,
+        patches: Callable[[str, bool], bool] | None = None,
         tracker: StepTracker | None = None,
     ) -> None:
+        """A context for one run.
+
+        Args:
+            info: the run's facts.
+            clock: the workflow clock (default: the run's start, forever).
+            replaying: tells whether recorded steps are being replayed.
+            patches: decides ``patched``/``deprecate_patch`` against the
+                journal (the engine's); without one every patch is taken,
+                as for a new run.
+            tracker: the engine's watch on the steps built (to report a
+                forgotten ``yield from``); none for a context made by hand.
+        """
         self._info = info
-        self._tracker = tracker
         self._clock = clock or (lambda: info.started_at)
         self._replaying = replaying or (lambda: False)
+        self._patches = patches or _new_run_patches
         self._random = random.Random(info.run_id)
+        self._tracker = tracker
 
     def _track(self, step: S) -> S:
         tracker = self._tracker
@@ -170,6 +186,33 @@ class Context:
     def random(self) -> random.Random:
         """A ``random.Random`` seeded from the run id: the same sequence on replay."""
         return self._random
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new code path of the change ``patch_id``.
+
+        ``True`` for a run that reaches this point under the new code (it is
+        recorded in the journal as a ``patch`` marker, so every replay of the
+        run answers the same); ``False`` for a run that already went past this
+        point under the old code, which then replays down the old path::
+
+            if ctx.patched("charge-v2"):
+                charge = yield from ctx.run("charge-v2", charge_v2, order.order_id)
+            else:
+                charge = yield from ctx.run("charge", charge_card, order.order_id)
+
+        Once no run from before the change is left, replace ``patched`` with
+        ``deprecate_patch`` (keeps runs that recorded the marker replaying),
+        and later remove that too.
+        """
+        return self._patches(_check_patch_id(patch_id), False)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Step over the marker ``patched(patch_id)`` recorded, if this run has one.
+
+        Put it where ``if ctx.patched(patch_id):`` was once only the new path
+        is left: runs that recorded the marker replay, new runs record none.
+        """
+        self._patches(_check_patch_id(patch_id), True)
 
     # -- steps ---------------------------------------------------------------
 
@@ -248,6 +291,7 @@ class Context:
         headers: Mapping[str, str] | None = ...,
         timeout: timedelta | float | None = ...,
         retry: RetryPolicy | None = ...,
+        raise_for_status: Literal[True] = ...,
     ) -> CallStep[str]: ...
     @overload
     def call(
@@ -261,7 +305,35 @@ class Context:
         headers: Mapping[str, str] | None = ...,
         timeout: timedelta | float | None = ...,
         retry: RetryPolicy | None = ...,
+        raise_for_status: Literal[True] = ...,
     ) -> CallStep[T]: ...
+    @overload
+    def call(
+        self,
+        name: str,
+        url: str,
+        *,
+        method: str = ...,
+        body: Any = ...,
+        headers: Mapping[str, str] | None = ...,
+        timeout: timedelta | float | None = ...,
+        retry: RetryPolicy | None = ...,
+        raise_for_status: Literal[False],
+    ) -> CallStep[str]: ...
+    @overload
+    def call(
+        self,
+        name: str,
+        url: str,
+        *,
+        response_model: type[T],
+        method: str = ...,
+        body: Any = ...,
+        headers: Mapping[str, str] | None = ...,
+        timeout: timedelta | float | None = ...,
+        retry: RetryPolicy | None = ...,
+        raise_for_status: Literal[False],
+    ) -> CallStep[T | str]: ...
     def call(
         self,
         name: str,
@@ -273,18 +345,24 @@ class Context:
         headers: Mapping[str, str] | None = None,
         timeout: timedelta | float | None = None,
         retry: RetryPolicy | None = None,
+        raise_for_status: bool = True,
     ) -> CallStep[Any]:
         """Make an HTTP request as a durable step.
 
         ``body`` is sent as JSON (a ``str`` or ``bytes`` body as is). A 2xx
         answer becomes a ``CallResponse`` whose body is parsed as JSON into
-        ``response_model`` (kept as text without one). Any other status fails
-        the attempt; 429 and 5xx are retried per ``retry``, other 4xx are not.
-        With the QStash scheduler, QStash makes the request, so no worker
-        waits on a slow API.
+        ``response_model`` (kept as text without one). By default any other
+        status fails the attempt; 429 and 5xx are retried per ``retry``,
+        other 4xx are not. With ``raise_for_status=False`` every answer is a
+        ``CallResponse`` to read (``.status``, ``.ok``, ``.headers``), the
+        body of a non-2xx one being its raw text, so the result is typed
+        ``CallResponse[Model | str]``; only a request that got no answer
+        fails and is retried. With the QStash scheduler, QStash makes the
+        request, so no worker waits on a slow API.
         """
         if not url.startswith(("http://", "https://")):
             raise WorkflowDefinitionError(f"call {name!r} needs an http(s) URL, got {url!r}")
+        result_body: Any = response_model if raise_for_status else Union[response_model, str]  # noqa: UP007  # any annotation, not only classes
         return self._track(
             CallStep(
                 _check_name(name),
@@ -295,7 +373,8 @@ class Context:
                 timeout=as_timedelta(timeout) if timeout is not None else None,
                 retry=retry,
                 response_model=response_model,
-                adapter=adapter_for(CallResponse[response_model]),
+                adapter=adapter_for(CallResponse[result_body]),
+                raise_for_status=bool(raise_for_status),
             )
         )
 
@@ -331,13 +410,23 @@ class Context:
         )
 
     def invoke(
-        self, name: str, workflow: Workflow[M, R], payload: M, *, run_id: str | None = None
+        self,
+        name: str,
+        workflow: Workflow[M, R],
+        payload: M,
+        *,
+        run_id: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> InvokeStep[R]:
         """Start ``workflow`` as a child run with ``payload`` and wait for its result.
 
-        A child that fails throws ``StepFailed`` here. ``run_id`` defaults to
-        one derived from this run and the step name, so a replay never starts
-        a second child.
+        A child that fails throws ``StepFailed`` here (``caused_by`` sees the
+        child's own error). ``run_id`` defaults to one derived from this run
+        and the step's position, so a replay never starts a second child.
+        With ``retry``, a failed child is followed by a new child run
+        (``<run id>-attempt-<n>``) after the policy's back-off, up to its
+        ``maximum_attempts``; without, a child failure is final (the
+        workflow's and the runtime's default step policies do not apply).
         """
         from ._workflow import Workflow
 
@@ -345,10 +434,17 @@ class Context:
             raise WorkflowDefinitionError(f"invoke {name!r} needs a @workflow, got {workflow!r}")
         return self._track(
             InvokeStep(
-                _check_name(name), workflow, payload, run_id, adapter=workflow.result_adapter
+                _check_name(name),
+                workflow,
+                payload,
+                run_id,
+                adapter=workflow.result_adapter,
+                retry=retry,
             )
         )
 
+    @overload
+    def gather(self, /) -> GatherStep[tuple[()]]: ...
     @overload
     def gather(self, s1: Step[T1], /) -> GatherStep[tuple[T1]]: ...
     @overload
@@ -383,28 +479,106 @@ class Context:
 
         Every branch runs to its end. If any failed, the first failed branch
         (in argument order) is thrown into the workflow as ``StepFailed``.
-        Branch names must differ; gathers do not nest.
+        Branch names must differ. ``gather()`` with no steps is ``()`` at
+        once (a fan-out over an empty list). Gathers and races do not nest:
+        pass leaf steps (``ctx.run``, ``ctx.sleep``, ...).
+        """
+        branches = _branches("gather", steps)
+        return self._track(GatherStep(f"gather({', '.join(b.name for b in branches)})", branches))
+
+    @overload
+    def race(
+        self, s1: Step[T1], /, *, cancel_losers: bool = ...
+    ) -> RaceStep[Winner[Literal[0], T1]]: ...
+    @overload
+    def race(
+        self, s1: Step[T1], s2: Step[T2], /, *, cancel_losers: bool = ...
+    ) -> RaceStep[Winner[Literal[0], T1] | Winner[Literal[1], T2]]: ...
+    @overload
+    def race(
+        self, s1: Step[T1], s2: Step[T2], s3: Step[T3], /, *, cancel_losers: bool = ...
+    ) -> RaceStep[Winner[Literal[0], T1] | Winner[Literal[1], T2] | Winner[Literal[2], T3]]: ...
+    @overload
+    def race(
+        self,
+        s1: Step[T1],
+        s2: Step[T2],
+        s3: Step[T3],
+        s4: Step[T4],
+        /,
+        *,
+        cancel_losers: bool = ...,
+    ) -> RaceStep[
+        Winner[Literal[0], T1]
+        | Winner[Literal[1], T2]
+        | Winner[Literal[2], T3]
+        | Winner[Literal[3], T4]
+    ]: ...
+    @overload
+    def race(self, *steps: Step[T], cancel_losers: bool = ...) -> RaceStep[Winner[int, T]]: ...
+    def race(self, *steps: Step[Any], cancel_losers: bool = True) -> RaceStep[Winner[int, Any]]:
+        """Run steps at once and resume on the first to settle: a typed ``Winner``.
+
+        A timer raced against an event or a step is the common case::
+
+            won = yield from ctx.race(
+                ctx.wait_for_event("approval", Approval, key=key),
+                ctx.sleep("deadline", timedelta(days=2)),
+            )
+            if won.index == 0:
+                approval = won.value  # Approval
+
+        The first branch to complete or fail wins (when several settled by
+        the time the engine looks, the first in argument order); if it
+        failed, its ``StepFailed`` is thrown in. The losers are settled as
+        cancelled at once, so the run never waits on them: a pending timer
+        or event wait just ends, a child run is cancelled, and a step
+        function already running is not interrupted but its result is
+        dropped. With ``cancel_losers=False`` the losers are left to finish
+        instead: they keep running while the workflow goes on (their results
+        are recorded, not used; a run that ends does not wait for them).
+        The winner is recorded in the journal, so every replay resumes the
+        same way. Races and gathers do not nest.
         """
         if not steps:
-            raise WorkflowDefinitionError("gather needs at least one step")
-        branches: list[LeafStep] = []
-        seen: dict[str, None] = {}  # ordered, for the gather's name
-        for step in steps:
-            if isinstance(step, GatherStep):
-                raise WorkflowDefinitionError(
-                    f"gathers do not nest: pass the branches of {step.name!r} directly"
-                )
-            if not is_leaf(step):
-                raise WorkflowDefinitionError(
-                    f"gather takes steps built by ctx (ctx.run, ctx.sleep, ...), got {step!r}"
-                )
-            if step.name in seen:
-                raise WorkflowDefinitionError(
-                    f"gather has two branches named {step.name!r}; give each its own name"
-                )
-            seen[step.name] = None
-            branches.append(step)
-        return self._track(GatherStep(f"gather({', '.join(seen)})", tuple(branches)))
+            raise WorkflowDefinitionError("race needs at least one step")
+        branches = _branches("race", steps)
+        return self._track(
+            RaceStep(f"race({', '.join(b.name for b in branches)})", branches, bool(cancel_losers))
+        )
+
+
+def _branches(what: str, steps: tuple[Step[Any], ...]) -> tuple[LeafStep, ...]:
+    branches: list[LeafStep] = []
+    seen: set[str] = set()
+    for step in steps:
+        if isinstance(step, (GatherStep, RaceStep)):
+            raise WorkflowDefinitionError(
+                f"{what} cannot take {step.describe()}: gathers and races do not nest; pass "
+                "leaf steps (ctx.run, ctx.sleep, ...), or yield the inner one first"
+            )
+        if not is_leaf(step):
+            raise WorkflowDefinitionError(
+                f"{what} takes steps built by ctx (ctx.run, ctx.sleep, ...), got {step!r}"
+            )
+        if step.name in seen:
+            raise WorkflowDefinitionError(
+                f"{what} has two branches named {step.name!r}; give each its own name"
+            )
+        seen.add(step.name)
+        branches.append(step)
+    return tuple(branches)
+
+
+def _new_run_patches(patch_id: str, deprecated: bool) -> bool:
+    del patch_id
+    return not deprecated
+
+
+def _check_patch_id(patch_id: object) -> str:
+    if not isinstance(patch_id, str) or not patch_id:
+        raise WorkflowDefinitionError(f"a patch id must be a non-empty string, got {patch_id!r}")
+    return patch_id
 
 
 @dataclass(frozen=True, slots=True)

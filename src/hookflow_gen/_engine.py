@@ -7,10 +7,19 @@ without a settled record is returned as a ``Waiting`` decision. The runtime
 then settles that step (runs it, waits for its timer or event) and calls
 ``settle`` and ``advance`` again: the generator stays alive, so nothing is
 replayed twice within one wake-up.
+
+Some records are the engine's own decisions rather than a step's outcome:
+a race's winner (a ``race`` marker after its branches) and its cancelled
+losers, and the ``patch`` markers of ``ctx.patched``. The engine adds them
+to its journal and hands them out through ``take_writes``; whoever drives it
+stores them with the step records it writes next, so a replay finds the same
+decisions. They are derived from the journal alone, so a fresh execution
+that never saw them being written makes them again identically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,12 +30,13 @@ import pydantic
 from ._codec import decode, encode
 from ._context import Context, RunInfo, StepTracker
 from ._journal import ErrorInfo, StepRecord, StepStatus
-from ._steps import GatherStep, LeafStep, Step, is_step
+from ._steps import GatherStep, InvokeStep, LeafStep, RaceStep, Step, Winner, is_step
 from ._workflow import Workflow
 from .exceptions import (
     Cancelled,
     NonDeterminismError,
     PayloadValidationError,
+    StepCancelled,
     StepFailed,
     WorkflowDefinitionError,
 )
@@ -47,14 +57,25 @@ class Pending:
     position: int
     step: LeafStep
     record: StepRecord | None
+    background: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Waiting:
-    """The workflow is blocked on ``request``; ``pending`` are its unsettled steps."""
+    """The workflow is blocked on ``request``; ``pending`` are the steps to carry on.
+
+    ``pending`` holds ``request``'s unsettled steps and, after them, the
+    losers of races run with ``cancel_losers=False`` that have not settled
+    yet (``Pending.background``): they keep running, nobody waits on them.
+    """
 
     request: Step[Any]
     pending: tuple[Pending, ...]
+
+    @property
+    def branches(self) -> tuple[Pending, ...]:
+        """The unsettled steps of ``request`` itself, without background ones."""
+        return tuple(p for p in self.pending if not p.background)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +97,7 @@ Decision: TypeAlias = Waiting | Completed | Failed
 
 _PENDING = StepStatus.PENDING
 _COMPLETED = StepStatus.COMPLETED
+_FAILED = StepStatus.FAILED
 
 
 class Replay:
@@ -85,6 +107,7 @@ class Replay:
     """
 
     __slots__ = (
+        "_background",
         "_blocked",
         "_done",
         "_gen",
@@ -96,6 +119,7 @@ class Replay:
         "_send",
         "_throw",
         "_tracker",
+        "_writes",
         "context",
         "failed_at",
         "position",
@@ -128,8 +152,14 @@ class Replay:
         self.failed_at: int | None = None
         self._request_at = 0
         self._tracker = StepTracker()
+        self._writes: list[StepRecord] = []
+        self._background: dict[int, LeafStep] = {}
         self.context = Context(
-            info, clock=self._clock, replaying=self._is_replaying, tracker=self._tracker
+            info,
+            clock=self._clock,
+            replaying=self._is_replaying,
+            patches=self._patch,
+            tracker=self._tracker,
         )
         value = decode(
             workflow.payload_adapter, payload, what=f"the payload of workflow {workflow.name!r}"
@@ -150,6 +180,44 @@ class Replay:
     def records(self) -> dict[int, StepRecord]:
         """The journal as this execution knows it, by position."""
         return self._records
+
+    def take_writes(self) -> list[StepRecord]:
+        """The records the engine decided since the last call (race and patch markers).
+
+        The caller stores them, in the transaction of the records it writes
+        next; they are already part of this execution's journal.
+        """
+        writes, self._writes = self._writes, []
+        return writes
+
+    def _write(self, record: StepRecord) -> None:
+        self._writes.append(record)
+        self.settle(record)
+
+    def _patch(self, patch_id: str, deprecated: bool) -> bool:
+        """``ctx.patched``/``deprecate_patch``: decided by the record at this position."""
+        position = self.position
+        record = self._records.get(position)
+        if record is not None:
+            if record.kind == "patch" and record.name == patch_id:
+                self.position = position + 1
+                return True
+            return False  # the run went past this point under the old code
+        if deprecated:
+            return True
+        now = self._now
+        self._write(
+            StepRecord(
+                position=position,
+                kind="patch",
+                name=patch_id,
+                result="true",
+                completed_at=now,
+                started_at=now,
+            )
+        )
+        self.position = position + 1
+        return True
 
     def settle(self, record: StepRecord) -> None:
         """Add or replace the record at ``record.position`` (fresh results, new pending steps)."""
@@ -215,15 +283,18 @@ class Replay:
                 self._blocked = request
                 self._request_at = self.position
             position = self.position
-            if request.__class__ is not GatherStep:  # a single step: the common case, kept lean
+            cls = request.__class__
+            if cls is not GatherStep and cls is not RaceStep:  # one step: the common case
                 leaf = cast("LeafStep", request)
                 record = records.get(position)
                 if record is None:
-                    return Waiting(request, (Pending(position, leaf, None),))
+                    return self._wait(request, (Pending(position, leaf, None),))
                 if record.kind != leaf.kind or record.name != leaf.name:
                     raise _mismatch(position, record, leaf)
+                if record.status is _FAILED and leaf.__class__ is InvokeStep:
+                    record = self._retry_child(leaf, record)
                 if record.status is _PENDING:
-                    return Waiting(request, (Pending(position, leaf, record),))
+                    return self._wait(request, (Pending(position, leaf, record),))
                 self._blocked = None
                 self.position = position + 1
                 if record.completed_at is not None and record.completed_at > self._now:
@@ -233,9 +304,137 @@ class Replay:
                 else:
                     self._throw = _step_failed(record)
                 continue
-            waiting = self._gather(request, request.leaves, position)
+            if cls is RaceStep:
+                waiting = self._race(cast("RaceStep[Any]", request), position)
+            else:
+                waiting = self._gather(request, request.leaves, position)
             if waiting is not None:
                 return waiting
+
+    def _retry_child(self, leaf: LeafStep, record: StepRecord) -> StepRecord:
+        """A failed child run under a retry policy: reopen the step for another child.
+
+        The reopened record (pending, no child yet, due after the back-off)
+        is the engine's own write; the runtime starts the next child when
+        it is due. Otherwise the failure stands.
+        """
+        policy = cast("InvokeStep[Any]", leaf).retry
+        error = record.error
+        attempts = max(record.attempts, 1)
+        if policy is None or error is None or not policy.retries_error(error, attempts):
+            return record
+        at = record.completed_at or self._now
+        reopened = dataclasses.replace(
+            record,
+            status=_PENDING,
+            key=None,
+            attempts=attempts,
+            completed_at=None,
+            wake_at=at + policy.delay(attempts),
+        )
+        self._write(reopened)
+        return reopened
+
+    def _wait(self, request: Step[Any], pending: tuple[Pending, ...]) -> Waiting:
+        if not self._background:
+            return Waiting(request, pending)
+        records = self._records
+        background: list[Pending] = []
+        for position, leaf in list(self._background.items()):
+            record = records.get(position)
+            if record is not None and record.status is not _PENDING:
+                del self._background[position]  # settled: its result is not used
+            else:
+                background.append(Pending(position, leaf, record, background=True))
+        return Waiting(request, pending + tuple(background))
+
+    def _race(self, request: RaceStep[Any], position: int) -> Waiting | None:
+        records = self._records
+        leaves = request.branches
+        end = position + len(leaves)
+        pending: list[Pending] = []
+        first: int | None = None
+        for offset, leaf in enumerate(leaves):
+            record = records.get(position + offset)
+            if record is not None and (record.kind != leaf.kind or record.name != leaf.name):
+                raise _mismatch(position + offset, record, leaf)
+            if record is not None and record.status is _FAILED and leaf.__class__ is InvokeStep:
+                record = self._retry_child(leaf, record)
+            if record is None or record.status is _PENDING:
+                pending.append(Pending(position + offset, leaf, record))
+            elif first is None:
+                first = offset
+        marker = records.get(end)
+        if marker is not None:
+            if marker.kind != request.kind or marker.name != request.name:
+                raise _mismatch(end, marker, request)
+            index = _winner_index(marker, len(leaves))
+        elif first is None:
+            return self._wait(request, tuple(pending))
+        else:
+            index = first
+            self._decide_race(request, position, index, pending)
+        if not request.cancel_losers:
+            for loser in pending:
+                self._background[loser.position] = loser.step
+        winner = records.get(position + index)
+        if winner is None or winner.status is _PENDING:
+            raise NonDeterminismError(
+                f"position {end}: the journal says branch {index} won {request.describe()}, "
+                "but that branch has not settled; the journal is inconsistent",
+                position=end,
+                recorded=f"race {request.name!r} won by branch {index}",
+                current=request.describe(),
+            )
+        self._blocked = None
+        self.position = end + 1
+        if winner.completed_at is not None and winner.completed_at > self._now:
+            self._now = winner.completed_at
+        leaf = leaves[index]
+        if winner.status is _COMPLETED:
+            self._send = Winner(index, leaf.name, self._decode(leaf, winner))
+        else:
+            self._throw = _step_failed(winner)
+        return None
+
+    def _decide_race(
+        self, request: RaceStep[Any], position: int, index: int, losers: list[Pending]
+    ) -> None:
+        """Record the winner after the branches; settle the pending losers as cancelled."""
+        winner = self._records[position + index]
+        at = max(self._now, winner.completed_at or self._now)
+        error = ErrorInfo.from_exception(
+            StepCancelled(f"{request.describe()} was won by {winner.describe()}")
+        )
+        for loser in losers if request.cancel_losers else ():
+            base = loser.record or StepRecord(
+                position=loser.position,
+                kind=loser.step.kind,
+                name=loser.step.name,
+                attempts=0,
+                started_at=at,
+            )
+            self._write(
+                dataclasses.replace(
+                    base,
+                    status=StepStatus.FAILED,
+                    error=error,
+                    completed_at=at,
+                    wake_at=None,
+                    lease_until=None,
+                    lease_owner=None,
+                )
+            )
+        self._write(
+            StepRecord(
+                position=position + len(request.branches),
+                kind=request.kind,
+                name=request.name,
+                result=str(index),
+                completed_at=at,
+                started_at=at,
+            )
+        )
 
     def _gather(
         self, request: Step[Any], leaves: tuple[LeafStep, ...], position: int
@@ -247,12 +446,14 @@ class Replay:
             record = records.get(position + offset)
             if record is not None and (record.kind != leaf.kind or record.name != leaf.name):
                 raise _mismatch(position + offset, record, leaf)
+            if record is not None and record.status is _FAILED and leaf.__class__ is InvokeStep:
+                record = self._retry_child(leaf, record)
             if record is None or record.status is _PENDING:
                 pending.append(Pending(position + offset, leaf, record))
             else:
                 settled.append(record)
         if pending:
-            return Waiting(request, tuple(pending))
+            return self._wait(request, tuple(pending))
         self._blocked = None
         self.position = position + len(leaves)
         for record in settled:
@@ -333,7 +534,20 @@ class Replay:
             self._tracker.built.clear()
 
 
-def _mismatch(position: int, record: StepRecord, leaf: LeafStep) -> NonDeterminismError:
+def _winner_index(marker: StepRecord, branches: int) -> int:
+    text = marker.result or ""
+    if not text.isdigit() or int(text) >= branches:
+        raise NonDeterminismError(
+            f"position {marker.position}: {marker.describe()} records winner {text!r}, which is "
+            f"not one of its {branches} branches; the journal is inconsistent",
+            position=marker.position,
+            recorded=marker.describe(),
+            current=None,
+        )
+    return int(text)
+
+
+def _mismatch(position: int, record: StepRecord, leaf: Step[Any]) -> NonDeterminismError:
     return NonDeterminismError(
         f"position {position} was {record.describe()} in the journal, "
         f"now the workflow asks for {leaf.describe()}; the workflow code changed in a way "
@@ -358,14 +572,16 @@ def _mark_yielded(built: list[Step[Any]], request: Step[Any]) -> None:
     if len(built) == 1 and built[0] is request:
         built.clear()
         return
-    leaves = request.leaves if isinstance(request, GatherStep) else (request,)
+    leaves = request.leaves if isinstance(request, (GatherStep, RaceStep)) else (request,)
     yielded = {id(request), *(id(leaf) for leaf in leaves)}
     # A step re-built by ``.options(...)`` keeps its kind and name.
     names = {(leaf.kind, leaf.name) for leaf in leaves}
     built[:] = [
         s
         for s in built
-        if id(s) not in yielded and (s.kind, s.name) not in names and not isinstance(s, GatherStep)
+        if id(s) not in yielded
+        and (s.kind, s.name) not in names
+        and not isinstance(s, (GatherStep, RaceStep))
     ]
 
 

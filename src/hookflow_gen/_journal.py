@@ -6,7 +6,7 @@ import traceback as _traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeAlias
 
 __all__ = ["CANCELLED", "ErrorInfo", "StepRecord", "StepStatus", "storable"]
 
@@ -34,6 +34,9 @@ class StepStatus(StrEnum):
     FAILED = "failed"
 
 
+_ExceptionType: TypeAlias = type[BaseException]  # `type` is a field name in ErrorInfo
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """An exception, recorded as data so it survives restarts and replays.
@@ -44,16 +47,20 @@ class ErrorInfo:
         mro: qualified names of the class and its bases, for
             ``StepFailed.caused_by``; never used to look a class up.
         traceback: the formatted traceback where one was available.
+        cause: what it wraps: for a ``StepFailed`` (or ``WorkflowFailed``)
+            the failed step's (or run's) recorded error, else the recorded
+            ``__cause__`` (``raise X from exc``); None if nothing.
     """
 
     type: str
     message: str
     mro: tuple[str, ...] = ()
     traceback: str | None = None
+    cause: ErrorInfo | None = None
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Record ``exc``: its type names, message and traceback.
+    def from_exception(cls, exc: BaseException, *, _depth: int = 0) -> ErrorInfo:
+        """Record ``exc``: its type names, message, traceback and cause.
 
         The text is made storable whatever the exception holds: NUL
         characters (which PostgreSQL's JSON and text columns refuse) are
@@ -70,11 +77,18 @@ class ErrorInfo:
         except Exception:  # a broken __str__ must not lose the failure
             message = f"<{type(exc).__name__} whose str() raised>"
         text = "".join(_traceback.format_exception(exc)) if exc.__traceback__ else None
+        cause: ErrorInfo | None = None
+        wrapped = getattr(exc, "error", None)
+        if isinstance(wrapped, ErrorInfo):
+            cause = wrapped
+        elif exc.__cause__ is not None and _depth < 8:
+            cause = cls.from_exception(exc.__cause__, _depth=_depth + 1)
         return cls(
             type=mro[0],
             message=storable(message, MAX_MESSAGE),
             mro=mro,
             traceback=storable(text, MAX_TRACEBACK) if text is not None else None,
+            cause=cause,
         )
 
     @property
@@ -82,14 +96,39 @@ class ErrorInfo:
         """True for the record of a cancellation (``Cancelled`` thrown in)."""
         return self.type == CANCELLED
 
+    @property
+    def original(self) -> ErrorInfo:
+        """The innermost error of the ``cause`` chain: what first went wrong.
+
+        For a run that failed on an uncaught step failure this is the step
+        function's own exception (``"builtins.ValueError"``, its message).
+        """
+        error = self
+        while error.cause is not None:
+            error = error.cause
+        return error
+
+    def caused_by(self, exc_type: _ExceptionType) -> bool:
+        """Whether this error or one it wraps was an instance of ``exc_type`` (by name)."""
+        name = f"{exc_type.__module__}.{exc_type.__qualname__}"
+        error: ErrorInfo | None = self
+        while error is not None:
+            if name in error.mro:
+                return True
+            error = error.cause
+        return False
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able form, for storage."""
-        return {
+        data: dict[str, Any] = {
             "type": self.type,
             "message": self.message,
             "mro": list(self.mro),
             "traceback": self.traceback,
         }
+        if self.cause is not None:
+            data["cause"] = self.cause.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
@@ -99,6 +138,7 @@ class ErrorInfo:
             message=str(data["message"]),
             mro=tuple(str(name) for name in data.get("mro", ())),
             traceback=data.get("traceback"),
+            cause=cls.from_json(data["cause"]) if data.get("cause") else None,
         )
 
 

@@ -20,6 +20,7 @@ from typing_extensions import TypeIs
 from ._codec import adapter_for
 
 if TYPE_CHECKING:
+    from ._journal import ErrorInfo
     from ._workflow import Workflow
 
 __all__ = [
@@ -29,14 +30,17 @@ __all__ = [
     "Flow",
     "GatherStep",
     "InvokeStep",
+    "RaceStep",
     "RetryPolicy",
     "RunStep",
     "SleepStep",
     "Step",
+    "Winner",
 ]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+I_co = TypeVar("I_co", bound=int, covariant=True)
 R = TypeVar("R")
 
 
@@ -80,6 +84,22 @@ class RetryPolicy:
             return False
         return not isinstance(exc, (NonRetryableError, *self.non_retryable_error_types))
 
+    def retries_error(self, error: ErrorInfo, attempt: int) -> bool:
+        """Like ``retries``, for a recorded error (a failed child run), by type names.
+
+        A cancelled child is never retried.
+        """
+        from .exceptions import NonRetryableError, RunCancelled
+
+        if attempt >= self.maximum_attempts:
+            return False
+        stop: tuple[type[BaseException], ...] = (
+            NonRetryableError,
+            RunCancelled,
+            *self.non_retryable_error_types,
+        )
+        return not any(error.caused_by(exc_type) for exc_type in stop)
+
 
 NO_RETRY = RetryPolicy(maximum_attempts=1)
 
@@ -88,15 +108,22 @@ class CallResponse(BaseModel, Generic[T]):
     """The answer to an HTTP ``call`` step.
 
     Attributes:
-        status: the HTTP status code (always 2xx: other statuses fail the step).
+        status: the HTTP status code: 2xx, unless the call was made with
+            ``raise_for_status=False`` (then any status the server sent).
         headers: response headers, names in lower case.
         body: the body, parsed as JSON into the ``response_model`` given to
-            ``ctx.call`` (raw text when none was given).
+            ``ctx.call`` (raw text when none was given, and the raw text of
+            a non-2xx answer under ``raise_for_status=False``).
     """
 
     status: int
     headers: dict[str, str]
     body: T
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx status."""
+        return 200 <= self.status < 300
 
 
 class Step(Generic[T_co]):
@@ -256,7 +283,11 @@ class SleepStep(Step[None]):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class CallStep(Step[CallResponse[T]], Generic[T]):
-    """Make an HTTP request; a 2xx answer is the result, anything else a failure."""
+    """Make an HTTP request; a 2xx answer is the result, anything else a failure.
+
+    With ``raise_for_status=False`` every answer is the result, whatever its
+    status (only a request that got no answer fails).
+    """
 
     kind: ClassVar[str] = "call"
     name: str
@@ -268,6 +299,7 @@ class CallStep(Step[CallResponse[T]], Generic[T]):
     retry: RetryPolicy | None = None
     response_model: Any = str
     adapter: TypeAdapter[Any] = field(default=adapter_for(CallResponse[str]), repr=False)
+    raise_for_status: bool = True
 
     def options(
         self, *, retry: RetryPolicy | None = None, timeout: timedelta | float | None = None
@@ -298,7 +330,11 @@ class EventStep(Step[T_co]):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class InvokeStep(Step[T_co]):
-    """Start a child workflow and wait for its result."""
+    """Start a child workflow and wait for its result.
+
+    With a ``retry`` policy a child run that fails is followed by a new
+    child run (``<run id>-attempt-<n>``) after the policy's back-off.
+    """
 
     kind: ClassVar[str] = "invoke"
     name: str
@@ -306,6 +342,11 @@ class InvokeStep(Step[T_co]):
     payload: Any
     run_id: str | None = None
     adapter: TypeAdapter[Any] = field(default=adapter_for(Any), repr=False)
+    retry: RetryPolicy | None = None
+
+    def options(self, *, retry: RetryPolicy | None = None) -> InvokeStep[T_co]:
+        """This step with another retry policy for its child runs."""
+        return dataclasses.replace(self, retry=retry if retry is not None else self.retry)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -322,12 +363,54 @@ class GatherStep(Step[T_co]):
         return self.branches
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class RaceStep(Step[T_co]):
+    """Run several steps at once; the result is the first to settle, as a ``Winner``.
+
+    With ``cancel_losers`` (the default) the losers still pending when the
+    race is decided are settled as cancelled (a ``StepCancelled`` failure in
+    the journal), so the run never waits on them; a loser already running is
+    not interrupted, and what it returns is dropped. Without it the losers
+    run on to their end while the workflow goes on; their results are
+    recorded but not used, and a run that ends does not wait for them.
+    """
+
+    kind: ClassVar[str] = "race"
+    name: str
+    branches: tuple[LeafStep, ...]
+    cancel_losers: bool = True
+
+    @property
+    def leaves(self) -> tuple[LeafStep, ...]:
+        """The branches, each recorded at its own consecutive position."""
+        return self.branches
+
+
+@dataclass(frozen=True, slots=True)
+class Winner(Generic[I_co, T_co]):
+    """The branch that won a ``ctx.race``: its index, name and typed value.
+
+    ``ctx.race(a, b)`` is typed ``Winner[Literal[0], A] | Winner[Literal[1], B]``,
+    so ``if won.index == 0:`` narrows ``won.value`` to ``A`` in both mypy and
+    pyright.
+
+    Attributes:
+        index: the winning branch's position among the race's arguments.
+        name: the winning branch's step name.
+        value: its result.
+    """
+
+    index: I_co
+    name: str
+    value: T_co
+
+
 LeafStep: TypeAlias = RunStep[Any] | SleepStep | CallStep[Any] | EventStep[Any] | InvokeStep[Any]
-"""A step the engine records: every kind but gather."""
+"""A step the engine records: every kind but gather and race."""
 
 
 def is_leaf(step: object) -> TypeIs[LeafStep]:
-    """True for every step kind the engine records (all but gather)."""
+    """True for every step kind the engine records (all but gather and race)."""
     return isinstance(step, (RunStep, SleepStep, CallStep, EventStep, InvokeStep))
 
 

@@ -29,7 +29,13 @@ M = TypeVar("M")
 R = TypeVar("R")
 
 FailureHandler = Callable[[str, Any, "ErrorInfo"], object]
-"""``on_failure(run_id, payload, error)``: called once when a run fails for good."""
+"""``on_failure(run_id, payload, error)``: called once when a run fails for good.
+
+``error`` is the run's recorded error. When an uncaught step failure ended
+the run it is the ``StepFailed``, and ``error.original`` is the step
+function's own exception (its ``type``, e.g. ``"builtins.ValueError"``, and
+``message``); ``error.caused_by(ValueError)`` looks through the chain.
+"""
 
 
 class Workflow(Generic[M, R]):
@@ -69,14 +75,17 @@ class Workflow(Generic[M, R]):
             what = getattr(fn, "__qualname__", repr(fn))
             raise WorkflowDefinitionError(
                 f"@workflow needs a generator function, and {what} is not one: a workflow "
-                "yields its steps, e.g. `charge = yield from ctx.run('charge', charge_card, 7)`"
+                "yields its steps, e.g. `charge = yield from ctx.run('charge', charge_card, 7)`; "
+                "one with no steps (yet) starts with `yield from ()`"
             )
-        self.fn = fn
-        self.__wrapped__ = fn
-        self.name = name or fn.__name__
-        self.retry = retry
-        self.on_failure = on_failure
-        self.payload_adapter, self.result_adapter = _adapters(fn)
+        self.fn: Callable[[Context, M], Flow[R]] = fn
+        self.__wrapped__: Callable[[Context, M], Flow[R]] = fn
+        self.name: str = name or fn.__name__
+        self.retry: RetryPolicy | None = retry
+        self.on_failure: FailureHandler | None = on_failure
+        adapters = _adapters(fn)
+        self.payload_adapter: TypeAdapter[Any] = adapters[0]
+        self.result_adapter: TypeAdapter[Any] = adapters[1]
 
     def __call__(self, ctx: Context, payload: M) -> Flow[R]:
         """The raw generator, for stepping by hand with ``next``/``send``/``throw``."""

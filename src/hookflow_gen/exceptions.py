@@ -14,6 +14,8 @@ The tree::
     ├── NonDeterminismError         replayed code no longer matches its journal
     ├── StepFailed                  a step failed for good; thrown into the
     │                               workflow at the ``yield from``
+    ├── StepCancelled               recorded for a race's losers (never raised
+    │                               into a workflow; seen in journals)
     ├── WorkflowFailed              waited on the result of a run that failed
     ├── RunCancelled                waited on the result of a cancelled run
     ├── UnknownWorkflowError        no workflow is registered under that name
@@ -54,6 +56,7 @@ __all__ = [
     "RetryAfter",
     "RunCancelled",
     "RunNotFinished",
+    "StepCancelled",
     "StepFailed",
     "UnknownRunError",
     "UnknownWorkflowError",
@@ -136,8 +139,8 @@ class StepFailed(HookflowError):
         self.step_name = step_name
         self.position = position
         self.error = error
-        self.error_type = error.type
-        self.message = error.message
+        self.error_type: str = error.type
+        self.message: str = error.message
         self.attempts = attempts
         plural = "s" if attempts != 1 else ""
         super().__init__(
@@ -149,10 +152,19 @@ class StepFailed(HookflowError):
         """Tell whether the original exception was an instance of ``exc_type``.
 
         Compares qualified names along the original exception's class
-        hierarchy, recorded when it was raised, so it answers the same on
-        replay as on the first run.
+        hierarchy (and those of the errors it wraps, as for a failed child
+        run), recorded when it was raised, so it answers the same on replay
+        as on the first run.
         """
-        return f"{exc_type.__module__}.{exc_type.__qualname__}" in self.error.mro
+        return self.error.caused_by(exc_type)
+
+
+class StepCancelled(HookflowError):
+    """The error recorded for a race's losers, settled as cancelled when it was won.
+
+    It only appears in journals (``StepRecord.error.type``, ``hookflow
+    show``): the workflow resumes with the winner, never with this.
+    """
 
 
 class WorkflowFailed(HookflowError):
@@ -167,6 +179,15 @@ class WorkflowFailed(HookflowError):
         super().__init__(f"run {run_id} failed: {error.type}: {error.message}")
         self.run_id = run_id
         self.error = error
+
+    def caused_by(self, exc_type: type[BaseException]) -> bool:
+        """Whether the run's error, or one it wraps, was an ``exc_type`` (by name).
+
+        A run that failed on an uncaught step failure records the
+        ``StepFailed`` and, as its cause, the step function's exception:
+        ``failed.caused_by(ValueError)`` looks through both.
+        """
+        return self.error.caused_by(exc_type)
 
 
 class RunCancelled(HookflowError):
@@ -197,5 +218,5 @@ class RetryAfter(Exception):
     """
 
     def __init__(self, delay: timedelta | float, message: str = "") -> None:
-        self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        self.delay: timedelta = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
         super().__init__(message or f"retry after {self.delay.total_seconds():g}s")

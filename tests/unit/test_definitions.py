@@ -178,7 +178,7 @@ def _nested_gather() -> object:
         (lambda: UNTYPED.run("x", 5), "needs a callable"),
         (lambda: CTX.call("x", "ftp://host/"), "http\\(s\\) URL"),
         (lambda: CTX.wait_for_event("x", Approval, key=""), "non-empty string key"),
-        (UNTYPED.gather, "at least one step"),
+        (UNTYPED.race, "at least one step"),
         (
             lambda: CTX.gather(CTX.run("a", double, 1), CTX.run("a", double, 2)),
             "two branches named 'a'",

@@ -140,7 +140,7 @@ def test_replay_accepts_a_matching_journal_and_rejects_a_changed_workflow() -> N
         return Receipt(order_id=order.order_id, charge_id=charge.charge_id)
 
     with pytest.raises(NonDeterminismError) as info:
-        replay(kit_checkout_v2, Order(order_id=10).model_dump_json(), journal)
+        replay(kit_checkout_v2, payload_json=Order(order_id=10).model_dump_json(), journal=journal)
     assert "position 1 was run 'reserve' in the journal, now the workflow asks for sleep" in str(
         info.value
     )

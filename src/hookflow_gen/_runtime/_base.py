@@ -119,7 +119,7 @@ class RuntimeBase:
         self.clock: Clock = clock or SystemClock()
         self.budget = budget
         self.lease = lease
-        self.default_retry = default_retry or RetryPolicy()
+        self.default_retry: RetryPolicy = default_retry or RetryPolicy()
         self.call_executor = call_executor
         if call_dispatcher is None and isinstance(scheduler, CallDispatcher):
             call_dispatcher = scheduler
@@ -127,7 +127,7 @@ class RuntimeBase:
         self.max_tick_failures = max_tick_failures
         self.suspend_for = suspend_for
         self._warm = WarmCache(warm_runs)
-        self.executor = StepExecutor(call_executor, thread_exit=thread_exit)
+        self.executor: StepExecutor = StepExecutor(call_executor, thread_exit=thread_exit)
         bind = getattr(scheduler, "bind", None)
         if callable(bind):
             bind(self)
@@ -243,10 +243,13 @@ class RuntimeBase:
             self._wake(parent, now)
 
     def _child_outcome(self, record: StepRecord, child: RunState, now: datetime) -> StepRecord:
+        # A child retried under a policy keeps the parent step's attempt count.
+        attempts = max(record.attempts, 1)
         if child.status is RunStatus.COMPLETED:
-            return dataclasses.replace(T.complete(record, child.result, now), attempts=1)
+            return dataclasses.replace(T.complete(record, child.result, now), attempts=attempts)
         if child.status.finished:
-            return dataclasses.replace(T.fail(record, _child_error(child), now), attempts=1)
+            error = _child_error(child)
+            return dataclasses.replace(T.fail(record, error, now), attempts=attempts)
         return dataclasses.replace(record, wake_at=now + self.lease)
 
     def _on_failure(self, run: RunState, error: ErrorInfo) -> None:

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from .._codec import encode
@@ -41,6 +42,7 @@ from ..exceptions import (
 )
 from . import _transitions as T
 from ._base import TickReport
+from ._decided import start_next_child, store_decided
 from ._events import EventsMixin
 from ._execute import (
     Fatal,
@@ -207,6 +209,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
             now = self.clock.now()
             try:
                 decision = replay.advance()
+                store_decided(self, run.run_id, replay, writes.add)
             except NonDeterminismError as exc:
                 log.error("run %s: %s", run.run_id, exc)
                 error = ErrorInfo.from_exception(exc)
@@ -243,6 +246,11 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
                         progressed = True
                     elif due is not None:
                         timers.append(due)
+                elif kind == "invoke" and record.key is None:  # a child to retry
+                    if due is not None and due > now:
+                        timers.append(due)
+                    else:
+                        replay.settle(start_next_child(self, run, pending, record, writes.add))
                 elif kind == "invoke":
                     if due is None or due <= now:
                         # A timed look (an adopted run), or a look on waking (the
@@ -443,6 +451,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
             if replay is not None:
                 try:
                     decision = replay.advance()
+                    store_decided(self, run_id, replay, partial(self.store.save_step, run_id))
                 except NonDeterminismError:
                     decision = None  # the tick below fails the run and says why
             pending = next(

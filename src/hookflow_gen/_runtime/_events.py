@@ -97,6 +97,13 @@ class EventsMixin(RuntimeBase):
                 else:
                     replay.catch_up(self.store.steps(run_id, replay.position))
             decision = replay.advance()
+            if replay.take_writes():
+                # It decided records of its own (a race's winner): they are stored
+                # by the run's next tick, which decides them again under the lock.
+                replay.discard()
+                replay = None
+                self._wake_now(run_id)
+                return None
         except Exception as exc:
             log.warning("run %s no longer replays, so it gets no event: %s", run_id, exc)
             if replay is not None:

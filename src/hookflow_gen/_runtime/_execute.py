@@ -152,7 +152,14 @@ def http_call(step: CallStep[Any], timeout: timedelta | None) -> dict[str, Any]:
 def call_response(
     step: CallStep[Any], status: int, headers: dict[str, str], text: str
 ) -> dict[str, Any]:
-    """Turn an HTTP answer into a ``CallResponse`` dict, or raise for a non-2xx one."""
+    """Turn an HTTP answer into a ``CallResponse`` dict, or raise for a non-2xx one.
+
+    Under ``raise_for_status=False`` a non-2xx answer is a value too, its
+    body kept as text.
+    """
+    if not 200 <= status < 300 and not step.raise_for_status:
+        lower = {name.lower(): value for name, value in headers.items()}
+        return {"status": status, "headers": lower, "body": text}
     if not 200 <= status < 300:
         error = HTTPStatusError(status, text)
         if status == 429 or status >= 500:

@@ -40,6 +40,7 @@ __all__ = ["RunAdmin", "SendEventForm"]
 
 log = logging.getLogger("hookflow_gen")
 
+
 if TYPE_CHECKING:
     _RunAdminBase = admin.ModelAdmin[Run]
 else:  # the admin classes are generic only in the type stubs

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from django.apps import AppConfig
 
 if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
     from .._clock import Clock
     from .._runtime import Runtime
     from .._scheduler import Scheduler
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HookflowConfig", "build_runtime"]
 
-log = logging.getLogger("hookflow_gen")
+log: logging.Logger = logging.getLogger("hookflow_gen")
 
 
 class HookflowConfig(AppConfig):
@@ -33,7 +35,7 @@ class HookflowConfig(AppConfig):
 
     name = "hookflow_gen.django"
     label = "hookflow"
-    verbose_name = "Workflows"
+    verbose_name: StrOrPromise = "Workflows"
     default_auto_field = "django.db.models.BigAutoField"
 
     setup_error: ConfigurationError | None = None

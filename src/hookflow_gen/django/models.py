@@ -6,8 +6,9 @@ runtime (``Workflow.start``, ``notify``, ``cancel``) rather than edit rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from django.db import models
 from django.utils import timezone
@@ -70,8 +71,8 @@ class Run(models.Model):
     class Meta:
         verbose_name = "workflow run"
         verbose_name_plural = "workflow runs"
-        ordering = ("-created_at",)
-        indexes = (
+        ordering: ClassVar[Sequence[str]] = ("-created_at",)
+        indexes: ClassVar[tuple[models.Index, ...]] = (
             # What workers poll: `status = 'running' AND wake_at <= now ORDER BY wake_at`.
             # Finished runs never wake, so leaving them out keeps the index small.
             models.Index(
@@ -135,8 +136,8 @@ class Step(models.Model):
     class Meta:
         verbose_name = "workflow step"
         verbose_name_plural = "workflow steps"
-        ordering = ("run", "position")
-        constraints = (
+        ordering: ClassVar[Sequence[str]] = ("run", "position")
+        constraints: ClassVar[tuple[models.BaseConstraint, ...]] = (
             models.UniqueConstraint(fields=["run", "position"], name="hookflow_step_position"),
         )
 
@@ -157,7 +158,7 @@ class Event(models.Model):
     class Meta:
         verbose_name = "buffered event"
         verbose_name_plural = "buffered events"
-        ordering = ("id",)
+        ordering: ClassVar[Sequence[str]] = ("id",)
 
     def __str__(self) -> str:
         return f"event {self.key!r} #{self.id}"

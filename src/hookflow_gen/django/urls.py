@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import URLPattern, path
 
 from . import views
 
 app_name = "hookflow"
 
-urlpatterns = [
+urlpatterns: list[URLPattern] = [
     path("qstash/", views.qstash_webhook, name="qstash"),
     path("qstash/call/", views.qstash_call, name="qstash-call"),
     path("qstash/sweep/", views.qstash_sweep, name="qstash-sweep"),

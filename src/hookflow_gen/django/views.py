@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = ["qstash_call", "qstash_sweep", "qstash_webhook", "replay_callback"]
 
-log = logging.getLogger("hookflow_gen.qstash")
+log: logging.Logger = logging.getLogger("hookflow_gen.qstash")
 
 _PRUNE_EVERY = 60.0  # seconds between deletions of expired signature rows
 _prune_lock = threading.Lock()
@@ -668,10 +668,12 @@ def _sweep(request: HttpRequest, runtime: Runtime, body: _Body) -> JsonResponse:
     return _answer(200, {"status": "done", **report.as_json()})
 
 
-qstash_webhook = _delivery("delivery", _wake_up, _small)
+qstash_webhook: Callable[[HttpRequest], JsonResponse] = _delivery("delivery", _wake_up, _small)
 """The wake-up webhook: ``hookflow:qstash``."""
 
-qstash_call = _delivery("callback", _call_back, _callback_limits)
+qstash_call: Callable[[HttpRequest], JsonResponse] = _delivery(
+    "callback", _call_back, _callback_limits
+)
 """The ``call`` steps' callback: ``hookflow:qstash-call``."""
 
 qstash_sweep = _delivery("sweep", _sweep, _small)

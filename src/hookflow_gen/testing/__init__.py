@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast, overload
 
 from .._client import RunHandle, use_runtime
 from .._codec import encode
@@ -77,6 +77,8 @@ __all__ = [
 M = TypeVar("M")
 R = TypeVar("R")
 
+_NO_PAYLOAD: Final = object()
+
 
 class Stepper(Generic[R]):
     """Step a workflow by hand, through the real replay engine.
@@ -103,13 +105,18 @@ class Stepper(Generic[R]):
         run_id: str = "test-run",
         started_at: datetime = EPOCH,
     ) -> None:
-        self.workflow = workflow
-        self.now = started_at
+        self.workflow: Workflow[Any, R] = workflow
+        self.now: datetime = started_at
         self.history: list[StepRecord] = []
         info = RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=started_at)
         payload_json = encode(workflow.payload_adapter, payload, what="the payload")
         self._replay = Replay(workflow, payload_json, info)
-        self._decision: Decision = self._replay.advance()
+        self._decision: Decision = self._advance()
+
+    def _advance(self) -> Decision:
+        decision = self._replay.advance()
+        self.history.extend(self._replay.take_writes())  # race and patch markers
+        return decision
 
     @property
     def context(self) -> Any:
@@ -140,7 +147,7 @@ class Stepper(Generic[R]):
         """
         if not isinstance(self._decision, Waiting):
             raise HookflowError("the workflow has finished; there is no step to send to")
-        pending = self._decision.pending
+        pending = self._decision.branches
         if len(pending) == 1 and not _is_gather(self._decision.request):
             values: Sequence[object] = (value,)
         elif isinstance(value, tuple) and len(cast("tuple[object, ...]", value)) == len(pending):
@@ -158,14 +165,38 @@ class Stepper(Generic[R]):
             self.history.append(record)
             self._replay.settle(record)
         self.now = end
-        self._decision = self._replay.advance()
+        self._decision = self._advance()
+        return self
+
+    def send_branch(self, index: int, value: object = None, *, attempts: int = 1) -> Stepper[R]:
+        """Settle only branch ``index`` of the current gather or race with ``value``.
+
+        For a race, the branch settled first wins; an exception fails it.
+        """
+        if not isinstance(self._decision, Waiting):
+            raise HookflowError("the workflow has finished; there is no step to send to")
+        branches = self._decision.request.leaves
+        if not 0 <= index < len(branches):
+            raise HookflowError(
+                f"{self._decision.request.describe()} has branches 0 to {len(branches) - 1}"
+            )
+        target = branches[index]
+        waiting = next((p for p in self._decision.branches if p.step is target), None)
+        if waiting is None:
+            raise HookflowError(f"branch {index} ({target.describe()}) has settled already")
+        record = self._record(waiting.position, waiting.step, value, attempts)
+        self.history.append(record)
+        self._replay.settle(record)
+        if record.completed_at and record.completed_at > self.now:
+            self.now = record.completed_at
+        self._decision = self._advance()
         return self
 
     def fail(self, error: BaseException | str, *, attempts: int = 1) -> Stepper[R]:
         """Fail the current step (every branch of a gather) with ``error``."""
         exc = error if isinstance(error, BaseException) else Exception(error)
         if isinstance(self._decision, Waiting) and _is_gather(self._decision.request):
-            return self.send(tuple(exc for _ in self._decision.pending), attempts=attempts)
+            return self.send(tuple(exc for _ in self._decision.branches), attempts=attempts)
         return self.send(exc, attempts=attempts)
 
     def _record(self, position: int, step: LeafStep, value: object, attempts: int) -> StepRecord:
@@ -208,7 +239,7 @@ class Stepper(Generic[R]):
 
 
 def _is_gather(step: Step[Any]) -> bool:
-    return step.kind == "gather"
+    return step.kind in ("gather", "race")
 
 
 class WorkflowEnvironment:
@@ -238,9 +269,9 @@ class WorkflowEnvironment:
         auto_advance: bool = True,
         default_retry: RetryPolicy | None = None,
     ) -> None:
-        self.clock = FakeClock(start)
-        self.store = MemoryStore()
-        self.scheduler = InlineScheduler(auto_advance=auto_advance)
+        self.clock: FakeClock = FakeClock(start)
+        self.store: MemoryStore = MemoryStore()
+        self.scheduler: InlineScheduler = InlineScheduler(auto_advance=auto_advance)
         self.runtime: Runtime = StubRuntime(
             dict(stubs or {}),
             store=self.store,
@@ -307,11 +338,30 @@ class ReplayResult:
         return not isinstance(self.decision, Waiting)
 
 
+@overload
 def replay(
     workflow: Workflow[M, Any],
-    payload: M | str,
+    payload: M,
     journal: Iterable[StepRecord],
     *,
+    run_id: str = ...,
+    started_at: datetime = ...,
+) -> ReplayResult: ...
+@overload
+def replay(
+    workflow: Workflow[Any, Any],
+    *,
+    journal: Iterable[StepRecord],
+    payload_json: str,
+    run_id: str = ...,
+    started_at: datetime = ...,
+) -> ReplayResult: ...
+def replay(
+    workflow: Workflow[Any, Any],
+    payload: object = _NO_PAYLOAD,
+    journal: Iterable[StepRecord] | None = None,
+    *,
+    payload_json: str | None = None,
     run_id: str = "replay",
     started_at: datetime = EPOCH,
 ) -> ReplayResult:
@@ -319,17 +369,25 @@ def replay(
 
     Args:
         workflow: the workflow as the code defines it now.
-        payload: the run's payload (a model, or its stored JSON text).
+        payload: the run's payload, as a value of the workflow's payload type
+            (a ``str`` here is a ``str`` payload, never JSON).
         journal: the run's stored step records.
+        payload_json: instead of ``payload``, the payload's stored JSON text
+            (``RunState.payload``).
 
     Raises:
         NonDeterminismError: the code no longer follows the journal; the
             message names the position, what was recorded and what the code
             asks for now.
+        TypeError: neither or both of ``payload`` and ``payload_json`` given.
     """
+    if journal is None:
+        raise TypeError("replay() needs the journal")
+    if (payload is _NO_PAYLOAD) == (payload_json is None):
+        raise TypeError("replay() takes a payload or payload_json=, exactly one of them")
     text = (
-        payload
-        if isinstance(payload, str)
+        payload_json
+        if payload_json is not None
         else encode(workflow.payload_adapter, payload, what="the payload")
     )
     info = RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=started_at)

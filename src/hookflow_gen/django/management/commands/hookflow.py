@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SUBCOMMANDS", "Command", "Subcommand", "Worker", "subcommand"]
 
-log = logging.getLogger("hookflow_gen.worker")
+log: logging.Logger = logging.getLogger("hookflow_gen.worker")
 
 Handler = Callable[["Command", dict[str, Any]], None]
 
@@ -409,8 +409,8 @@ def _replay_runs(
             definition = get_workflow(run.workflow)
             replay(
                 definition,
-                run.payload,
-                store.steps(run.run_id),
+                payload_json=run.payload,
+                journal=store.steps(run.run_id),
                 run_id=run.run_id,
                 started_at=run.created_at or runtime.clock.now(),
             )
