@@ -77,7 +77,7 @@ class StepTracker:
     __slots__ = ("built", "live")
 
     def __init__(self) -> None:
-        self.live = False
+        self.live: bool = False
         self.built: list[Step[Any]] = []
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -30,7 +30,12 @@ from ._timeline import humanize, layout
 from .models import Run, Step
 
 if TYPE_CHECKING:
-    from django.http import HttpRequest, HttpResponse
+    from collections.abc import Callable, Sequence
+
+    from django.contrib.admin import FieldListFilter, ListFilter
+    from django.db.models import Field
+    from django.db.models.expressions import Combinable
+    from django.http import HttpRequest, HttpResponse, HttpResponseBase
     from django.urls import URLPattern
     from django.utils.safestring import SafeString
 
@@ -38,7 +43,22 @@ if TYPE_CHECKING:
 
 __all__ = ["RunAdmin", "SendEventForm"]
 
-log = logging.getLogger("hookflow_gen")
+# The options' types exactly as django-stubs declares them (it names them with
+# private aliases): an override of a mutable option must repeat its type.
+_Names: TypeAlias = "list[str] | tuple[str, ...] | tuple[()]"
+_Ordering: TypeAlias = "list[str | Combinable] | tuple[str | Combinable, ...] | tuple[()] | None"
+_FilterOn: TypeAlias = "Field[Any, Any] | str"
+_FilterClass: TypeAlias = "type[FieldListFilter]"
+_Filter: TypeAlias = (
+    "type[ListFilter] | _FilterOn | tuple[_FilterOn, _FilterClass] | list[_FilterOn | _FilterClass]"
+)
+_Display: TypeAlias = "str | Callable[[Run], str | bool]"
+_DisplayLinks: TypeAlias = "list[_Display] | tuple[_Display, ...] | tuple[()] | None"
+_Action: TypeAlias = (
+    "Callable[[admin.ModelAdmin[Run], HttpRequest, QuerySet[Run]], HttpResponseBase | None] | str"
+)
+
+log: logging.Logger = logging.getLogger("hookflow_gen")
 
 
 if TYPE_CHECKING:
@@ -119,7 +139,7 @@ def _can_resume(runtime: Runtime | None) -> bool:
 class SendEventForm(forms.Form):
     """The event a waiting step receives, as JSON (validated against its model on send)."""
 
-    payload = forms.JSONField(
+    payload: forms.JSONField = forms.JSONField(
         label="event (JSON)",
         widget=forms.Textarea(attrs={"rows": 4, "cols": 60, "class": "vLargeTextField"}),
     )
@@ -186,7 +206,7 @@ def _schema_fields(adapter: Any) -> tuple[str, list[str]]:
 class RunAdmin(_RunAdminBase):
     """Runs: filter by workflow and status, search by id; a timeline page per run."""
 
-    list_display = (
+    list_display: list[_Display] | tuple[_Display, ...] | tuple[()] = (
         "run_link",
         "workflow",
         "status_badge",
@@ -194,13 +214,16 @@ class RunAdmin(_RunAdminBase):
         "took",
         "step_count",
     )
-    list_display_links = None
-    list_filter = ("status", "workflow")
-    search_fields = ("run_id", "parent_run_id")
-    date_hierarchy = "created_at"
-    ordering = ("-created_at",)
-    actions = ("cancel_runs",)
-    list_per_page = 50
+    list_display_links: _DisplayLinks = None
+    list_filter: ClassVar[list[_Filter] | tuple[_Filter, ...] | tuple[()]] = (
+        "status",
+        "workflow",
+    )
+    search_fields: ClassVar[_Names] = ("run_id", "parent_run_id")
+    date_hierarchy: ClassVar[str | None] = "created_at"
+    ordering: ClassVar[_Ordering] = ("-created_at",)
+    actions: Sequence[_Action] | None = ("cancel_runs",)
+    list_per_page: ClassVar[int] = 50
 
     class Media:
         css: ClassVar[dict[str, tuple[str, ...]]] = {"all": ("hookflow_gen/admin/hookflow.css",)}

@@ -213,7 +213,7 @@ class Outbox(models.Model):
     class Meta:
         verbose_name = "QStash outbox message"
         verbose_name_plural = "QStash outbox messages"
-        ordering = ("id",)
+        ordering: ClassVar[Sequence[str]] = ("id",)
 
     def __str__(self) -> str:
         return f"wake-up {self.dedup_id}"

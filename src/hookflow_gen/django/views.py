@@ -676,7 +676,7 @@ qstash_call: Callable[[HttpRequest], JsonResponse] = _delivery(
 )
 """The ``call`` steps' callback: ``hookflow:qstash-call``."""
 
-qstash_sweep = _delivery("sweep", _sweep, _small)
+qstash_sweep: Callable[[HttpRequest], JsonResponse] = _delivery("sweep", _sweep, _small)
 """The sweep a QStash schedule calls: ``hookflow:qstash-sweep``."""
 
 
