@@ -318,6 +318,21 @@ def collect(quick: bool, scale: float, rounds: int, peers: list[str]) -> Json:
             data["real_http_table"] = out.strip()
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             data["real_http_table"] = f"(not available: {exc})"
+    # Upstash Workflow for Python through the local QStash server, interleaved
+    # with hookflow_gen: n = 1,000 takes minutes, so it runs once.
+    upstash_args = ["--rounds", "1" if quick else "3", "--n", "10", "100"]
+    if not quick:
+        upstash_args.append("1000")
+    try:
+        out, t["upstash workflow"] = _script(
+            "Upstash Workflow end to end (upstash_workflow_peer.py)",
+            "upstash_workflow_peer.py",
+            upstash_args,
+            timeout=1800,
+        )
+        data["upstash_workflow_table"] = out.strip()
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        data["upstash_workflow_table"] = f"(not available: {exc})"
     return data
 
 
@@ -435,6 +450,15 @@ def report(data: Json) -> tuple[str, list[tuple[str, str, str]]]:
             "real 1 s sleeps, threaded dev server):")  # fmt: skip
         add("")
         add(real)
+        add("")
+
+    upstash = data.get("upstash_workflow_table")
+    if upstash:
+        add("Upstash Workflow for Python (`upstash-workflow` 2.0) next to hookflow_gen, both "
+            "through the local QStash server over real HTTP, interleaved "
+            "(`upstash_workflow_peer.py`):")  # fmt: skip
+        add("")
+        add(upstash)
         add("")
 
     # ---- 2. end to end
