@@ -123,6 +123,8 @@ def test_resume_runs_a_failed_run_again(admin_client: Client, runtime: Runtime) 
     assert state.status is RunStatus.RUNNING and len(state.past_errors) == 1
     run_worker(runtime)
     assert handle.status is RunStatus.FAILED  # the step still raises: it failed again, visibly
+    html = admin_client.get(_page(handle.run_id)).content.decode()
+    assert 'id="hf-past-errors"' in html and "Resumed after failing 1 time:" in html
 
 
 def test_runtime_errors_become_messages(

@@ -381,3 +381,46 @@ def test_unguarded_spots_a_running_run_with_nothing_to_wake_it() -> None:
     run = RunState(run_id="r", workflow="w", payload="{}", created_at=EPOCH)
     assert unguarded(run, [], EPOCH)
     assert not unguarded(dataclasses.replace(run, wake_at=EPOCH), [], EPOCH)
+
+
+def test_the_warm_cache_is_safe_from_many_threads() -> None:
+    """Threads taking, keeping and dropping replays at once never share or lose count."""
+    import threading
+
+    from hookflow_gen._context import RunInfo
+    from hookflow_gen._engine import Replay
+    from hookflow_gen._runtime._warm import WarmCache
+
+    cache = WarmCache(8)
+    info = RunInfo(run_id="w", workflow_name=one_step.name, started_at=EPOCH)
+    payload = Order(order_id=1).model_dump_json()
+    in_use: set[int] = set()
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+
+    def churn(worker: int) -> None:
+        try:
+            for n in range(300):
+                run_id = f"run-{(worker * 7 + n) % 20}"
+                replay = cache.take(run_id)
+                if replay is not None:
+                    with guard:
+                        assert id(replay) not in in_use, "two threads hold one replay"
+                        in_use.add(id(replay))
+                    with guard:
+                        in_use.discard(id(replay))
+                cache.put(run_id, replay or Replay(one_step, payload, info))
+                if n % 13 == 0:
+                    cache.drop(run_id)
+        except BaseException as exc:  # pragma: no cover - what the test looks for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(cache) <= 8
+    cache.clear()
+    assert len(cache) == 0

@@ -89,6 +89,12 @@ def _error(error: Any) -> dict[str, str] | None:
     return {"head": head, "traceback": str(data.get("traceback") or "")}
 
 
+def _errors(errors: object) -> list[dict[str, str]]:
+    """A stored list of errors (``Run.past_errors``) for the template."""
+    items = cast("list[object]", errors) if isinstance(errors, list) else []
+    return [error for error in map(_error, items) if error is not None]
+
+
 def _url(name: str, run_id: str, *rest: object) -> str:
     """An admin URL of the run, its id quoted as the admin quotes primary keys."""
     return reverse(f"admin:hookflow_run_{name}", args=[quote(run_id), *rest])
@@ -402,6 +408,11 @@ class RunAdmin(_RunAdminBase):
             "payload": _pretty(run.payload),
             "result": _pretty(run.result) if run.result is not None else None,
             "error": _error(run.error),
+            # A running run's error is a problem it is waiting out (a tick
+            # that failed, an unknown workflow), not how it ended.
+            "problem": running,
+            "tick_failures": run.tick_failures,
+            "past_errors": _errors(run.past_errors),
             "refresh": REFRESH_SECONDS if running else None,
             "can_cancel": can_act and running,
             "can_resume": can_act and run.status == "failed" and _can_resume(runtime),
