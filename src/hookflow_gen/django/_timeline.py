@@ -228,7 +228,10 @@ def layout(
             continue
         stop = step.completed_at or (now if pending else start)
         stop = max(stop, start)
-        failed = " failed" if step.status == "failed" else ""
+        cancelled = (
+            step.status == "failed" and _error_type(getattr(step, "error", None)) == CANCELLED
+        )
+        failed = " failed" if step.status == "failed" and not cancelled else ""
         bars: list[Bar] = []
         note = ""
         took = humanize(stop - start)
@@ -282,8 +285,7 @@ def layout(
         if pending and step.kind in ("run", "call") and not step.attempts:
             took = "-"
         status = step.status
-        error: object = getattr(step, "error", None)
-        if status == "failed" and _error_type(error) == CANCELLED:
+        if cancelled:
             status = "cancelled"
             note = "cancelled here: Cancelled was thrown into the workflow at this step"
         rows.append(
