@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -232,7 +233,13 @@ def test_flow_control_pause_resume_pin_unpin_and_reset(
         client.message.publish_json(
             url=sink.url("/fc-held"), body={"n": n}, flow_control={"key": "held", "parallelism": 5}
         )
+    # Publishing answers first; the message joins the key's wait list when its
+    # delivery comes up, as on QStash: look until both are held.
+    deadline = time.monotonic() + 60
     info = client.flow_control.get("held")
+    while info.wait_list_size < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        info = client.flow_control.get("held")
     assert (info.is_paused, info.wait_list_size) == (True, 2)
     assert sink.requests("/fc-held") == []
     client.flow_control.resume("held")
