@@ -75,28 +75,7 @@ def _child_error(child: RunState) -> ErrorInfo:
 
 
 class RuntimeBase:
-    """Runs workflows durably on a ``Store`` and a ``Scheduler``.
-
-    Args:
-        store: where runs and journals live.
-        scheduler: how wake-ups are delivered.
-        clock: the time source (a fake one in tests).
-        budget: how long one tick may keep running steps before it yields.
-        lease: how long a claimed step may run before another worker may
-            claim it again; keep it above your slowest step.
-        default_retry: the retry policy of steps that set none.
-        warm_runs: how many live generators to keep between ticks, so a
-            run's next tick skips its replay.
-        call_executor: makes ``call`` steps' HTTP requests.
-        call_dispatcher: hands ``call`` steps to another process instead;
-            by default the scheduler, if it is a ``CallDispatcher``.
-        thread_exit: called at the end of each thread a step runs on (one
-            with a timeout); the Django app closes its database connections.
-        max_tick_failures: ticks in a row that may raise (a checkpoint the
-            database refuses, ...) before the run fails with the error.
-        suspend_for: how long a run whose workflow this code does not know
-            waits before it is tried again.
-    """
+    """What every part of ``Runtime`` shares; the arguments are ``Runtime``'s."""
 
     def __init__(
         self,
