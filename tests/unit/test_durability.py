@@ -424,3 +424,42 @@ def test_the_warm_cache_is_safe_from_many_threads() -> None:
     assert len(cache) <= 8
     cache.clear()
     assert len(cache) == 0
+
+
+class _Dispatcher(DatabaseScheduler):
+    """A scheduler that hands call steps over, or dies doing it."""
+
+    call_lease = timedelta(hours=1)
+
+    def __init__(self, *, dies: bool) -> None:
+        self.dies = dies
+        self.sent: list[str] = []
+
+    def dispatch_call(self, info: Any, owner: str, step: Any) -> None:
+        if self.dies:
+            raise SystemExit("killed between the claim and the hand-over")
+        self.sent.append(owner)
+
+
+@workflow
+def calls_out(ctx: Context, order: Order) -> Flow[int]:
+    answer = yield from ctx.call("fetch", "https://example.invalid/", response_model=int)
+    return answer.body
+
+
+@pytest.mark.parametrize("dies", [True, False], ids=["dies-before-hand-over", "handed-over"])
+def test_a_call_holds_its_long_lease_only_once_handed_over(dies: bool) -> None:
+    """A call claimed but never handed over lapses after the usual lease, not the call's."""
+    store, clock = MemoryStore(), FakeClock()
+    lease = timedelta(seconds=30)
+    dispatcher = _Dispatcher(dies=dies)
+    runtime = Runtime(store, dispatcher, clock=clock, lease=lease)
+    run, _ = runtime.start_run(calls_out, Order(order_id=17))
+    if dies:
+        with pytest.raises(SystemExit):
+            runtime.tick(run.run_id)
+    else:
+        runtime.tick(run.run_id)
+    (record,) = store.steps(run.run_id)
+    held = dispatcher.call_lease if not dies else lease
+    assert record.lease_until == clock.now() + held

@@ -155,6 +155,8 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
                     # other ready steps (a gather's other branches) meanwhile.
                     trusted_until = None
                     outcome = self._dispatch(run, claimed)
+                    if outcome is None:
+                        self._hold_call(run_id, claimed)
                     continue
                 outcome = self._execute(run, claimed)
                 steps_run += 1
@@ -375,9 +377,10 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
         return _Claim(pending, claim, owner, lease_until, alone)
 
     def _lease_for(self, step: Any) -> timedelta:
+        # A dispatched call is claimed for the usual lease, and held for the
+        # call's own lease only once it was handed over (``_hold_call``): a
+        # process that dies in between leaves a lease that lapses soon.
         timeout: timedelta | None = getattr(step, "timeout", None)
-        if self.call_dispatcher is not None and isinstance(step, CallStep):
-            return max(self.call_dispatcher.call_lease, self.lease)
         if timeout is not None and timeout * 2 > self.lease:
             return timeout * 2
         return self.lease
@@ -394,6 +397,21 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
         except Exception as exc:
             return Outcome(claim.pending, owner, exc=exc)
         return Outcome(claim.pending, owner, value=value)
+
+    def _hold_call(self, run_id: str, claim: _Claim) -> None:
+        """A call is handed over: keep its lease for as long as the call may take."""
+        assert self.call_dispatcher is not None
+        position = claim.pending.position
+        until = self.clock.now() + max(self.call_dispatcher.call_lease, self.lease)
+        with self.store.atomic():
+            if self.store.lock_run(run_id) is None:
+                return
+            records = self.store.steps(run_id, position)
+            if not records or records[0].position != position:
+                return
+            record = records[0]
+            if record.status is _PENDING and record.lease_owner == claim.record_owner:
+                self.store.save_step(run_id, dataclasses.replace(record, lease_until=until))
 
     def _dispatches(self, claim: _Claim) -> bool:
         return self.call_dispatcher is not None and isinstance(claim.pending.step, CallStep)
