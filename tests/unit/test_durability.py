@@ -442,7 +442,7 @@ class _Dispatcher(DatabaseScheduler):
 
 
 @workflow
-def calls_out(ctx: Context, order: Order) -> Flow[int]:
+def durability_calls_out(ctx: Context, order: Order) -> Flow[int]:
     answer = yield from ctx.call("fetch", "https://example.invalid/", response_model=int)
     return answer.body
 
@@ -454,7 +454,7 @@ def test_a_call_holds_its_long_lease_only_once_handed_over(dies: bool) -> None:
     lease = timedelta(seconds=30)
     dispatcher = _Dispatcher(dies=dies)
     runtime = Runtime(store, dispatcher, clock=clock, lease=lease)
-    run, _ = runtime.start_run(calls_out, Order(order_id=17))
+    run, _ = runtime.start_run(durability_calls_out, Order(order_id=17))
     if dies:
         with pytest.raises(SystemExit):
             runtime.tick(run.run_id)
