@@ -1,7 +1,6 @@
-"""Issue 8's defects on the Django store, reproduced in process with the database worker.
+"""Durability on the Django store under crashes and poison, with the in-process worker.
 
-Each test asserts the behaviour the issue asks for and is marked
-``xfail(strict=True)`` until the fix lands, when it must pass. A worker
+Each test pins one rule of the README's Durability section. A worker
 "dying" is a ``BaseException`` raised at a phase of the tick (a SIGKILL
 in-process: nothing after it runs); the next worker is a fresh runtime.
 """

@@ -1,8 +1,5 @@
-"""Issue 8's defects that need PostgreSQL: a notify race, self-killing steps, pool connections.
-
-Each test asserts the behaviour the issue asks for and is marked
-``xfail(strict=True)`` until the fix lands, when it must pass.
-"""
+"""Durability rules that need PostgreSQL: the notify race, self-killing steps, step threads'
+connections."""
 
 from __future__ import annotations
 

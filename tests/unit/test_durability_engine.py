@@ -1,8 +1,4 @@
-"""Issue 8's generator-lifecycle and step-execution defects, reproduced on the in-memory store.
-
-Each test asserts the behaviour the issue asks for and is marked
-``xfail(strict=True)`` until the fix lands, when it must pass.
-"""
+"""Generator lifecycle and step execution on the in-memory store: cancel, eviction, misuse."""
 
 from __future__ import annotations
 
