@@ -18,7 +18,7 @@ from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel
 
-from hookflow_gen import Context, Flow, current_step, step, workflow
+from hookflow_gen import Context, Flow, RetryPolicy, current_step, step, workflow
 from tests.djangoapp.models import Entry, Execution
 
 
@@ -55,7 +55,9 @@ def write(label: str, value: int) -> int:
     return value + 10
 
 
-@workflow(name="chaos_mix")
+# Every kill of the site is a failed attempt of each step it cut short (a lapsed
+# lease counts): give steps room for the suite's many kills.
+@workflow(name="chaos_mix", retry=RetryPolicy(maximum_attempts=20))
 def mix(ctx: Context, payload: Chaos) -> Flow[int]:
     """Plain and atomic steps, a gather, a call through QStash, a short sleep."""
     run = ctx.info.run_id
