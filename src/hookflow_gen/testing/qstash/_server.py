@@ -1292,15 +1292,7 @@ class QStashServer:
             if last is not None:
                 states = {last.message_id: _SCHEDULE_STATES.get(last.state, "IN_PROGRESS")}
         optional: dict[str, JSON] = {
-            "callback": draft.callback,
-            "failureCallback": draft.failure_callback,
-            "callbackHeader": _listed(draft.callback_headers) if draft.callback_headers else None,
-            "failureCallbackHeader": (
-                _listed(draft.failure_callback_headers) if draft.failure_callback_headers else None
-            ),
-            "queueName": draft.queue,
-            "label": draft.label,
-            "retryDelayExpression": draft.retry_delay_expression,
+            **_callback_fields(draft),
             "delay": int(draft.delay) if draft.delay else None,
             "timeout": int(draft.timeout) if draft.timeout is not None else None,
             "lastScheduleTime": (
@@ -2315,6 +2307,19 @@ def _message_json(message: _Message) -> dict[str, JSON]:
         **_body_fields(draft.body, "body", "bodyBase64"),
     }
     optional: dict[str, JSON] = {
+        **_callback_fields(draft),
+        "scheduleId": draft.schedule_id,
+        "topicName": draft.url_group,
+        "endpointName": draft.endpoint_name,
+    }
+    answer.update({key: value for key, value in optional.items() if value is not None})
+    answer.update(_flow_fields(draft))
+    return answer
+
+
+def _callback_fields(draft: _Draft) -> dict[str, JSON]:
+    """A message's callbacks, queue, label and retry delay, as QStash's API lists them."""
+    return {
         "callback": draft.callback,
         "failureCallback": draft.failure_callback,
         "callbackHeader": _listed(draft.callback_headers) if draft.callback_headers else None,
@@ -2324,13 +2329,7 @@ def _message_json(message: _Message) -> dict[str, JSON]:
         "queueName": draft.queue,
         "label": draft.label,
         "retryDelayExpression": draft.retry_delay_expression,
-        "scheduleId": draft.schedule_id,
-        "topicName": draft.url_group,
-        "endpointName": draft.endpoint_name,
     }
-    answer.update({key: value for key, value in optional.items() if value is not None})
-    answer.update(_flow_fields(draft))
-    return answer
 
 
 def _snapshot_json(message: PublishedMessage) -> dict[str, JSON]:
