@@ -4,7 +4,10 @@ The invariant: a RUNNING run always has a way to be ticked again. After each
 transaction that leaves a run RUNNING, the run has its ``wake_at`` set, or a
 PENDING ``run``/``call`` step whose lease has not lapsed, or a PENDING
 ``event`` step (a registered wait), or a PENDING ``invoke`` step whose child
-run (the step's key) exists and is RUNNING.
+run (the step's key) exists and is RUNNING. And a CONTINUED run (ended by
+``continue_as_new``) has no wake-up and names in ``continued_as`` a run that
+exists, names it back in ``continued_from`` and is one generation later:
+the end and the new run are one commit.
 
 ``InvariantStore`` is ``DjangoStore`` with the check added (the test settings
 name it in ``HOOKFLOW["STORE"]``); ``check_memory_store`` does the same for
@@ -181,11 +184,26 @@ def check_django_runs(using: str, now: datetime, run_ids: Iterable[str] | None =
     if run_ids is not None:
         runs = runs.filter(run_id__in=list(run_ids))
     stranded = list(runs.exclude(Exists(kept)).values_list("run_id", "workflow"))
-    return [
+    problems = [
         f"run {run_id} ({workflow}) is RUNNING with no wake-up, live lease or registered wait "
         f"at {now.isoformat()}; pending steps: {_pending_steps(using, run_id) or 'none'}"
         for run_id, workflow in stranded
     ]
+    successor = Run.objects.using(using).filter(
+        run_id=OuterRef("continued_as"),
+        continued_from=OuterRef("run_id"),
+        generation=OuterRef("generation") + 1,
+    )
+    continued = Run.objects.using(using).filter(status="continued")
+    if run_ids is not None:
+        continued = continued.filter(run_id__in=list(run_ids))
+    broken = continued.filter(Q(wake_at__isnull=False) | ~Exists(successor))
+    problems += [
+        f"run {run_id} is CONTINUED as {continued_as!r}, but that run does not continue it "
+        "(missing, or not linked back one generation later), or it still has a wake-up"
+        for run_id, continued_as in broken.values_list("run_id", "continued_as")
+    ]
+    return problems
 
 
 def _pending_steps(using: str, run_id: str) -> str:
@@ -205,10 +223,30 @@ def stranded_runs(using: str = "default", now: datetime | None = None) -> list[s
     return check_django_runs(using, now or SystemClock().now())
 
 
+def _chain_problem(store: MemoryStore, run: RunState) -> str | None:
+    following = store.runs.get(run.continued_as) if run.continued_as else None
+    if (
+        run.wake_at is None
+        and following is not None
+        and following.continued_from == run.run_id
+        and following.generation == run.generation + 1
+    ):
+        return None
+    return (
+        f"run {run.run_id} is CONTINUED as {run.continued_as!r}, but that run does not "
+        "continue it (missing, or not linked back one generation later), or it still has a wake-up"
+    )
+
+
 def _memory_problems(store: MemoryStore, run_ids: Iterable[str]) -> list[str]:
     problems: list[str] = []
     for run_id in run_ids:
         run = store.runs.get(run_id)
+        if run is not None and run.status is RunStatus.CONTINUED:
+            problem = _chain_problem(store, run)
+            if problem is not None:
+                problems.append(problem)
+            continue
         if run is None or run.status is not RunStatus.RUNNING or run.wake_at is not None:
             continue
         if not any(_keeps(store, record) for record in store.journals.get(run_id, {}).values()):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from asgiref.sync import sync_to_async
 
-from ._codec import decode
+from ._codec import adapter_for, decode
 from ._journal import StepRecord
 from ._store import RunState, RunStatus
 from ._workflow import Workflow, get_workflow
@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 _runtime: Runtime | None = None
 
@@ -139,11 +140,63 @@ class RunHandle(Generic[R]):
 
     @property
     def status(self) -> RunStatus:
-        """running, completed, failed or cancelled (read fresh each time)."""
+        """running, completed, failed, cancelled or continued (read fresh each time).
+
+        The status of this run id itself; ``latest()`` is the run that goes
+        on after ``continue_as_new``.
+        """
         return self.state().status
+
+    def latest(self) -> RunState:
+        """The last run of this run's continue-as-new chain (this run if it did not continue)."""
+        return self._follow(self.state())
+
+    def _follow(self, run: RunState) -> RunState:
+        store = self._runtime.store
+        while run.status is RunStatus.CONTINUED and run.continued_as is not None:
+            successor = store.get_run(run.continued_as)
+            if successor is None:
+                raise UnknownRunError(
+                    f"run {run.run_id} continued as {run.continued_as!r}, which no longer exists"
+                )
+            run = successor
+        return run
+
+    def custom_status(self, model: type[T]) -> T | None:
+        """The latest ``ctx.set_status`` of the run, validated as ``model``; None if never set.
+
+        Read fresh each time, from the last run of the continue-as-new chain
+        (a new run keeps the status until its workflow sets one).
+
+        Raises:
+            PayloadValidationError: the stored status does not fit ``model``.
+        """
+        return self._status_of(self.latest(), model)
+
+    async def acustom_status(self, model: type[T]) -> T | None:
+        """``custom_status`` for async code (read through ``sync_to_async``, thread-sensitive).
+
+        Raises:
+            PayloadValidationError: the stored status does not fit ``model``.
+        """
+        run = await sync_to_async(self.latest, thread_sensitive=True)()
+        return self._status_of(run, model)
+
+    def _status_of(self, run: RunState, model: type[T]) -> T | None:
+        if run.custom_status is None:
+            return None
+        value: T | None = decode(
+            adapter_for(model | None),
+            run.custom_status,
+            what=f"the custom status of run {run.run_id}",
+        )
+        return value
 
     def result(self, *, wait: float = 0.0, poll: float = 0.05) -> R:
         """The typed result; waits up to ``wait`` seconds for the run to finish.
+
+        A run that continued as new is followed to the last run of its chain,
+        whose result this is.
 
         Raises:
             RunNotFinished: still running after ``wait`` seconds.
@@ -152,10 +205,10 @@ class RunHandle(Generic[R]):
         """
         clock = self._runtime.clock
         deadline = clock.monotonic() + wait
-        run = self.state()
+        run = self.latest()
         while not run.status.finished and clock.monotonic() < deadline:
             clock.sleep(poll)
-            run = self.state()
+            run = self._latest_from(run.run_id)
         return self._outcome(run)
 
     async def aresult(self, *, wait: float = 0.0, poll: float = 0.05) -> R:
@@ -171,14 +224,21 @@ class RunHandle(Generic[R]):
             WorkflowFailed: the run failed (``.error`` says why).
             RunCancelled: the run was cancelled.
         """
-        read = sync_to_async(self.state, thread_sensitive=True)
+        # Like ``result``, the last run of a continue-as-new chain.
+        read = sync_to_async(self._latest_from, thread_sensitive=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        run = await read()
+        run = await read(self.run_id)
         while not run.status.finished and loop.time() < deadline:
             await asyncio.sleep(poll)
-            run = await read()
+            run = await read(run.run_id)
         return self._outcome(run)
+
+    def _latest_from(self, run_id: str) -> RunState:
+        run = self._runtime.store.get_run(run_id)
+        if run is None:
+            raise UnknownRunError(f"no run has id {run_id!r}")
+        return self._follow(run)
 
     def _outcome(self, run: RunState) -> R:
         if run.status is RunStatus.COMPLETED:
@@ -192,7 +252,7 @@ class RunHandle(Generic[R]):
             assert run.error is not None
             raise WorkflowFailed(self.run_id, run.error)
         if run.status is RunStatus.CANCELLED:
-            raise RunCancelled(f"run {self.run_id} was cancelled")
+            raise RunCancelled(f"run {run.run_id} was cancelled")
         raise RunNotFinished(f"run {self.run_id} is still running")
 
     def cancel(self) -> None:

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Union, overl
 
 from pydantic import TypeAdapter
 
-from ._codec import adapter_for, return_adapter
+from ._codec import adapter_for, decode, encode, return_adapter
 from ._steps import (
     CallResponse,
     CallStep,
+    ContinueAsNewStep,
     EventStep,
     GatherStep,
     InvokeStep,
@@ -58,12 +59,15 @@ class RunInfo:
         workflow_name: the name the workflow is registered under.
         started_at: when the run was started (aware, UTC).
         parent_run_id: the parent's run id, for a child started by ``invoke``.
+        continued_from: the run this one continues, for a run started by
+            ``ctx.continue_as_new``.
     """
 
     run_id: str
     workflow_name: str
     started_at: datetime
     parent_run_id: str | None = None
+    continued_from: str | None = None
 
 
 class StepTracker:
@@ -71,14 +75,16 @@ class StepTracker:
 
     ``live`` is true while the workflow's body runs (steps are built there,
     never inside a step function); ``built`` holds the steps built and not
-    yet yielded, so a forgotten ``yield from`` is reported, not skipped.
+    yet yielded, so a forgotten ``yield from`` is reported, not skipped;
+    ``status`` is the JSON of the latest ``ctx.set_status`` (None until one).
     """
 
-    __slots__ = ("built", "live")
+    __slots__ = ("built", "live", "status")
 
     def __init__(self) -> None:
         self.live: bool = False
         self.built: list[Step[Any]] = []
+        self.status: str | None = None
 
 
 def _check_name(name: object) -> str:
@@ -135,11 +141,11 @@ class Context:
         self._replaying = replaying or (lambda: False)
         self._patches = patches or _new_run_patches
         self._random = random.Random(info.run_id)
-        self._tracker = tracker
+        self._tracker = tracker if tracker is not None else _HandMade()
 
     def _track(self, step: S) -> S:
         tracker = self._tracker
-        if tracker is not None:
+        if tracker.__class__ is not _HandMade:
             if not tracker.live:
                 raise WorkflowDefinitionError(
                     f"{step.describe()} was built outside the workflow's body (inside a step "
@@ -213,6 +219,62 @@ class Context:
         is left: runs that recorded the marker replay, new runs record none.
         """
         self._patches(_check_patch_id(patch_id), True)
+
+    def set_status(self, status: object) -> None:
+        """Publish the run's custom status: what a caller reads while the run goes on.
+
+        ``status`` is a pydantic model (or any value pydantic can dump to
+        JSON); it is validated and stored with the run when the runtime next
+        checkpoints it, in the same transaction, and read with
+        ``RunHandle.custom_status(Model)``. Not a step (no ``yield from``):
+        a replay calls it again at the same places, so the stored status is
+        always the one the latest ``set_status`` the run reached gave.
+
+        Raises:
+            PayloadValidationError: the value cannot be dumped to JSON.
+            WorkflowDefinitionError: called outside the workflow's body.
+        """
+        tracker = self._tracker
+        if tracker.__class__ is not _HandMade and not tracker.live:
+            raise WorkflowDefinitionError(
+                "ctx.set_status was called outside the workflow's body (inside a step "
+                "function, or after the run ended); call it from the workflow generator"
+            )
+        tracker.status = encode(
+            adapter_for(type(status)),
+            status,
+            what=f"the status set by workflow {self._info.workflow_name!r}",
+        )
+
+    def continue_as_new(self, workflow: Workflow[M, Any], payload: M) -> ContinueAsNewStep:
+        """End this run and start a fresh run of this workflow with ``payload``.
+
+        ``yield from ctx.continue_as_new(this_workflow, new_payload)`` (or
+        ``return (yield from ...)``) ends the run as ``continued``; the new
+        run starts at once with an empty journal, so a loop that goes on for
+        ever never replays an ever longer history. ``workflow`` must be the
+        workflow that is running (it types ``payload``). The new run's id is
+        derived from the first run's id and a generation count; both runs
+        link to each other (``continued_as``, ``continued_from``), and
+        ``RunHandle.result()`` on any run of the chain waits for the last.
+        Nothing after it runs: it is a ``Step[Never]``.
+
+        Raises:
+            WorkflowDefinitionError: ``workflow`` is not the running one.
+            PayloadValidationError: ``payload`` does not fit its payload type.
+        """
+        from ._workflow import Workflow
+
+        if not isinstance(workflow, Workflow) or workflow.name != self._info.workflow_name:  # pyright: ignore[reportUnnecessaryIsInstance]  # untyped callers
+            raise WorkflowDefinitionError(
+                f"continue_as_new starts a new run of the running workflow "
+                f"{self._info.workflow_name!r}; got {workflow!r}"
+            )
+        what = f"the payload to continue workflow {workflow.name!r} with"
+        payload_json = encode(workflow.payload_adapter, payload, what=what)
+        # Decoded once more, as the new run's ticks will (``model_construct``).
+        decode(workflow.payload_adapter, payload_json, what=what)
+        return self._track(ContinueAsNewStep("continue_as_new", workflow.name, payload_json))
 
     # -- steps ---------------------------------------------------------------
 
@@ -552,6 +614,10 @@ def _branches(what: str, steps: tuple[Step[Any], ...]) -> tuple[LeafStep, ...]:
     branches: list[LeafStep] = []
     seen: set[str] = set()
     for step in steps:
+        if isinstance(step, ContinueAsNewStep):
+            raise WorkflowDefinitionError(
+                f"{what} cannot take continue_as_new: it ends the run; yield it on its own"
+            )
         if isinstance(step, (GatherStep, RaceStep)):
             raise WorkflowDefinitionError(
                 f"{what} cannot take {step.describe()}: gathers and races do not nest; pass "
@@ -568,6 +634,12 @@ def _branches(what: str, steps: tuple[Step[Any], ...]) -> tuple[LeafStep, ...]:
         seen.add(step.name)
         branches.append(step)
     return tuple(branches)
+
+
+class _HandMade(StepTracker):
+    """The tracker of a context made by hand: nothing watches its steps."""
+
+    __slots__ = ()
 
 
 def _new_run_patches(patch_id: str, deprecated: bool) -> bool:

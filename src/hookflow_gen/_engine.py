@@ -30,7 +30,16 @@ import pydantic
 from ._codec import decode, encode
 from ._context import Context, RunInfo, StepTracker
 from ._journal import ErrorInfo, StepRecord, StepStatus
-from ._steps import GatherStep, InvokeStep, LeafStep, RaceStep, Step, Winner, is_step
+from ._steps import (
+    ContinueAsNewStep,
+    GatherStep,
+    InvokeStep,
+    LeafStep,
+    RaceStep,
+    Step,
+    Winner,
+    is_step,
+)
 from ._workflow import Workflow
 from .exceptions import (
     Cancelled,
@@ -41,7 +50,7 @@ from .exceptions import (
     WorkflowDefinitionError,
 )
 
-__all__ = ["Completed", "Decision", "Failed", "Pending", "Replay", "Waiting"]
+__all__ = ["Completed", "ContinuedAsNew", "Decision", "Failed", "Pending", "Replay", "Waiting"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +102,14 @@ class Failed:
     error: ErrorInfo
 
 
-Decision: TypeAlias = Waiting | Completed | Failed
+@dataclass(frozen=True, slots=True)
+class ContinuedAsNew:
+    """The workflow ended its run with ``ctx.continue_as_new``: a new run takes ``payload``."""
+
+    payload: str
+
+
+Decision: TypeAlias = Waiting | Completed | Failed | ContinuedAsNew
 
 _PENDING = StepStatus.PENDING
 _COMPLETED = StepStatus.COMPLETED
@@ -168,13 +184,18 @@ class Replay:
         self._blocked: Step[Any] | None = None
         self._send: Any = None
         self._throw: BaseException | None = None
-        self._done: Completed | Failed | None = None
+        self._done: Completed | Failed | ContinuedAsNew | None = None
 
     def _clock(self) -> datetime:
         return self._now
 
     def _is_replaying(self) -> bool:
         return self.position < self._replay_until
+
+    @property
+    def status(self) -> str | None:
+        """The JSON of the latest ``ctx.set_status`` this execution reached (None: none yet)."""
+        return self._tracker.status
 
     @property
     def records(self) -> dict[int, StepRecord]:
@@ -280,6 +301,8 @@ class Replay:
                     continue
                 if tracker.built:
                     _mark_yielded(tracker.built, request)
+                if request.__class__ is ContinueAsNewStep:
+                    return self._continue(cast("ContinueAsNewStep", request))
                 self._blocked = request
                 self._request_at = self.position
             position = self.position
@@ -509,6 +532,13 @@ class Replay:
         done = Completed(result, decode(self.workflow.result_adapter, result, what="result"))
         self._done = done
         return done
+
+    def _continue(self, request: ContinueAsNewStep) -> Decision:
+        if tracker_built := self._tracker.built:
+            return self._fail(_unyielded(tracker_built))
+        self._check_consumed()
+        self._done = ContinuedAsNew(request.payload)
+        return self._done
 
     def _fail(self, exc: BaseException) -> Decision:
         if not isinstance(exc, NonDeterminismError):

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
-from typing_extensions import TypeIs
+from typing_extensions import Never, TypeIs
 
 from ._codec import adapter_for
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CallResponse",
     "CallStep",
+    "ContinueAsNewStep",
     "EventStep",
     "Flow",
     "GatherStep",
@@ -403,6 +404,26 @@ class Winner(Generic[I_co, T_co]):
     index: I_co
     name: str
     value: T_co
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ContinueAsNewStep(Step[Never]):
+    """End this run and start a fresh run of the same workflow with ``payload``.
+
+    Built by ``ctx.continue_as_new``; nothing comes back from it (the run
+    ends where it is yielded), so it is a ``Step[Never]`` and type checkers
+    treat the code after ``yield from`` it as unreachable.
+
+    Attributes:
+        name: always ``"continue_as_new"``.
+        workflow: the workflow's name (the running one's).
+        payload: the new run's payload, as validated JSON text.
+    """
+
+    kind: ClassVar[str] = "continue_as_new"
+    name: str
+    workflow: str
+    payload: str
 
 
 LeafStep: TypeAlias = RunStep[Any] | SleepStep | CallStep[Any] | EventStep[Any] | InvokeStep[Any]

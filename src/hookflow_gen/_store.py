@@ -27,10 +27,13 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Ended by ``ctx.continue_as_new``: ``RunState.continued_as`` names the
+    #: run that goes on in its place (final for this run, not for the chain).
+    CONTINUED = "continued"
 
     @property
     def finished(self) -> bool:
-        """True for the final states."""
+        """True for the final states (``continued`` too: this run does nothing more)."""
         return self is not RunStatus.RUNNING
 
 
@@ -58,6 +61,12 @@ class RunState:
         tick_failures: ticks in a row that raised (reset by one that does
             not); the run fails when they reach the runtime's bound.
         past_errors: the errors the run failed with before each ``resume``.
+        custom_status: the JSON of the latest ``ctx.set_status`` the run
+            reached, saved with its checkpoints (None: never set).
+        continued_from: the run this one continues (``ctx.continue_as_new``).
+        continued_as: the run that continues this one, once it is ``continued``.
+        generation: how many runs of its chain came before this one (0 for
+            a run started otherwise than by ``continue_as_new``).
     """
 
     run_id: str
@@ -75,6 +84,10 @@ class RunState:
     cancel_requested: bool = False
     tick_failures: int = 0
     past_errors: tuple[ErrorInfo, ...] = ()
+    custom_status: str | None = None
+    continued_from: str | None = None
+    continued_as: str | None = None
+    generation: int = 0
 
 
 class Store(Protocol):

@@ -125,6 +125,7 @@ class RuntimeBase:
             workflow_name=run.workflow,
             started_at=run.created_at or self.clock.now(),
             parent_run_id=run.parent_run_id,
+            continued_from=run.continued_from,
         )
         return Replay(workflow, run.payload, info, self.store.steps(run.run_id))
 
@@ -224,12 +225,26 @@ class RuntimeBase:
     def _child_outcome(self, record: StepRecord, child: RunState, now: datetime) -> StepRecord:
         # A child retried under a policy keeps the parent step's attempt count.
         attempts = max(record.attempts, 1)
+        if child.status is RunStatus.CONTINUED:
+            # The chain goes on: its live end is the child now.
+            end = self._chain_end(child)
+            record = dataclasses.replace(record, key=end.run_id)
+            child = end
         if child.status is RunStatus.COMPLETED:
             return dataclasses.replace(T.complete(record, child.result, now), attempts=attempts)
         if child.status.finished:
             error = _child_error(child)
             return dataclasses.replace(T.fail(record, error, now), attempts=attempts)
         return dataclasses.replace(record, wake_at=now + self.lease)
+
+    def _chain_end(self, run: RunState) -> RunState:
+        """The last run of ``run``'s continue-as-new chain (``run`` itself if none follows)."""
+        while run.status is RunStatus.CONTINUED and run.continued_as is not None:
+            successor = self.store.get_run(run.continued_as)
+            if successor is None:
+                break
+            run = successor
+        return run
 
     def _on_failure(self, run: RunState, error: ErrorInfo) -> None:
         try:

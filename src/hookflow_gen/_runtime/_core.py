@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any
 
 from .._codec import encode
-from .._engine import Completed, Decision, Failed, Pending, Replay, Waiting
+from .._engine import Completed, ContinuedAsNew, Decision, Failed, Pending, Replay, Waiting
 from .._journal import ErrorInfo, StepRecord, StepStatus
 from .._steps import CallStep, EventStep, InvokeStep, RunStep, SleepStep
 from .._store import RunState, RunStatus, Store
@@ -207,6 +207,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
     ) -> tuple[RunState, _Claim | None]:
         """Advance the workflow as far as possible under the lock; maybe claim a step."""
         store = self.store
+        status_dirty = False
         while True:
             now = self.clock.now()
             try:
@@ -216,6 +217,14 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
                 log.error("run %s: %s", run.run_id, exc)
                 error = ErrorInfo.from_exception(exc)
                 return self._finish(run, RunStatus.FAILED, error=error), None
+            status = replay.status
+            if status is not None and status != run.custom_status:
+                # Saved by this transaction's next write of the run, below.
+                run = dataclasses.replace(run, custom_status=status)
+                status_dirty = True
+            if isinstance(decision, ContinuedAsNew):
+                replay.discard()
+                return self._continue_as_new(run, decision.payload), None
             if isinstance(decision, Completed):
                 return self._finish(run, RunStatus.COMPLETED, result=decision.result), None
             if isinstance(decision, Failed):
@@ -224,6 +233,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
                 return self._finish(run, RunStatus.FAILED, error=decision.error), None
             if run.cancel_requested:
                 run = self._deliver_cancel(run, replay, decision, now, writes)
+                status_dirty = False  # saved with it
                 continue
             progressed = False
             ready: list[tuple[Pending, StepRecord]] = []
@@ -292,6 +302,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
             wake_at = min(timers, default=None)
             if self.scheduler.lease_wakeups and leases:
                 wake_at = min(wake_at or leases[0], *leases)
+            unsaved = run
             run = self._set_wake(run, wake_at, now)
             current = [replay.records.get(p.position) for p in decision.pending]
             if T.unguarded(run, (r for r in current if r is not None), now):
@@ -299,6 +310,8 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
                 # keeps it from being stranded should one be missed.
                 log.error("run %s: nothing would wake it; waking it at the lease's end", run.run_id)
                 run = self._wake(run, now + self.lease)
+            if status_dirty and run is unsaved:
+                store.save_run(run)  # a new custom status, with this checkpoint
             return run, claimed
 
     def _deliver_cancel(

@@ -1,4 +1,4 @@
-"""The run lifecycle: start, cancel, resume, and child runs started by ``invoke``."""
+"""The run lifecycle: start, cancel, resume, continue-as-new, and child runs of ``invoke``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,13 @@ class LifecycleMixin(RuntimeBase):
             run = self.store.lock_run(run_id)
             if run is None:
                 raise UnknownRunError(f"no run has id {run_id!r}")
+            while run.status is RunStatus.CONTINUED and run.continued_as is not None:
+                # A chain is cancelled at its live end: the old ids stay usable.
+                successor = self.store.lock_run(run.continued_as)
+                if successor is None:
+                    break
+                run = successor
+            run_id = run.run_id
             if run.status.finished:
                 return run
             run = T.request_cancel(run, self.clock.now())
@@ -137,6 +144,43 @@ class LifecycleMixin(RuntimeBase):
             self.scheduler.wake(self.store, run)
         log.info("run %s resumed", run_id)
         return run
+
+    # -- continue-as-new -----------------------------------------------------------------
+
+    def _continue_as_new(self, run: RunState, payload: str) -> RunState:
+        """End ``run`` as continued and create the run that goes on, in this transaction.
+
+        The new run's id is derived from the chain (``next_run_id``), so a
+        retried tick finds the run it made, never a second one; it is due at
+        once. A parent waiting on ``run`` is pointed at the new run, so the
+        chain's end settles the parent's ``invoke`` step.
+        """
+        now = self.clock.now()
+        next_id = T.next_run_id(run)
+        created_run, created = self.store.create_run(T.successor(run, next_id, payload, now))
+        if not created and created_run.continued_from != run.run_id:
+            error = ErrorInfo(
+                type="hookflow_gen.exceptions.HookflowError",
+                message=f"run {run.run_id} could not continue as new: the id {next_id!r} "
+                f"is taken by another run (of workflow {created_run.workflow!r})",
+                mro=("hookflow_gen.exceptions.HookflowError",),
+            )
+            return self._finish(run, RunStatus.FAILED, error=error)
+        ended = T.continue_as(run, next_id, now)
+        self.store.save_run(ended)
+        self._warm.drop(run.run_id)
+        for parent_id, position in self.store.waiters("invoke", run.run_id):
+            # The lock order of parent and child, as a child's end takes it.
+            parent = self.store.lock_run(parent_id)
+            if parent is None or parent.status.finished:
+                continue
+            records = self.store.steps(parent_id, position)
+            if records and records[0].position == position and records[0].key == run.run_id:
+                self.store.save_step(parent_id, dataclasses.replace(records[0], key=next_id))
+        if created:
+            self.scheduler.wake(self.store, created_run)
+        log.info("run %s continued as %s", run.run_id, next_id)
+        return ended
 
     def _failed_at(self, run: RunState) -> int | None:
         """Where the failed run's workflow failed now: the start of its last request."""

@@ -8,11 +8,16 @@ the run invariant checkable in one place (``unguarded``):
     a RUNNING run always has a wake-up set, a step under a live lease, or a
     registered wait (an event step, or an invoke step whose child runs),
     written in the same commit that made it needed.
+
+    A CONTINUED run (ended by ``continue_as_new``) names in ``continued_as``
+    the run that goes on in its place, which exists and names it back in
+    ``continued_from``, one generation later: both written in one commit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -24,6 +29,8 @@ __all__ = [
     "cancelled_error",
     "claim",
     "complete",
+    "continue_as",
+    "next_run_id",
     "fail",
     "finish",
     "guarded_by",
@@ -31,6 +38,7 @@ __all__ = [
     "request_cancel",
     "resume",
     "retry_later",
+    "successor",
     "suspend",
     "tick_failed",
     "unguarded",
@@ -130,6 +138,56 @@ def finish(
         cancel_requested=False,
         tick_failures=0,
     )
+
+
+#: The longest run id the store keeps (``_base.MAX_ID``; repeated to avoid a cycle).
+_MAX_ID = 255
+_CONTINUED = "-continued-"
+
+
+def next_run_id(run: RunState) -> str:
+    """The id of the run that continues ``run``: the chain's first id, ``-continued-<n>``.
+
+    Derived from stored facts alone (the id and the generation), so a tick
+    that is retried after a crash computes the same id, and the store's
+    unique key never lets a chain fork. An id too long to take the suffix
+    is cut and given a hash of itself, so it stays unique and within 255.
+    """
+    generation = run.generation + 1
+    if run.generation == 0:
+        root = run.run_id
+        if len(root) + len(_CONTINUED) + 10 > _MAX_ID:
+            digest = hashlib.blake2b(root.encode(), digest_size=8).hexdigest()
+            root = f"{root[: _MAX_ID - len(_CONTINUED) - 10 - 17]}-{digest}"
+    else:
+        root = run.run_id.removesuffix(f"{_CONTINUED}{run.generation}")
+    return f"{root}{_CONTINUED}{generation}"
+
+
+def successor(run: RunState, run_id: str, payload: str, now: datetime) -> RunState:
+    """The run that continues ``run`` with ``payload``: an empty journal, due now.
+
+    It keeps the chain's parent (a child run stays its parent's child) and
+    the custom status until its own workflow sets one.
+    """
+    return RunState(
+        run_id=run_id,
+        workflow=run.workflow,
+        payload=payload,
+        created_at=now,
+        parent_run_id=run.parent_run_id,
+        parent_position=run.parent_position,
+        wake_at=now,
+        wake_seq=1,
+        custom_status=run.custom_status,
+        continued_from=run.run_id,
+        generation=run.generation + 1,
+    )
+
+
+def continue_as(run: RunState, next_run_id: str, now: datetime) -> RunState:
+    """The run ended by ``continue_as_new``: ``next_run_id`` goes on in its place."""
+    return dataclasses.replace(finish(run, RunStatus.CONTINUED, now), continued_as=next_run_id)
 
 
 def suspend(run: RunState, error: ErrorInfo, at: datetime) -> RunState:

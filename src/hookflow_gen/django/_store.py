@@ -45,6 +45,10 @@ _RUN_FIELDS = (
     "cancel_requested",
     "tick_failures",
     "past_errors",
+    "custom_status",
+    "continued_from",
+    "continued_as",
+    "generation",
 )
 _STEP_FIELDS = (
     "position",
@@ -75,7 +79,7 @@ def _error(data: Any) -> ErrorInfo | None:
 def _run(row: Sequence[Any]) -> RunState:
     (run_id, workflow, payload, status, created_at, result, error, finished_at,
      parent_run_id, parent_position, wake_at, wake_seq, cancel_requested, tick_failures,
-     past_errors) = row  # fmt: skip
+     past_errors, custom_status, continued_from, continued_as, generation) = row  # fmt: skip
     return RunState(
         run_id=run_id,
         workflow=workflow,
@@ -92,6 +96,10 @@ def _run(row: Sequence[Any]) -> RunState:
         cancel_requested=bool(cancel_requested),
         tick_failures=tick_failures,
         past_errors=tuple(ErrorInfo.from_json(e) for e in past_errors or ()),
+        custom_status=custom_status,
+        continued_from=continued_from,
+        continued_as=continued_as,
+        generation=generation,
     )
 
 
@@ -248,6 +256,8 @@ _RUN_UPDATE_FIELDS = (
     "cancel_requested",
     "tick_failures",
     "past_errors",
+    "custom_status",
+    "continued_as",
 )
 
 
@@ -366,6 +376,10 @@ class DjangoStore:
             cancel_requested=run.cancel_requested,
             tick_failures=run.tick_failures,
             past_errors=[error.to_json() for error in run.past_errors],
+            custom_status=run.custom_status,
+            continued_from=run.continued_from,
+            continued_as=run.continued_as,
+            generation=run.generation,
         )
         if run.created_at is not None:
             row.created_at = run.created_at
@@ -422,6 +436,8 @@ class DjangoStore:
             run.cancel_requested,
             run.tick_failures,
             [error.to_json() for error in run.past_errors],
+            run.custom_status,
+            run.continued_as,
         )
         params = _params(statements.run_preps, values)
         with connection.cursor() as cursor:

@@ -24,6 +24,7 @@ class Run(models.Model):
         COMPLETED = "completed", "completed"
         FAILED = "failed", "failed"
         CANCELLED = "cancelled", "cancelled"
+        CONTINUED = "continued", "continued"
 
     run_id: models.CharField[str, str] = models.CharField(
         "run id", max_length=255, primary_key=True
@@ -66,6 +67,24 @@ class Run(models.Model):
         null=True,
         blank=True,
         help_text="A worker claimed the due wake-up until then (cleared when the run is saved).",
+    )
+    custom_status: models.TextField[str | None, str | None] = models.TextField(
+        null=True, blank=True, help_text="The latest ctx.set_status, as JSON text."
+    )
+    continued_from: models.CharField[str | None, str | None] = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="The run this one continues (ctx.continue_as_new).",
+    )
+    continued_as: models.CharField[str | None, str | None] = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="The run that continues this one.",
+    )
+    generation: models.PositiveIntegerField[int, int] = models.PositiveIntegerField(
+        default=0, help_text="How many runs of its continue-as-new chain came before it."
     )
 
     class Meta:

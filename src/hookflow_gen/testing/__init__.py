@@ -31,9 +31,9 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
 from .._client import RunHandle, use_runtime
-from .._codec import encode
+from .._codec import adapter_for, decode, encode
 from .._context import RunInfo
-from .._engine import Completed, Decision, Failed, Replay, Waiting
+from .._engine import Completed, ContinuedAsNew, Decision, Failed, Replay, Waiting
 from .._journal import ErrorInfo, StepRecord, StepStatus
 from .._runtime import Runtime
 from .._scheduler import InlineScheduler
@@ -76,6 +76,7 @@ __all__ = [
 
 M = TypeVar("M")
 R = TypeVar("R")
+T = TypeVar("T")
 
 _NO_PAYLOAD: Final = object()
 
@@ -125,8 +126,36 @@ class Stepper(Generic[R]):
 
     @property
     def finished(self) -> bool:
-        """True once the workflow returned or raised."""
+        """True once the workflow returned, raised or continued as new."""
         return not isinstance(self._decision, Waiting)
+
+    def custom_status(self, model: type[T]) -> T | None:
+        """The latest ``ctx.set_status`` the workflow reached, validated as ``model``.
+
+        None until the workflow sets one. The value went through the same
+        JSON dump and validation as a stored status.
+        """
+        status = self._replay.status
+        if status is None:
+            return None
+        value: T | None = decode(adapter_for(model | None), status, what="the custom status")
+        return value
+
+    @property
+    def continued(self) -> bool:
+        """True once the workflow ended its run with ``ctx.continue_as_new``."""
+        return isinstance(self._decision, ContinuedAsNew)
+
+    def continued_payload(self) -> Any:
+        """The payload the workflow continued as new with, decoded as its payload type.
+
+        Raises:
+            HookflowError: the workflow did not continue as new.
+        """
+        decision = self._decision
+        if not isinstance(decision, ContinuedAsNew):
+            raise HookflowError(f"the workflow did not continue as new: {decision!r}")
+        return decode(self.workflow.payload_adapter, decision.payload, what="the new payload")
 
     @property
     def step(self) -> Step[Any]:
@@ -230,6 +259,11 @@ class Stepper(Generic[R]):
             return value
         if isinstance(decision, Failed):
             raise WorkflowFailed(self._replay.context.run_id, decision.error)
+        if isinstance(decision, ContinuedAsNew):
+            raise HookflowError(
+                "the workflow continued as new (see continued_payload()); its result is the "
+                "new run's: step a new Stepper with that payload"
+            )
         raise HookflowError(f"the workflow still waits on {decision.request.describe()}")
 
     @property
