@@ -265,7 +265,9 @@ class Context:
         """
         from ._workflow import Workflow
 
-        if not isinstance(workflow, Workflow) or workflow.name != self._info.workflow_name:  # pyright: ignore[reportUnnecessaryIsInstance]  # untyped callers
+        if not isinstance(workflow, Workflow):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise WorkflowDefinitionError(f"continue_as_new needs a @workflow, got {workflow!r}")
+        if workflow.name != self._info.workflow_name:
             raise WorkflowDefinitionError(
                 f"continue_as_new starts a new run of the running workflow "
                 f"{self._info.workflow_name!r}; got {workflow!r}"

@@ -301,8 +301,8 @@ class Replay:
                     continue
                 if tracker.built:
                     _mark_yielded(tracker.built, request)
-                if request.__class__ is ContinueAsNewStep:
-                    return self._continue(cast("ContinueAsNewStep", request))
+                if isinstance(request, ContinueAsNewStep):
+                    return self._continue(request)
                 self._blocked = request
                 self._request_at = self.position
             position = self.position

@@ -12,10 +12,10 @@ import math
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Never, TypeAlias, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
-from typing_extensions import Never, TypeIs
+from typing_extensions import TypeIs
 
 from ._codec import adapter_for
 

@@ -99,7 +99,7 @@ def wrong_workflow(ctx: Context, count: Count) -> Flow[int]:
 
 @workflow(name="continue-in-gather")
 def continue_in_gather(ctx: Context, count: Count) -> Flow[int]:
-    yield from ctx.gather(  # type: ignore[call-overload]  # refused at run time as well
+    yield from ctx.gather(  # refused at run time: it ends the run
         ctx.run("a", double, 1), ctx.continue_as_new(continue_in_gather, count)
     )
     return 0
@@ -236,7 +236,7 @@ def test_status_is_stored_while_the_run_waits_and_rederived_cold() -> None:
         assert env.store.runs[handle.run_id].custom_status == stored
 
 
-def test_status_commits_with_the_checkpoint_or_not_at_all() -> None:
+def test_status_commits_with_the_checkpoint_or_not_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint that fails takes the status written with it back too."""
     with WorkflowEnvironment() as env:
         original = env.store.save_steps
@@ -248,20 +248,22 @@ def test_status_commits_with_the_checkpoint_or_not_at_all() -> None:
                 raise RuntimeError("the database went away")
             original(run_id, records)
 
-        env.store.save_steps = failing  # type: ignore[method-assign]  # a failing database
+        monkeypatch.setattr(env.store, "save_steps", failing)
         with pytest.raises(RuntimeError, match="went away"):
             progress.start(Batch(size=2), run_id="atomic-status")
         run = env.store.runs["atomic-status"]
         assert run.custom_status == Progress(done=0, total=2).model_dump_json()
         assert [r.status.value for r in env.journal("atomic-status")] == ["pending"]
-        env.store.save_steps = original  # type: ignore[method-assign]  # the database is back
+        monkeypatch.setattr(env.store, "save_steps", original)  # the database is back
         env.runtime.close()
         env.advance(600)  # the lost checkpoint: the step runs again once its lease lapses
         run = env.store.runs["atomic-status"]
         assert run.custom_status == Progress(done=2, total=2).model_dump_json()
 
 
-def test_the_tick_that_continues_is_one_transaction_and_idempotent() -> None:
+def test_the_tick_that_continues_is_one_transaction_and_idempotent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A crash before its commit leaves neither the end nor the new run; the retry makes one."""
     with WorkflowEnvironment() as env:
         original = env.store.save_run
@@ -271,12 +273,12 @@ def test_the_tick_that_continues_is_one_transaction_and_idempotent() -> None:
                 raise RuntimeError("killed after creating the next run")
             original(run)
 
-        env.store.save_run = crash_on_end  # type: ignore[method-assign]  # a crash mid-commit
+        monkeypatch.setattr(env.store, "save_run", crash_on_end)  # a crash mid-commit
         with pytest.raises(RuntimeError, match="killed"):
             counter.start(Count(start=0, stop=5), run_id="crashy")
         assert "crashy-continued-1" not in env.store.runs
         assert env.store.runs["crashy"].status is RunStatus.RUNNING
-        env.store.save_run = original  # type: ignore[method-assign]  # restarted
+        monkeypatch.setattr(env.store, "save_run", original)  # restarted
         env.runtime.close()
         env.clock.advance(600)  # past the lease of the step whose checkpoint was lost
         for _ in range(3):  # the retried tick, and duplicate deliveries after it
@@ -332,7 +334,8 @@ def test_a_taken_successor_id_fails_the_run_clearly() -> None:
         progress.start(Batch(size=0), run_id="taken-continued-1")
         handle = counter.start(Count(start=0, stop=5), run_id="taken")
         assert handle.status is RunStatus.FAILED
-        assert "is taken by another run" in handle.state().error.message  # type: ignore[union-attr]  # failed
+        error = handle.state().error
+        assert error is not None and "is taken by another run" in error.message
         assert env.store.runs["taken-continued-1"].workflow == "status-progress"
 
 
