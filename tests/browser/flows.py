@@ -117,3 +117,36 @@ def fulfil(ctx: Context, o: Order) -> Flow[list[str]]:
         ctx.invoke("ship-us", ship, Shipment(order_id=o.order_id + 1)),
     )
     return [eu, us]
+
+
+class Sync(BaseModel):
+    account: str
+    page: int = 1
+    pages: int = 3
+    imported: int = 0
+
+
+class SyncProgress(BaseModel):
+    page: int
+    pages: int
+    imported: int
+
+
+def import_page(account: str, page: int) -> int:
+    spend(120)
+    return 10 * page
+
+
+@workflow(name="browser_sync")
+def sync(ctx: Context, s: Sync) -> Flow[int]:
+    """Import one page of an account per run, then continue as new with the next page."""
+    imported = s.imported + (yield from ctx.run("import-page", import_page, s.account, s.page))
+    ctx.set_status(SyncProgress(page=s.page, pages=s.pages, imported=imported))
+    if s.page < s.pages:
+        return (
+            yield from ctx.continue_as_new(
+                sync, Sync(account=s.account, page=s.page + 1, pages=s.pages, imported=imported)
+            )
+        )
+    yield from ctx.wait_for_event("confirm", Approval, key=f"sync-{s.account}")
+    return imported

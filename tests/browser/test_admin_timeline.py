@@ -343,3 +343,33 @@ def test_run_with_children_links_both_ways(browser: Browser, runs: dict[str, str
     assert f'href="{_page(parent_id + "-1")}"' in page.html
     child = browser.dom(_page(f"{parent_id}-1"))
     assert child.get("hf-parent") == parent_id
+
+
+def test_continued_runs_link_both_ways_and_show_their_status(
+    browser: Browser, runtime: Runtime, clock: FakeClock, django_user_model: Any
+) -> None:
+    """Each run of a continue-as-new chain links to the next and back; the status is shown."""
+    django_user_model.objects.create_superuser(USERNAME, "admin@example.com", "unused")
+    flows.CLOCK[:] = [clock]
+    try:
+        handle = flows.sync.start(flows.Sync(account="acme"), run_id="sync-acme")
+        run_worker(runtime, until_idle=60)
+    finally:
+        flows.CLOCK.clear()
+    first = browser.dom(_page("sync-acme"))
+    assert first.get("hf-status") == "continued"
+    assert first.get("hf-continued-as") == "sync-acme-continued-1"
+    assert json.loads(first.get("hf-custom-status")) == {"page": 1, "pages": 3, "imported": 10}
+    assert "hf-continued-from" not in first.by_id and "hf-cancel" not in first.by_id
+    middle = browser.dom(_page("sync-acme-continued-1"))
+    assert middle.get("hf-continued-from") == "sync-acme"
+    assert "generation 1" in middle.text
+    assert middle.get("hf-continued-as") == "sync-acme-continued-2"
+    browser.screenshot(_page("sync-acme-continued-2"), "run-continued", 820)
+    last = browser.dom(_page("sync-acme-continued-2"))
+    assert last.get("hf-status") == "running"
+    assert last.get("hf-continued-from") == "sync-acme-continued-1"
+    assert "hf-continued-as" not in last.by_id
+    assert json.loads(last.get("hf-custom-status")) == {"page": 3, "pages": 3, "imported": 60}
+    assert "Cancel run" in last.get("hf-cancel")
+    assert handle.latest().run_id == "sync-acme-continued-2"

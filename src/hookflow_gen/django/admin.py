@@ -225,7 +225,7 @@ class RunAdmin(_RunAdminBase):
         "status",
         "workflow",
     )
-    search_fields: ClassVar[_Names] = ("run_id", "parent_run_id")
+    search_fields: ClassVar[_Names] = ("run_id", "parent_run_id", "continued_from")
     date_hierarchy: ClassVar[str | None] = "created_at"
     ordering: ClassVar[_Ordering] = ("-created_at",)
     actions: Sequence[_Action] | None = ("cancel_runs",)
@@ -405,6 +405,13 @@ class RunAdmin(_RunAdminBase):
                 for child in children
             ],
             "parent_url": (_url("change", run.parent_run_id) if run.parent_run_id else None),
+            "continued_from_url": (
+                _url("change", run.continued_from) if run.continued_from else None
+            ),
+            "continued_as_url": _url("change", run.continued_as) if run.continued_as else None,
+            "custom_status": (
+                _pretty(run.custom_status) if run.custom_status is not None else None
+            ),
             "payload": _pretty(run.payload),
             "result": _pretty(run.result) if run.result is not None else None,
             "error": _error(run.error),

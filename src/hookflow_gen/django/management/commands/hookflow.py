@@ -228,7 +228,7 @@ def _runs_arguments(parser: CommandParser) -> None:
     parser.add_argument("--workflow", help="Only runs of this workflow.")
     parser.add_argument(
         "--status",
-        choices=["running", "completed", "failed", "cancelled"],
+        choices=["running", "completed", "failed", "cancelled", "continued"],
         help="Only runs in this status.",
     )
     parser.add_argument("--limit", type=int, default=20, help="How many runs (default 20).")
@@ -284,6 +284,12 @@ def _show(command: Command, options: dict[str, Any]) -> None:
     write(f"finished  {_when(run.finished_at)}")
     if run.parent_run_id:
         write(f"parent    {run.parent_run_id} (step #{run.parent_position})")
+    if run.continued_from:
+        write(f"continues {run.continued_from} (generation {run.generation})")
+    if run.continued_as:
+        write(f"continued {run.continued_as}")
+    if run.custom_status is not None:
+        write(f"custom    {run.custom_status}  (ctx.set_status)")
     if not run.status.finished:
         write(f"wake-up   {_when(run.wake_at)}")
     write(f"payload   {run.payload}")
