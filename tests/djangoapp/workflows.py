@@ -194,3 +194,44 @@ def doomed(ctx: Context, numbers: Numbers) -> Flow[int]:
 def crashy(ctx: Context, slow: Slow) -> Flow[str]:
     """A slow non-atomic step that leaves a marker when it starts."""
     return (yield from ctx.run("slow", slow_with_marker, slow.marker, slow.seconds))
+
+
+class Tally(BaseModel):
+    start: int
+    stop: int
+    total: int = 0
+    per_run: int = 2
+
+
+class TallyStatus(BaseModel):
+    done: int
+    total: int
+
+
+@workflow
+def tally(ctx: Context, t: Tally) -> Flow[int]:
+    """Adds start..stop-1, ``per_run`` numbers per run, continuing as new between runs."""
+    total = t.total
+    end = min(t.start + t.per_run, t.stop)
+    for i in range(t.start, end):
+        total = yield from ctx.run(f"add-{i}", add, total, i)
+    ctx.set_status(TallyStatus(done=end, total=total))
+    if end < t.stop:
+        nxt = Tally(start=end, stop=t.stop, total=total, per_run=t.per_run)
+        return (yield from ctx.continue_as_new(tally, nxt))
+    return total
+
+
+@workflow
+def tally_parent(ctx: Context, t: Tally) -> Flow[str]:
+    """Invokes a tally chain as its child."""
+    total = yield from ctx.invoke("tally", tally, t)
+    return f"tallied {total}"
+
+
+@workflow
+def pager(ctx: Context, t: Tally) -> Flow[int]:
+    """Waits for one event per run and continues as new after each, without end."""
+    ctx.set_status(TallyStatus(done=t.start, total=t.total))
+    yield from ctx.wait_for_event("page", Approval, key=f"pager-{t.stop}")
+    return (yield from ctx.continue_as_new(pager, Tally(start=t.start + 1, stop=t.stop)))
