@@ -24,6 +24,7 @@ from ._runtime import StepInfo as StepInfo
 from ._runtime import current_step as current_step
 from ._steps import CallResponse as CallResponse
 from ._steps import CallStep as CallStep
+from ._steps import ContinueAsNewStep as ContinueAsNewStep
 from ._steps import EventStep as EventStep
 from ._steps import Flow as Flow
 from ._steps import GatherStep as GatherStep
@@ -57,6 +58,7 @@ __all__ = [
     "CallStep",
     "Cancelled",
     "Context",
+    "ContinueAsNewStep",
     "ErrorInfo",
     "EventStep",
     "Flow",

@@ -178,7 +178,12 @@ def test_concurrent_ticks_make_one_run_per_generation(clock: FakeClock) -> None:
                 barrier = threading.Barrier(len(runtimes))
                 errors: list[BaseException] = []
 
-                def tick(r: Runtime, target: str = current, b: threading.Barrier = barrier) -> None:
+                def tick(
+                    r: Runtime,
+                    target: str = current,
+                    b: threading.Barrier = barrier,
+                    errors: list[BaseException] = errors,
+                ) -> None:
                     try:
                         b.wait()
                         r.tick(target)
