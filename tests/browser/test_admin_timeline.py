@@ -361,11 +361,11 @@ def test_continued_runs_link_both_ways_and_show_their_status(
     assert first.get("hf-continued-as") == "sync-acme-continued-1"
     assert json.loads(first.get("hf-custom-status")) == {"page": 1, "pages": 3, "imported": 10}
     assert "hf-continued-from" not in first.by_id and "hf-cancel" not in first.by_id
+    browser.screenshot(_page("sync-acme-continued-1"), "run-continued", 760)
     middle = browser.dom(_page("sync-acme-continued-1"))
     assert middle.get("hf-continued-from") == "sync-acme"
     assert "generation 1" in middle.text
     assert middle.get("hf-continued-as") == "sync-acme-continued-2"
-    browser.screenshot(_page("sync-acme-continued-2"), "run-continued", 820)
     last = browser.dom(_page("sync-acme-continued-2"))
     assert last.get("hf-status") == "running"
     assert last.get("hf-continued-from") == "sync-acme-continued-1"

@@ -11,6 +11,7 @@ EXPECTED = [
     "CallStep",
     "Cancelled",
     "Context",
+    "ContinueAsNewStep",
     "ErrorInfo",
     "EventStep",
     "Flow",
