@@ -111,7 +111,9 @@ def test_cancel_of_the_first_id_reaches_the_live_run(runtime: Runtime) -> None:
     run_worker(runtime)
     hookflow_gen.notify("pager-51", Approval(approved_by="ann"))
     run_worker(runtime)
-    _call("cancel", "cancel-pager")
+    assert _call("cancel", "cancel-pager").strip() == (
+        "run cancel-pager continued as cancel-pager-continued-1: cancelled"
+    )
     assert Run.objects.get(pk="cancel-pager-continued-1").status == "cancelled"
     assert Run.objects.get(pk="cancel-pager").status == "continued"
     with pytest.raises(RunCancelled):

@@ -22,7 +22,7 @@ from hookflow_gen import (
 from hookflow_gen._engine import ContinuedAsNew
 from hookflow_gen._runtime import _transitions as T
 from hookflow_gen._store import MemoryStore
-from hookflow_gen.testing import Stepper, WorkflowEnvironment, replay
+from hookflow_gen.testing import Stepper, WorkflowEnvironment, check_resumable, replay
 
 from .models import Approval, double
 
@@ -356,3 +356,10 @@ def test_successor_ids_stay_within_the_id_limit() -> None:
     )
     assert len(T.next_run_id(deep)) <= 255
     assert T.next_run_id(RunState(run_id="r", workflow="w", payload="{}")) == "r-continued-1"
+
+
+def test_check_resumable_compares_the_chains_end() -> None:
+    """Crashed anywhere in its first run, the chain still ends with the same result."""
+    report = check_resumable(counter, Count(start=0, stop=5))
+    assert report.status is RunStatus.COMPLETED and report.result == 20
+    assert report.restarts == 4  # the first run's 3 records: resumed after 0 to 3 of them

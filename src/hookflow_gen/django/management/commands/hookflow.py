@@ -337,7 +337,10 @@ def _cancel(command: Command, options: dict[str, Any]) -> None:
         run = runtime.cancel(run_id)
     except UnknownRunError as exc:
         raise CommandError(str(exc)) from None
-    if before is not None and before.status.finished:
+    if run.run_id != run_id:
+        # A continue-as-new chain is cancelled at its live run.
+        command.stdout.write(f"run {run_id} continued as {run.run_id}: {run.status.value}")
+    elif before is not None and before.status.finished:
         command.stdout.write(f"run {run_id} had already finished: {run.status.value}")
     else:
         command.stdout.write(f"run {run_id} cancelled")
