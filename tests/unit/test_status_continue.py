@@ -363,3 +363,22 @@ def test_check_resumable_compares_the_chains_end() -> None:
     report = check_resumable(counter, Count(start=0, stop=5))
     assert report.status is RunStatus.COMPLETED and report.result == 20
     assert report.restarts == 4  # the first run's 3 records: resumed after 0 to 3 of them
+
+
+def test_a_cancel_that_arrives_as_the_run_continues_reaches_the_new_run() -> None:
+    """Cancel asked for while the last step ran: the run continues, and the new run is cancelled."""
+    with WorkflowEnvironment() as env:
+
+        def cancel_meanwhile(i: int) -> int:
+            run = env.store.runs["late-cancel"]
+            env.store.runs["late-cancel"] = dataclasses.replace(run, cancel_requested=True)
+            return 2 * i
+
+        env.stub("add-2", cancel_meanwhile)
+        handle = counter.start(Count(start=0, stop=9), run_id="late-cancel")
+        assert env.store.runs["late-cancel"].status is RunStatus.CONTINUED
+        assert env.store.runs["late-cancel"].cancel_requested is False
+        assert env.store.runs["late-cancel-continued-1"].status is RunStatus.CANCELLED
+        assert env.journal("late-cancel-continued-1")[0].error is not None
+        with pytest.raises(RunCancelled):
+            handle.result()

@@ -167,8 +167,9 @@ def next_run_id(run: RunState) -> str:
 def successor(run: RunState, run_id: str, payload: str, now: datetime) -> RunState:
     """The run that continues ``run`` with ``payload``: an empty journal, due now.
 
-    It keeps the chain's parent (a child run stays its parent's child) and
-    the custom status until its own workflow sets one.
+    It keeps the chain's parent (a child run stays its parent's child), the
+    custom status until its own workflow sets one, and a cancellation asked
+    for while the old run was ending, which its first tick delivers.
     """
     return RunState(
         run_id=run_id,
@@ -179,6 +180,7 @@ def successor(run: RunState, run_id: str, payload: str, now: datetime) -> RunSta
         parent_position=run.parent_position,
         wake_at=now,
         wake_seq=1,
+        cancel_requested=run.cancel_requested,
         custom_status=run.custom_status,
         continued_from=run.run_id,
         generation=run.generation + 1,
