@@ -211,3 +211,27 @@ def test_concurrent_ticks_make_one_run_per_generation(clock: FakeClock) -> None:
     finally:
         for r in runtimes:
             r.close()
+
+
+@pytest.mark.no_invariant
+def test_the_invariant_checks_the_links_of_a_continued_run_in_the_database(
+    clock: FakeClock,
+) -> None:
+    """The database check finds a continued run whose successor is missing or mislinked."""
+    from tests._invariant import check_django_runs
+
+    Run.objects.create(run_id="inv-a", workflow="w", payload="{}", status="continued")
+    Run.objects.filter(pk="inv-a").update(continued_as="inv-b")
+    [problem] = check_django_runs("default", clock.now(), ["inv-a"])
+    assert problem.startswith("run inv-a is CONTINUED as 'inv-b'")
+    Run.objects.create(
+        run_id="inv-b",
+        workflow="w",
+        payload="{}",
+        continued_from="inv-a",
+        generation=1,
+        wake_at=clock.now(),
+    )
+    assert check_django_runs("default", clock.now(), ["inv-a", "inv-b"]) == []
+    Run.objects.filter(pk="inv-b").update(generation=3)
+    assert len(check_django_runs("default", clock.now(), ["inv-a"])) == 1

@@ -22,7 +22,7 @@ from hookflow_gen import (
 from hookflow_gen._engine import ContinuedAsNew
 from hookflow_gen._runtime import _transitions as T
 from hookflow_gen._store import MemoryStore
-from hookflow_gen.testing import Stepper, WorkflowEnvironment, check_resumable, replay
+from hookflow_gen.testing import EPOCH, Stepper, WorkflowEnvironment, check_resumable, replay
 
 from .models import Approval, double
 
@@ -382,3 +382,27 @@ def test_a_cancel_that_arrives_as_the_run_continues_reaches_the_new_run() -> Non
         assert env.journal("late-cancel-continued-1")[0].error is not None
         with pytest.raises(RunCancelled):
             handle.result()
+
+
+@pytest.mark.no_invariant
+def test_the_invariant_checks_the_links_of_a_continued_run() -> None:
+    """A continued run must name a run that continues it, one generation later."""
+    from tests._invariant import check_memory_store
+
+    store = MemoryStore()
+    ended = RunState(
+        run_id="a", workflow="w", payload="{}", status=RunStatus.CONTINUED, continued_as="b"
+    )
+    store.runs["a"] = ended
+    assert [p.split(" is ")[0] for p in check_memory_store(store)] == ["run a"]
+    then = EPOCH
+    nxt = RunState(
+        run_id="b", workflow="w", payload="{}", continued_from="a", generation=1, wake_at=then
+    )
+    store.runs["b"] = nxt
+    assert check_memory_store(store) == []
+    store.runs["b"] = dataclasses.replace(nxt, generation=2)
+    assert len(check_memory_store(store)) == 1
+    store.runs["b"] = nxt
+    store.runs["a"] = dataclasses.replace(ended, wake_at=then)
+    assert len(check_memory_store(store)) == 1
