@@ -10,7 +10,7 @@ from typing import Any, assert_type
 
 from pydantic import BaseModel
 
-from hookflow_gen import ContinueAsNewStep, Context, Flow, RunHandle, RunState, workflow
+from hookflow_gen import Context, ContinueAsNewStep, Flow, RunHandle, RunState, workflow
 from hookflow_gen.testing import Stepper
 
 
