@@ -406,3 +406,18 @@ def test_the_invariant_checks_the_links_of_a_continued_run() -> None:
     store.runs["b"] = nxt
     store.runs["a"] = dataclasses.replace(ended, wake_at=then)
     assert len(check_memory_store(store)) == 1
+
+
+@workflow(name="continue-who-am-i")
+def who_am_i(ctx: Context, count: Count) -> Flow[str]:
+    yield from ()
+    if count.start == 0:
+        return (yield from ctx.continue_as_new(who_am_i, Count(start=1, stop=1)))
+    return f"{ctx.run_id} continues {ctx.info.continued_from}"
+
+
+def test_a_new_run_knows_the_run_it_continues() -> None:
+    """``ctx.info.continued_from`` names the previous run of the chain."""
+    with WorkflowEnvironment():
+        handle = who_am_i.start(Count(start=0, stop=1), run_id="me")
+        assert handle.result() == "me-continued-1 continues me"
