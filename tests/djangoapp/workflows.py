@@ -194,3 +194,6 @@ def doomed(ctx: Context, numbers: Numbers) -> Flow[int]:
 def crashy(ctx: Context, slow: Slow) -> Flow[str]:
     """A slow non-atomic step that leaves a marker when it starts."""
     return (yield from ctx.run("slow", slow_with_marker, slow.marker, slow.seconds))
+
+
+from . import update_workflows as update_workflows  # noqa: E402  # registered with the others
