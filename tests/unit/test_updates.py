@@ -130,7 +130,8 @@ def test_a_reply_built_and_not_yielded_fails_the_run() -> None:
         with pytest.raises(UpdateRunFinished):
             handle.update(ping, Ping(n=1), timeout=5)
         assert handle.status is RunStatus.FAILED
-        assert "never yielded" in (handle.state().error or pytest.fail()).message
+        error = handle.state().error
+        assert error is not None and "never yielded" in error.message
 
 
 # -- on the runtime (WorkflowEnvironment) --------------------------------------------------
