@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Union, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Union, overload
 
 from pydantic import TypeAdapter
 
@@ -641,12 +641,12 @@ def _branches(what: str, steps: tuple[Step[Any], ...]) -> tuple[LeafStep, ...]:
     return tuple(branches)
 
 
-def _check_received(received: object, what: str) -> Received[Any, Any]:
-    if not isinstance(received, Received):
+def _check_received(received: Received[Any, Any], what: str) -> Received[Any, Any]:
+    if not isinstance(received, Received):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise WorkflowDefinitionError(
             f"{what} takes the update that ctx.receive gave, got {received!r}"
         )
-    return cast("Received[Any, Any]", received)
+    return received
 
 
 def _new_run_patches(patch_id: str, deprecated: bool) -> bool:

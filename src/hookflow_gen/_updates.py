@@ -59,7 +59,9 @@ class Update(Generic[Q, A]):
     __slots__ = ("answer_adapter", "answer_type", "name", "request_adapter", "request_type")
 
     def __init__(self, name: str, request: type[Q], answer: type[A]) -> None:
-        if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
+        if not isinstance(name, str):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise WorkflowDefinitionError(f"an update name must be a string, got {name!r}")
+        if not name:
             raise WorkflowDefinitionError(
                 f"an update name must be a non-empty string, got {name!r}"
             )

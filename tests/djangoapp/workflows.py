@@ -196,4 +196,4 @@ def crashy(ctx: Context, slow: Slow) -> Flow[str]:
     return (yield from ctx.run("slow", slow_with_marker, slow.marker, slow.seconds))
 
 
-from . import update_workflows  # noqa: E402, F401  # registers its workflows with the others
+from . import update_workflows  # noqa: E402, F401  # pyright: ignore[reportUnusedImport]  # registers its workflows
