@@ -140,56 +140,55 @@ def test_a_worker_process_answers_updates(worker: Callable[[], subprocess.Popen[
 # -- PostgreSQL: an update racing the run's first wait ---------------------------------------
 
 
+def _race_round(round_: int) -> None:
+    """One round: a tick and two updates start together on one fresh run."""
+    handle = ledger.start(Ledger(deposits=2), run_id=f"update-race-{round_}")
+    run_id = handle.run_id
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def act(do: Callable[[Runtime], object]) -> None:
+        runtime = build_runtime(get_settings())
+        try:
+            barrier.wait()
+            do(runtime)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            runtime.close()
+            connection.close()
+
+    def send(update_id: str, amount: int) -> Callable[[Runtime], object]:
+        return lambda r: r.send_update(run_id, deposit, Deposit(amount=amount), update_id)
+
+    actions = [lambda r: r.tick(run_id), send("one", 1), send("two", 2)]
+    threads = [threading.Thread(target=act, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    runtime = build_runtime(get_settings())
+    try:
+        for _ in range(5):
+            if handle.status.finished:
+                break
+            runtime.tick(run_id)
+    finally:
+        runtime.close()
+    assert handle.result() == 3, f"round {round_}"
+    rows = Update.objects.filter(run_id=run_id)
+    assert sorted(rows.values_list("status", flat=True)) == [UpdateStatus.ANSWERED.value] * 2
+    replies = Step.objects.filter(run_id=run_id, kind="reply")
+    assert sorted(replies.values_list("key", flat=True)) == ["one", "two"]
+    assert not Event.objects.filter(key=update_key(run_id, "deposit")).exists()
+    one = handle.update(deposit, Deposit(amount=1), update_id="one", timeout=0)
+    two = handle.update(deposit, Deposit(amount=2), update_id="two", timeout=0)
+    assert {one.total, two.total} in ({1, 3}, {2, 3}), f"round {round_}"
+
+
 @pytest.mark.postgres
 def test_updates_racing_the_first_wait_are_never_lost_or_answered_twice() -> None:
     """Two updates sent while the run starts to wait, 25 times: each answered exactly once."""
     for round_ in range(25):
-        handle = ledger.start(Ledger(deposits=2), run_id=f"update-race-{round_}")
-        barrier = threading.Barrier(3)
-        errors: list[BaseException] = []
-
-        def act(do: Callable[[Runtime], object]) -> None:
-            runtime = build_runtime(get_settings())
-            try:
-                barrier.wait()
-                do(runtime)
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-            finally:
-                runtime.close()
-                connection.close()
-
-        run_id = handle.run_id
-        threads = [
-            threading.Thread(target=act, args=(lambda r: r.tick(run_id),)),
-            threading.Thread(
-                target=act,
-                args=(lambda r: r.send_update(run_id, deposit, Deposit(amount=1), "one"),),
-            ),
-            threading.Thread(
-                target=act,
-                args=(lambda r: r.send_update(run_id, deposit, Deposit(amount=2), "two"),),
-            ),
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
-        runtime = build_runtime(get_settings())
-        try:
-            for _ in range(5):
-                if handle.status.finished:
-                    break
-                runtime.tick(run_id)
-        finally:
-            runtime.close()
-        assert handle.result() == 3, f"round {round_}"
-        rows = Update.objects.filter(run_id=run_id)
-        assert sorted(rows.values_list("status", flat=True)) == [UpdateStatus.ANSWERED.value] * 2
-        replies = Step.objects.filter(run_id=run_id, kind="reply")
-        assert sorted(replies.values_list("key", flat=True)) == ["one", "two"]
-        assert not Event.objects.filter(key=update_key(run_id, "deposit")).exists()
-        one = handle.update(deposit, Deposit(amount=1), update_id="one", timeout=0)
-        two = handle.update(deposit, Deposit(amount=2), update_id="two", timeout=0)
-        assert {one.total, two.total} in ({1, 3}, {2, 3}), f"round {round_}"
+        _race_round(round_)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -284,3 +285,21 @@ def test_update_keys_are_private_to_the_run_and_fit_the_store() -> None:
     assert update_key("r" * 255, "a") != update_key("r" * 255, "b")
     received = ping.received_type(id="u", name="ping", request=Ping(n=1))
     assert received.request == Ping(n=1) and type(received).__name__ == "Received[Ping, int]"
+
+
+def test_the_readme_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's update example, run as written on a WorkflowEnvironment."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Updates: a request that gets an answer", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {
+        "BaseModel": BaseModel,
+        "Context": Context,
+        "Flow": Flow,
+        "workflow": workflow,
+    }
+    with WorkflowEnvironment():
+        exec(compile(code, "README.md", "exec"), namespace)  # the README's own code
+        assert namespace["answer"].limit_cents == 750
+        assert namespace["handle"].status is RunStatus.RUNNING
+    assert capsys.readouterr().out == "a raise must be positive\n"
