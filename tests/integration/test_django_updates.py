@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -10,7 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
+from django.test import Client
+from django.urls import reverse
 
 from hookflow_gen import (
     PayloadValidationError,
@@ -195,3 +199,17 @@ def test_updates_racing_the_first_wait_are_never_lost_or_answered_twice() -> Non
     """Two updates sent while the run starts to wait, 25 times: each answered exactly once."""
     for round_ in range(25):
         _race_round(round_)
+
+
+def test_the_admin_and_show_list_a_run_with_updates(
+    admin_client: Client, inline_runtime: Runtime
+) -> None:
+    """A run with receive and reply steps renders in the admin and in `hookflow show`."""
+    handle = ledger.start(Ledger(deposits=1))
+    handle.update(deposit, Deposit(amount=2), update_id="shown")
+    page = admin_client.get(reverse("admin:hookflow_run_change", args=[handle.run_id]))
+    assert page.status_code == 200
+    assert "reply" in page.content.decode()
+    out = io.StringIO()
+    call_command("hookflow", "show", handle.run_id, stdout=out)
+    assert "reply" in out.getvalue() and "shown" in out.getvalue()
