@@ -32,8 +32,10 @@ def ledger(ctx: Context, book: Ledger) -> Flow[int]:
     """Take ``book.deposits`` deposits, one update each; refuse negative ones."""
     total = 0
     taken = 0
+    received = 0
     while taken < book.deposits:
-        req = yield from ctx.receive(deposit)
+        req = yield from ctx.receive(deposit, name=f"deposit-{received}")
+        received += 1
         if req.request.amount < 0:
             yield from ctx.reject(req, f"a deposit of {req.request.amount} is negative")
             continue

@@ -26,7 +26,7 @@ from hookflow_gen import (
     workflow,
 )
 from hookflow_gen._updates import UpdateStatus, update_key
-from hookflow_gen.testing import Stepper, WorkflowEnvironment, replay
+from hookflow_gen.testing import Stepper, WorkflowEnvironment, check_resumable, replay
 from tests.djangoapp.update_workflows import Balance, Deposit, Ledger, deposit, ignores, ledger
 
 
@@ -87,7 +87,7 @@ def _untyped(value: object) -> Any:
 def test_stepper_delivers_an_update_and_returns_the_typed_answer() -> None:
     """Stepper.update settles the receive, records the reply and returns the answer."""
     s = Stepper(ledger, Ledger(deposits=2))
-    assert (s.step.kind, s.step.name) == ("event", "deposit")
+    assert (s.step.kind, s.step.name) == ("event", "deposit-0")
     with pytest.raises(HookflowError, match="without answering"):
         s.update(deposit, Deposit(amount=5))  # the workflow runs "add" before it replies
     assert s.step.name == "add-0"
@@ -303,3 +303,20 @@ def test_the_readme_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
         assert namespace["answer"].limit_cents == 750
         assert namespace["handle"].status is RunStatus.RUNNING
     assert capsys.readouterr().out == "a raise must be positive\n"
+
+
+def test_check_resumable_takes_updates() -> None:
+    """check_resumable resumes a run that receives updates after every record, the same way."""
+    report = check_resumable(
+        ledger,
+        Ledger(deposits=2),
+        updates=[
+            (deposit, Deposit(amount=-1)),
+            (deposit, Deposit(amount=1)),
+            (deposit, Deposit(amount=2)),
+        ],
+    )
+    assert report.result == 3
+    assert report.restarts == len(report.journal) + 1
+    with pytest.raises(PayloadValidationError):
+        check_resumable(ledger, Ledger(deposits=1), updates=[(deposit, {"amount": "x"})])
