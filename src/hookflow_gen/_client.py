@@ -245,10 +245,12 @@ class RunHandle(Generic[R]):
             UpdateRunFinished: the run had ended, or ended without answering.
             UpdateError: ``update_id`` was used for another update of this run.
             UnknownRunError: no run has this id.
+            HookflowError: called inside ``transaction.atomic()`` with a
+                scheduler whose ticks run elsewhere (they could not see it).
         """
         update_id = update_id if update_id is not None else uuid.uuid4().hex
         runtime = self._runtime
-        runtime.send_update(self.run_id, update, request, update_id)
+        self._send_update(update, request, update_id)
         clock = runtime.clock
         deadline = clock.monotonic() + timeout
         pause = min(_FIRST_POLL, poll)
@@ -282,10 +284,12 @@ class RunHandle(Generic[R]):
             UpdateRunFinished: the run had ended, or ended without answering.
             UpdateError: ``update_id`` was used for another update of this run.
             UnknownRunError: no run has this id.
+            HookflowError: called inside ``transaction.atomic()`` with a
+                scheduler whose ticks run elsewhere (they could not see it).
         """
         update_id = update_id if update_id is not None else uuid.uuid4().hex
-        send = sync_to_async(self._runtime.send_update, thread_sensitive=True)
-        await send(self.run_id, update, request, update_id)
+        send = sync_to_async(self._send_update, thread_sensitive=True)
+        await send(update, request, update_id)
         read = sync_to_async(self._update_state, thread_sensitive=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -298,6 +302,23 @@ class RunHandle(Generic[R]):
                 raise self._update_timeout(update, update_id, timeout)
             await asyncio.sleep(min(pause, max(deadline - loop.time(), 0.0)))
             pause = min(pause * 2, poll)
+
+    def _send_update(self, update: Update[Any, Any], request: object, update_id: str) -> None:
+        runtime = self._runtime
+        in_transaction = getattr(runtime.store, "in_transaction", None)
+        if (
+            not isinstance(runtime.scheduler, InlineScheduler)
+            and callable(in_transaction)
+            and in_transaction()
+        ):
+            # The update would commit only with the caller's transaction, and the
+            # run stay locked by it: no worker could answer before it ends.
+            raise HookflowError(
+                f"update {update.name!r} was sent inside transaction.atomic(); its answer is "
+                "written by a worker once the update is committed, so send it outside the "
+                "transaction (or with transaction.on_commit)"
+            )
+        runtime.send_update(self.run_id, update, request, update_id)
 
     def _update_state(self, update_id: str) -> UpdateState | None:
         """The update once it is settled, or once the run ended without settling it."""

@@ -17,6 +17,7 @@ from django.test import Client
 from django.urls import reverse
 
 from hookflow_gen import (
+    HookflowError,
     PayloadValidationError,
     RunStatus,
     UpdateError,
@@ -213,3 +214,13 @@ def test_the_admin_and_show_list_a_run_with_updates(
     out = io.StringIO()
     call_command("hookflow", "show", handle.run_id, stdout=out)
     assert "reply" in out.getvalue() and "shown" in out.getvalue()
+
+
+def test_an_update_inside_a_transaction_is_refused(runtime: Runtime) -> None:
+    """With the database worker, an update sent inside atomic() could never be answered."""
+    from django.db import transaction
+
+    handle = ledger.start(Ledger(deposits=1))
+    with transaction.atomic(), pytest.raises(HookflowError, match=r"transaction\.atomic"):
+        handle.update(deposit, Deposit(amount=1))
+    assert Update.objects.count() == 0

@@ -533,6 +533,10 @@ class DjangoStore:
 
     # -- updates -----------------------------------------------------------------
 
+    def in_transaction(self) -> bool:
+        """True inside ``transaction.atomic()`` on the store's database."""
+        return self._connection().in_atomic_block
+
     def add_update(self, update: UpdateState) -> None:
         """Insert a new update's row."""
         from .models import Update
