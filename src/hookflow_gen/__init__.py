@@ -30,6 +30,7 @@ from ._steps import Flow as Flow
 from ._steps import GatherStep as GatherStep
 from ._steps import InvokeStep as InvokeStep
 from ._steps import RaceStep as RaceStep
+from ._steps import ReplyStep as ReplyStep
 from ._steps import RetryPolicy as RetryPolicy
 from ._steps import RunStep as RunStep
 from ._steps import SleepStep as SleepStep
@@ -37,6 +38,8 @@ from ._steps import Step as Step
 from ._steps import Winner as Winner
 from ._store import RunState as RunState
 from ._store import RunStatus as RunStatus
+from ._updates import Received as Received
+from ._updates import Update as Update
 from ._workflow import Workflow as Workflow
 from ._workflow import get_workflow as get_workflow
 from ._workflow import workflow as workflow
@@ -50,6 +53,10 @@ from .exceptions import RetryAfter as RetryAfter
 from .exceptions import RunCancelled as RunCancelled
 from .exceptions import StepCancelled as StepCancelled
 from .exceptions import StepFailed as StepFailed
+from .exceptions import UpdateError as UpdateError
+from .exceptions import UpdateRejected as UpdateRejected
+from .exceptions import UpdateRunFinished as UpdateRunFinished
+from .exceptions import UpdateTimeout as UpdateTimeout
 from .exceptions import WorkflowDefinitionError as WorkflowDefinitionError
 from .exceptions import WorkflowFailed as WorkflowFailed
 
@@ -70,6 +77,8 @@ __all__ = [
     "NonRetryableError",
     "PayloadValidationError",
     "RaceStep",
+    "Received",
+    "ReplyStep",
     "RetryAfter",
     "RetryPolicy",
     "RunCancelled",
@@ -85,6 +94,11 @@ __all__ = [
     "StepInfo",
     "StepRecord",
     "StepStatus",
+    "Update",
+    "UpdateError",
+    "UpdateRejected",
+    "UpdateRunFinished",
+    "UpdateTimeout",
     "Winner",
     "Workflow",
     "WorkflowDefinitionError",

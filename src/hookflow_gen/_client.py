@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -22,7 +23,9 @@ from asgiref.sync import sync_to_async
 
 from ._codec import adapter_for, decode
 from ._journal import StepRecord
+from ._scheduler import InlineScheduler
 from ._store import RunState, RunStatus
+from ._updates import Update, UpdateState, UpdateStatus
 from ._workflow import Workflow, get_workflow
 from .exceptions import (
     ConfigurationError,
@@ -30,6 +33,9 @@ from .exceptions import (
     RunCancelled,
     RunNotFinished,
     UnknownRunError,
+    UpdateRejected,
+    UpdateRunFinished,
+    UpdateTimeout,
     WorkflowFailed,
 )
 
@@ -50,6 +56,11 @@ __all__ = [
 
 R = TypeVar("R")
 T = TypeVar("T")
+Q = TypeVar("Q")
+A = TypeVar("A")
+
+#: The first pause between two reads of an update's answer; it doubles up to ``poll``.
+_FIRST_POLL = 0.005
 
 _runtime: Runtime | None = None
 
@@ -258,6 +269,164 @@ class RunHandle(Generic[R]):
     def cancel(self) -> None:
         """Cancel the run (and its children)."""
         self._runtime.cancel(self.run_id)
+
+    # -- updates ---------------------------------------------------------------------
+
+    def update(
+        self,
+        update: Update[Q, A],
+        request: Q,
+        *,
+        timeout: float = 30.0,
+        update_id: str | None = None,
+        poll: float = 0.5,
+    ) -> A:
+        """Send an update to the run and wait for its typed answer.
+
+        The request is validated as the update's request type and stored
+        before anything else happens; the workflow receives it at its next
+        ``ctx.receive(update)`` (an update sent earlier is kept until then).
+        Between reads of the answer the caller sleeps, from 5 ms doubling up
+        to ``poll`` seconds. Calling again with the same ``update_id`` (after
+        an ``UpdateTimeout``, or from a retried request) sends nothing new
+        and waits for the same answer.
+
+        Args:
+            update: the update's definition, shared with the workflow.
+            request: the request.
+            timeout: how long to wait for the answer, in seconds.
+            update_id: the update's id, unique within the run (default: a new one).
+            poll: the longest pause between two reads of the answer.
+
+        Raises:
+            PayloadValidationError: the request does not fit; nothing was sent.
+            UpdateRejected: the workflow refused it (``.reason`` says why).
+            UpdateTimeout: no answer within ``timeout`` (``.update_id`` to wait again).
+            UpdateRunFinished: the run had ended, or ended without answering.
+            UpdateError: ``update_id`` was used for another update of this run.
+            UnknownRunError: no run has this id.
+            HookflowError: called inside ``transaction.atomic()`` with a
+                scheduler whose ticks run elsewhere (they could not see it).
+        """
+        update_id = update_id if update_id is not None else uuid.uuid4().hex
+        runtime = self._runtime
+        self._send_update(update, request, update_id)
+        clock = runtime.clock
+        deadline = clock.monotonic() + timeout
+        pause = min(_FIRST_POLL, poll)
+        while True:
+            state = self._update_state(update_id)
+            if state is not None:
+                return self._update_outcome(update, state)
+            if clock.monotonic() >= deadline:
+                raise self._update_timeout(update, update_id, timeout)
+            clock.sleep(min(pause, max(deadline - clock.monotonic(), 0.0)))
+            pause = min(pause * 2, poll)
+            if isinstance(runtime.scheduler, InlineScheduler):
+                # In-process runs (the testing kit): what became due meanwhile runs now.
+                runtime.scheduler.drain()
+
+    async def aupdate(
+        self,
+        update: Update[Q, A],
+        request: Q,
+        *,
+        timeout: float = 30.0,
+        update_id: str | None = None,
+        poll: float = 0.5,
+    ) -> A:
+        """``update`` for async code: polls with ``asyncio.sleep`` between reads.
+
+        Raises:
+            PayloadValidationError: the request does not fit; nothing was sent.
+            UpdateRejected: the workflow refused it (``.reason`` says why).
+            UpdateTimeout: no answer within ``timeout`` (``.update_id`` to wait again).
+            UpdateRunFinished: the run had ended, or ended without answering.
+            UpdateError: ``update_id`` was used for another update of this run.
+            UnknownRunError: no run has this id.
+            HookflowError: called inside ``transaction.atomic()`` with a
+                scheduler whose ticks run elsewhere (they could not see it).
+        """
+        update_id = update_id if update_id is not None else uuid.uuid4().hex
+        send = sync_to_async(self._send_update, thread_sensitive=True)
+        await send(update, request, update_id)
+        read = sync_to_async(self._update_state, thread_sensitive=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pause = min(_FIRST_POLL, poll)
+        while True:
+            state = await read(update_id)
+            if state is not None:
+                return self._update_outcome(update, state)
+            if loop.time() >= deadline:
+                raise self._update_timeout(update, update_id, timeout)
+            await asyncio.sleep(min(pause, max(deadline - loop.time(), 0.0)))
+            pause = min(pause * 2, poll)
+
+    def _send_update(self, update: Update[Any, Any], request: object, update_id: str) -> None:
+        runtime = self._runtime
+        in_transaction = getattr(runtime.store, "in_transaction", None)
+        if (
+            not isinstance(runtime.scheduler, InlineScheduler)
+            and callable(in_transaction)
+            and in_transaction()
+        ):
+            # The update would commit only with the caller's transaction, and the
+            # run stay locked by it: no worker could answer before it ends.
+            raise HookflowError(
+                f"update {update.name!r} was sent inside transaction.atomic(); its answer is "
+                "written by a worker once the update is committed, so send it outside the "
+                "transaction (or with transaction.on_commit)"
+            )
+        runtime.send_update(self.run_id, update, request, update_id)
+
+    def _update_state(self, update_id: str) -> UpdateState | None:
+        """The update once it is settled, or once the run ended without settling it."""
+        store = self._runtime.store
+        state = store.get_update(self.run_id, update_id)
+        if state is None or state.status.settled:
+            return state
+        run = store.get_run(self.run_id)
+        if run is not None and not run.status.finished:
+            return None
+        # Ended: read once more, for an answer written just before the end.
+        return store.get_update(self.run_id, update_id) or state
+
+    def _update_outcome(self, update: Update[Any, A], state: UpdateState) -> A:
+        if state.status is UpdateStatus.ANSWERED:
+            value: A = decode(
+                update.answer_adapter,
+                state.answer or "null",
+                what=f"the answer to update {update.name!r}",
+            )
+            return value
+        if state.status is UpdateStatus.REJECTED:
+            reason = state.reason or ""
+            raise UpdateRejected(
+                f"run {self.run_id} rejected update {update.name!r} ({state.update_id}): {reason}",
+                run_id=self.run_id,
+                update_id=state.update_id,
+                reason=reason,
+            )
+        run = self._runtime.store.get_run(self.run_id)
+        status = run.status.value if run is not None else "gone"
+        raise UpdateRunFinished(
+            f"run {self.run_id} is {status} without answering update {update.name!r} "
+            f"({state.update_id})",
+            run_id=self.run_id,
+            update_id=state.update_id,
+        )
+
+    def _update_timeout(
+        self, update: Update[Any, Any], update_id: str, timeout: float
+    ) -> UpdateTimeout:
+        return UpdateTimeout(
+            f"run {self.run_id} did not answer update {update.name!r} ({update_id}) within "
+            f"{timeout:g} s; it stays accepted: call update again with update_id={update_id!r} "
+            "to go on waiting",
+            run_id=self.run_id,
+            update_id=update_id,
+        )
 
 
 @overload

@@ -22,6 +22,7 @@ from ._steps import (
     InvokeStep,
     LeafStep,
     RaceStep,
+    ReplyStep,
     RetryPolicy,
     RunStep,
     SleepStep,
@@ -30,6 +31,7 @@ from ._steps import (
     as_timedelta,
     is_leaf,
 )
+from ._updates import Received, Update, answer_type_of, update_key
 from .exceptions import WorkflowDefinitionError
 
 if TYPE_CHECKING:
@@ -48,6 +50,8 @@ T3 = TypeVar("T3")
 T4 = TypeVar("T4")
 T5 = TypeVar("T5")
 T6 = TypeVar("T6")
+Q = TypeVar("Q")
+A = TypeVar("A")
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +477,73 @@ class Context:
             )
         )
 
+    # -- updates -------------------------------------------------------------
+
+    @overload
+    def receive(
+        self, update: Update[Q, A], *, timeout: None = None, name: str | None = None
+    ) -> EventStep[Received[Q, A]]: ...
+    @overload
+    def receive(
+        self, update: Update[Q, A], *, timeout: timedelta | float, name: str | None = None
+    ) -> EventStep[Received[Q, A] | None]: ...
+    def receive(
+        self,
+        update: Update[Any, Any],
+        *,
+        timeout: timedelta | float | None = None,
+        name: str | None = None,
+    ) -> EventStep[Any]:
+        """Wait for the next ``update`` sent to this run: a typed ``Received``.
+
+        An update sent before the run gets here is kept, in the order sent,
+        and received at once. With a timeout the result is None when no
+        update came in time. Answer it with ``ctx.reply`` (or refuse it with
+        ``ctx.reject``), now or after other steps; an update the run never
+        answers fails its caller when the run ends. ``name`` names the step
+        (default: the update's name).
+        """
+        if not isinstance(update, Update):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise WorkflowDefinitionError(f"receive needs an Update, got {update!r}")
+        step_name = _check_name(name) if name is not None else update.name
+        key = update_key(self.run_id, update.name)
+        received = update.received_type
+        received_adapter = adapter_for(received)
+        if timeout is None:
+            return self._track(
+                EventStep(step_name, key, received, None, received_adapter, received_adapter)
+            )
+        return self._track(
+            EventStep(
+                step_name,
+                key,
+                received,
+                as_timedelta(timeout),
+                adapter_for(received | None),
+                received_adapter,
+            )
+        )
+
+    def reply(self, received: Received[Any, A], answer: A) -> ReplyStep:
+        """Answer a received update with ``answer``: the caller's ``update`` returns it.
+
+        ``answer`` is validated as the update's answer type. The reply is
+        recorded in the journal, with the answer, in one transaction, so a
+        replay never answers twice; an update is answered (or rejected) once.
+        """
+        adapter = adapter_for(answer_type_of(_check_received(received, "reply")))
+        what = f"the answer to update {received.name!r}"
+        return self._track(
+            ReplyStep(received.name, received.id, answer=encode(adapter, answer, what=what))
+        )
+
+    def reject(self, received: Received[Any, Any], reason: str) -> ReplyStep:
+        """Refuse a received update: the caller's ``update`` raises ``UpdateRejected(reason)``."""
+        _check_received(received, "reject")
+        if not isinstance(reason, str):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise WorkflowDefinitionError(f"reject takes a reason string, got {reason!r}")
+        return self._track(ReplyStep(received.name, received.id, reason=reason))
+
     def invoke(
         self,
         name: str,
@@ -642,6 +713,14 @@ class _HandMade(StepTracker):
     """The tracker of a context made by hand: nothing watches its steps."""
 
     __slots__ = ()
+
+
+def _check_received(received: Received[Any, Any], what: str) -> Received[Any, Any]:
+    if not isinstance(received, Received):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise WorkflowDefinitionError(
+            f"{what} takes the update that ctx.receive gave, got {received!r}"
+        )
+    return received
 
 
 def _new_run_patches(patch_id: str, deprecated: bool) -> bool:

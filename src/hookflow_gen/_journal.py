@@ -149,7 +149,8 @@ class StepRecord:
     Attributes:
         position: 0-based order in which the workflow reached the step; the
             branches of a ``gather`` take consecutive positions.
-        kind: ``"run"``, ``"sleep"``, ``"call"``, ``"event"`` or ``"invoke"``.
+        kind: ``"run"``, ``"sleep"``, ``"call"``, ``"event"``, ``"invoke"`` or
+            ``"reply"`` (an update's answer; ``ctx.receive`` is an ``"event"``).
         name: the step name given in the workflow code.
         status: pending, completed or failed.
         result: the result as JSON text, once completed.
@@ -159,7 +160,8 @@ class StepRecord:
             reads the latest of these).
         wake_at: for a pending step, when it is due (sleep end, event
             timeout, retry back-off).
-        key: the event key of an event step, the child run id of an invoke.
+        key: the event key of an event step, the child run id of an invoke,
+            the update id of a reply.
         started_at: when the step was first reached.
         lease_until: while a worker runs the step, when its claim lapses
             (a crashed worker's step is claimed again after that).

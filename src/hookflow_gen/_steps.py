@@ -32,6 +32,7 @@ __all__ = [
     "GatherStep",
     "InvokeStep",
     "RaceStep",
+    "ReplyStep",
     "RetryPolicy",
     "RunStep",
     "SleepStep",
@@ -426,13 +427,43 @@ class ContinueAsNewStep(Step[Never]):
     payload: str
 
 
-LeafStep: TypeAlias = RunStep[Any] | SleepStep | CallStep[Any] | EventStep[Any] | InvokeStep[Any]
+@dataclass(frozen=True, slots=True, eq=False)
+class ReplyStep(Step[None]):
+    """Answer (or, with ``reason``, reject) an update the workflow received.
+
+    The runtime records it the moment the workflow reaches it, writing the
+    answer to the update in the same transaction, so a replay finds it
+    recorded and never answers twice.
+
+    Attributes:
+        name: the update's name.
+        update_id: the id of the update answered.
+        answer: the answer as JSON text; None for a rejection.
+        reason: why the update is rejected; None for an answer.
+    """
+
+    kind: ClassVar[str] = "reply"
+    name: str
+    update_id: str
+    answer: str | None = None
+    reason: str | None = None
+    adapter: TypeAdapter[Any] = field(default=adapter_for(None), repr=False)
+
+    @property
+    def rejected(self) -> bool:
+        """True for a rejection."""
+        return self.reason is not None
+
+
+LeafStep: TypeAlias = (
+    RunStep[Any] | SleepStep | CallStep[Any] | EventStep[Any] | InvokeStep[Any] | ReplyStep
+)
 """A step the engine records: every kind but gather and race."""
 
 
 def is_leaf(step: object) -> TypeIs[LeafStep]:
     """True for every step kind the engine records (all but gather and race)."""
-    return isinstance(step, (RunStep, SleepStep, CallStep, EventStep, InvokeStep))
+    return isinstance(step, (RunStep, SleepStep, CallStep, EventStep, InvokeStep, ReplyStep))
 
 
 def is_step(value: object) -> TypeIs[Step[Any]]:

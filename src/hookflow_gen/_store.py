@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from ._journal import ErrorInfo, StepRecord, StepStatus
+from ._updates import UpdateState
 
 __all__ = ["MemoryStore", "RunState", "RunStatus", "Store"]
 
@@ -93,7 +94,7 @@ class RunState:
 class Store(Protocol):
     """Durable storage of runs, their journals and buffered events.
 
-    Every method but ``atomic``, ``on_commit`` and ``get_run`` is called
+    Every method but ``atomic``, ``on_commit``, ``get_run`` and ``get_update`` is called
     inside ``atomic()``. ``lock_run`` must exclude other transactions that
     lock the same run until this one ends (``SELECT ... FOR UPDATE`` on
     PostgreSQL; SQLite's write lock, taken at ``BEGIN IMMEDIATE``).
@@ -160,6 +161,18 @@ class Store(Protocol):
         """
         ...
 
+    def add_update(self, update: UpdateState) -> None:
+        """Store a new update (its ``(run_id, update_id)`` is not stored yet)."""
+        ...
+
+    def get_update(self, run_id: str, update_id: str) -> UpdateState | None:
+        """The run's update with that id, or None; callable outside ``atomic()`` too."""
+        ...
+
+    def save_update(self, update: UpdateState) -> None:
+        """Record an update's answer or rejection (status, answer, reason, answered_at)."""
+        ...
+
 
 class MemoryStore:
     """A ``Store`` in process memory: fast, not durable. For tests.
@@ -177,6 +190,7 @@ class MemoryStore:
         self.runs: dict[str, RunState] = {}
         self.journals: dict[str, dict[int, StepRecord]] = {}
         self.events: dict[str, list[str]] = {}
+        self.updates: dict[tuple[str, str], UpdateState] = {}
         self._commit_hooks: list[Callable[[], None]] = []
 
     @contextlib.contextmanager
@@ -274,3 +288,12 @@ class MemoryStore:
 
     def lock_key(self, key: str) -> None:
         pass  # one lock stands for every transaction already
+
+    def add_update(self, update: UpdateState) -> None:
+        self._put(self.updates, (update.run_id, update.update_id), update)
+
+    def get_update(self, run_id: str, update_id: str) -> UpdateState | None:
+        return self.updates.get((run_id, update_id))
+
+    def save_update(self, update: UpdateState) -> None:
+        self._put(self.updates, (update.run_id, update.update_id), update)

@@ -21,6 +21,11 @@ The tree::
     ├── UnknownWorkflowError        no workflow is registered under that name
     ├── UnknownRunError             no run has that id
     ├── RunNotFinished              asked for the result of a run still going
+    ├── UpdateError                 an update got no answer (or its id was reused)
+    │   ├── UpdateRejected          the workflow refused it (``ctx.reject``)
+    │   ├── UpdateTimeout           no answer within the caller's timeout
+    │   │                           (also a ``TimeoutError``)
+    │   └── UpdateRunFinished       the run ended before it answered
     └── ConfigurationError          settings or setup are wrong
 
 Errors a *step function* raises to steer retries (they are ordinary
@@ -60,6 +65,10 @@ __all__ = [
     "StepFailed",
     "UnknownRunError",
     "UnknownWorkflowError",
+    "UpdateError",
+    "UpdateRejected",
+    "UpdateRunFinished",
+    "UpdateTimeout",
     "WorkflowDefinitionError",
     "WorkflowFailed",
 ]
@@ -100,6 +109,48 @@ class UnknownRunError(HookflowError, LookupError):
 
 class RunNotFinished(HookflowError):
     """The run has no result yet."""
+
+
+class UpdateError(HookflowError):
+    """An update sent with ``RunHandle.update`` got no answer.
+
+    Raised as itself when an update id is used again for another update
+    or request of the same run; its subclasses say why no answer came.
+
+    Attributes:
+        run_id: the run the update was sent to.
+        update_id: the update's id (call ``update`` again with it to go on
+            waiting for the same update).
+    """
+
+    def __init__(self, message: str, *, run_id: str, update_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.update_id = update_id
+
+
+class UpdateRejected(UpdateError):
+    """The workflow refused the update with ``ctx.reject(received, reason)``.
+
+    Attributes:
+        reason: the workflow's reason.
+    """
+
+    def __init__(self, message: str, *, run_id: str, update_id: str, reason: str) -> None:
+        super().__init__(message, run_id=run_id, update_id=update_id)
+        self.reason = reason
+
+
+class UpdateTimeout(UpdateError, TimeoutError):
+    """The workflow did not answer within the caller's timeout.
+
+    The update stays accepted: the workflow may still answer it, and
+    ``update`` called again with the same ``update_id`` waits for that answer.
+    """
+
+
+class UpdateRunFinished(UpdateError):
+    """The run had ended when the update was sent, or ended without answering it."""
 
 
 class NonDeterminismError(HookflowError):

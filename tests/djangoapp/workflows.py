@@ -235,3 +235,6 @@ def pager(ctx: Context, t: Tally) -> Flow[int]:
     ctx.set_status(TallyStatus(done=t.start, total=t.total))
     yield from ctx.wait_for_event("page", Approval, key=f"pager-{t.stop}")
     return (yield from ctx.continue_as_new(pager, Tally(start=t.start + 1, stop=t.stop)))
+
+
+from . import update_workflows  # noqa: E402, F401  # pyright: ignore[reportUnusedImport]  # registers its workflows

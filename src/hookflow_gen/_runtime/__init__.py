@@ -7,6 +7,7 @@ The package is split along its seams, behind the ``Runtime`` facade:
   timeouts, HTTP) and ``current_step()``;
 - ``_events``: ``notify`` and event waits;
 - ``_lifecycle``: start, cancel, resume, child runs;
+- ``_updates``: accepting updates and recording replies;
 - ``_poison``: bounding ticks that keep raising;
 - ``_transitions``: every legal change of a step or run, and the invariant;
 - ``_warm``: the cache of live generators;

@@ -32,7 +32,7 @@ from typing import Any
 from .._codec import encode
 from .._engine import Completed, ContinuedAsNew, Decision, Failed, Pending, Replay, Waiting
 from .._journal import ErrorInfo, StepRecord, StepStatus
-from .._steps import CallStep, EventStep, InvokeStep, RunStep, SleepStep
+from .._steps import CallStep, EventStep, InvokeStep, ReplyStep, RunStep, SleepStep
 from .._store import RunState, RunStatus, Store
 from ..exceptions import (
     NonDeterminismError,
@@ -52,6 +52,7 @@ from ._execute import (
 )
 from ._lifecycle import LifecycleMixin
 from ._poison import PoisonMixin
+from ._updates import UpdatesMixin
 
 __all__ = ["Runtime", "waiting_children"]
 
@@ -66,7 +67,7 @@ class _LeaseLapsed(Exception):
     """The worker running an attempt stopped before it finished (its lease lapsed)."""
 
 
-class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
+class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
     """Runs workflows durably on a ``Store`` and a ``Scheduler``.
 
     Args:
@@ -375,6 +376,8 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
             record = self._begin_wait(record, step, now)
         elif isinstance(step, InvokeStep):
             record = self._begin_child(run, record, step, now)
+        elif isinstance(step, ReplyStep):
+            record = self._begin_reply(run.run_id, record, step, now)
         if step.kind not in ("run", "call"):
             # A run or call step is saved when claimed: one write, not two.
             self.store.save_step(run.run_id, record)

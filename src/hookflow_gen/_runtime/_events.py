@@ -34,6 +34,10 @@ def _event_lock(key: str) -> str:
     return f"event:{key}"
 
 
+#: The name of the lock on an event key (``Store.lock_key``), for updates too.
+event_lock = _event_lock
+
+
 def _pending_at(decision: Decision, position: int) -> LeafStep | None:
     if isinstance(decision, Waiting):
         for pending in decision.pending:

@@ -17,6 +17,7 @@ from django.db.models.constants import OnConflict
 
 from .._journal import ErrorInfo, StepRecord, StepStatus
 from .._store import RunState, RunStatus
+from .._updates import UpdateState, UpdateStatus
 
 if TYPE_CHECKING:
     import contextlib
@@ -68,6 +69,18 @@ _STEP_FIELDS = (
 # What an upsert of a step rewrites: everything but its identity (run, position).
 _STEP_UPDATE_FIELDS = [name for name in _STEP_FIELDS if name != "position"]
 
+_UPDATE_FIELDS = (
+    "run_id",
+    "update_id",
+    "name",
+    "request",
+    "status",
+    "answer",
+    "reason",
+    "created_at",
+    "answered_at",
+)
+_UPDATE_STATUS = {status.value: status for status in UpdateStatus}
 _RUN_STATUS = {status.value: status for status in RunStatus}
 _STEP_STATUS = {status.value: status for status in StepStatus}
 
@@ -120,6 +133,21 @@ def _step(row: Sequence[Any]) -> StepRecord:
         started_at=started_at,
         lease_until=lease_until,
         lease_owner=lease_owner,
+    )
+
+
+def _update(row: Sequence[Any]) -> UpdateState:
+    run_id, update_id, name, request, status, answer, reason, created_at, answered_at = row
+    return UpdateState(
+        run_id=run_id,
+        update_id=update_id,
+        name=name,
+        request=request,
+        status=_UPDATE_STATUS[status],
+        answer=answer,
+        reason=reason,
+        created_at=created_at,
+        answered_at=answered_at,
     )
 
 
@@ -518,6 +546,55 @@ class DjangoStore:
             cursor.execute(
                 "SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest, "big", signed=True)]
             )
+
+    # -- updates -----------------------------------------------------------------
+
+    def in_transaction(self) -> bool:
+        """True inside ``transaction.atomic()`` on the store's database."""
+        return self._connection().in_atomic_block
+
+    def add_update(self, update: UpdateState) -> None:
+        """Insert a new update's row."""
+        from .models import Update
+
+        row = Update(
+            run_id=update.run_id,
+            update_id=update.update_id,
+            name=update.name,
+            request=update.request,
+            status=update.status.value,
+            answer=update.answer,
+            reason=update.reason,
+            answered_at=update.answered_at,
+        )
+        if update.created_at is not None:
+            row.created_at = update.created_at
+        row.save(using=self.db, force_insert=True)
+
+    def get_update(self, run_id: str, update_id: str) -> UpdateState | None:
+        """The run's update with that id: one query."""
+        from .models import Update
+
+        found = (
+            Update.objects.using(self.db)
+            .filter(run_id=run_id, update_id=update_id)
+            .values_list(*_UPDATE_FIELDS)
+            .first()
+        )
+        return _update(found) if found is not None else None
+
+    def save_update(self, update: UpdateState) -> None:
+        """Record an update's answer or rejection: one ``UPDATE``."""
+        from .models import Update
+
+        Update.objects.using(self.db).filter(
+            run_id=update.run_id, update_id=update.update_id
+        ).update(
+            status=update.status.value,
+            answer=update.answer,
+            reason=update.reason,
+            answered_at=update.answered_at,
+        )
 
     def is_transient(self, exc: BaseException) -> bool:
         """True for errors a retry can fix: a lost connection, a locked database."""

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from django.db import models
 from django.utils import timezone
 
-__all__ = ["Event", "Outbox", "Run", "SeenSignature", "Step"]
+__all__ = ["Event", "Outbox", "Run", "SeenSignature", "Step", "Update"]
 
 
 class Run(models.Model):
@@ -181,6 +181,55 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"event {self.key!r} #{self.id}"
+
+
+class Update(models.Model):
+    """An update sent to a run (``RunHandle.update``): its request, then its answer.
+
+    Written when the update is accepted, in the transaction that delivers or
+    buffers its request; answered in the transaction that records the
+    workflow's ``reply`` step. Its id is unique within the run.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        ANSWERED = "answered", "answered"
+        REJECTED = "rejected", "rejected"
+
+    run_id: str
+    id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    run: models.ForeignKey[Run, Run] = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="updates"
+    )
+    update_id: models.CharField[str, str] = models.CharField("update id", max_length=255)
+    name: models.CharField[str, str] = models.CharField(max_length=200)
+    request: models.TextField[str, str] = models.TextField(help_text="The request, as JSON text.")
+    status: models.CharField[str, str] = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    answer: models.TextField[str | None, str | None] = models.TextField(
+        null=True, blank=True, help_text="The answer, as JSON text."
+    )
+    reason: models.TextField[str | None, str | None] = models.TextField(
+        null=True, blank=True, help_text="Why the workflow rejected the update."
+    )
+    created_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
+        default=timezone.now
+    )
+    answered_at: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
+        null=True, blank=True
+    )
+
+    class Meta:
+        verbose_name = "workflow update"
+        verbose_name_plural = "workflow updates"
+        ordering: ClassVar[Sequence[str]] = ("run", "id")
+        constraints: ClassVar[tuple[models.BaseConstraint, ...]] = (
+            models.UniqueConstraint(fields=["run", "update_id"], name="hookflow_update_id"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.run_id} update {self.name!r} {self.update_id} ({self.status})"
 
 
 class SeenSignature(models.Model):

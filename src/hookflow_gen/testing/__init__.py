@@ -37,10 +37,11 @@ from .._engine import Completed, ContinuedAsNew, Decision, Failed, Replay, Waiti
 from .._journal import ErrorInfo, StepRecord, StepStatus
 from .._runtime import Runtime
 from .._scheduler import InlineScheduler
-from .._steps import LeafStep, RetryPolicy, SleepStep, Step
+from .._steps import EventStep, LeafStep, ReplyStep, RetryPolicy, SleepStep, Step
 from .._store import MemoryStore
+from .._updates import Update, update_key
 from .._workflow import Workflow
-from ..exceptions import HookflowError, WorkflowFailed
+from ..exceptions import HookflowError, UpdateRejected, WorkflowDefinitionError, WorkflowFailed
 from ._by_hand import answer as answer
 from ._by_hand import context as context
 from ._by_hand import finish as finish
@@ -77,6 +78,8 @@ __all__ = [
 M = TypeVar("M")
 R = TypeVar("R")
 T = TypeVar("T")
+Q = TypeVar("Q")
+A = TypeVar("A")
 
 _NO_PAYLOAD: Final = object()
 
@@ -109,15 +112,49 @@ class Stepper(Generic[R]):
         self.workflow: Workflow[Any, R] = workflow
         self.now: datetime = started_at
         self.history: list[StepRecord] = []
+        #: The replies the workflow made, by update id (recorded as it reaches them).
+        self.replies: dict[str, ReplyStep] = {}
+        self._updates_sent = 0
         info = RunInfo(run_id=run_id, workflow_name=workflow.name, started_at=started_at)
         payload_json = encode(workflow.payload_adapter, payload, what="the payload")
         self._replay = Replay(workflow, payload_json, info)
         self._decision: Decision = self._advance()
 
     def _advance(self) -> Decision:
-        decision = self._replay.advance()
-        self.history.extend(self._replay.take_writes())  # race and patch markers
-        return decision
+        while True:
+            decision = self._replay.advance()
+            self.history.extend(self._replay.take_writes())  # race and patch markers
+            if not isinstance(decision, Waiting):
+                return decision
+            replies = [p for p in decision.branches if isinstance(p.step, ReplyStep)]
+            if not replies:
+                return decision
+            # A reply never waits: recorded at once, as the runtime records it.
+            for pending in replies:
+                step = cast("ReplyStep", pending.step)
+                record = StepRecord(
+                    position=pending.position,
+                    kind=step.kind,
+                    name=step.name,
+                    result="null",
+                    completed_at=self.now,
+                    key=step.update_id,
+                )
+                if step.update_id in self.replies:
+                    exc = WorkflowDefinitionError(
+                        f"update {step.update_id!r} ({step.name!r}) was answered already; "
+                        "an update is answered once"
+                    )
+                    record = dataclasses.replace(
+                        record,
+                        status=StepStatus.FAILED,
+                        result=None,
+                        error=ErrorInfo.from_exception(exc),
+                    )
+                else:
+                    self.replies[step.update_id] = step
+                self.history.append(record)
+                self._replay.settle(record)
 
     @property
     def context(self) -> Any:
@@ -220,6 +257,78 @@ class Stepper(Generic[R]):
             self.now = record.completed_at
         self._decision = self._advance()
         return self
+
+    def update(self, update: Update[Q, A], request: Q, *, update_id: str | None = None) -> A:
+        """Deliver an update to the ``ctx.receive(update)`` the workflow waits on; its answer.
+
+        The request is validated as the update's request type. The workflow
+        then runs on; the answer is what it replies before it waits on
+        anything else (read a later one with ``answer``).
+
+        Raises:
+            HookflowError: the workflow does not wait on this update now, or
+                waits on another step without having answered it.
+            UpdateRejected: the workflow refused the update.
+        """
+        if not isinstance(self._decision, Waiting):
+            raise HookflowError("the workflow has finished; it receives no update")
+        key = update_key(self._replay.context.run_id, update.name)
+        waiting = next(
+            (
+                p
+                for p in self._decision.branches
+                if isinstance(p.step, EventStep) and p.step.key == key
+            ),
+            None,
+        )
+        if waiting is None:
+            raise HookflowError(
+                f"the workflow waits on {self._decision.request.describe()}, not on "
+                f"ctx.receive({update.name!r})"
+            )
+        self._updates_sent += 1
+        update_id = update_id if update_id is not None else f"update-{self._updates_sent}"
+        what = f"the request of update {update.name!r}"
+        checked = update.request_adapter.validate_json(
+            encode(update.request_adapter, request, what=what)
+        )
+        received = update.received_type(id=update_id, name=update.name, request=checked)
+        record = self._record(waiting.position, waiting.step, received, 1)
+        self.history.append(record)
+        self._replay.settle(record)
+        self._decision = self._advance()
+        if update_id not in self.replies:
+            waits = (
+                self._decision.request.describe()
+                if isinstance(self._decision, Waiting)
+                else "nothing (it finished)"
+            )
+            raise HookflowError(
+                f"the workflow received update {update.name!r} ({update_id}) and now waits on "
+                f"{waits} without answering it; step on, then read answer({update.name!r}, ...)"
+            )
+        return self.answer(update, update_id)
+
+    def answer(self, update: Update[Any, A], update_id: str) -> A:
+        """The workflow's answer to the update ``update_id``.
+
+        Raises:
+            UpdateRejected: the workflow refused it.
+            HookflowError: it has not answered it (yet).
+        """
+        reply = self.replies.get(update_id)
+        if reply is None:
+            raise HookflowError(f"the workflow has not answered update {update_id!r}")
+        run_id = self._replay.context.run_id
+        if reply.reason is not None:
+            raise UpdateRejected(
+                f"the workflow rejected update {update.name!r} ({update_id}): {reply.reason}",
+                run_id=run_id,
+                update_id=update_id,
+                reason=reply.reason,
+            )
+        value: A = update.answer_adapter.validate_json(reply.answer or "null")
+        return value
 
     def fail(self, error: BaseException | str, *, attempts: int = 1) -> Stepper[R]:
         """Fail the current step (every branch of a gather) with ``error``."""

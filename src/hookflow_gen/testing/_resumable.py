@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import warnings
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
@@ -39,6 +40,7 @@ from .._runtime import current_step
 from .._scheduler import InlineScheduler
 from .._steps import CallStep, Flow, LeafStep, RetryPolicy, RunStep
 from .._store import MemoryStore, RunState, RunStatus
+from .._updates import Update, update_key
 from .._workflow import Workflow
 from ..exceptions import HookflowError, WorkflowFailed
 from ._env import EPOCH, FakeClock, Stub, StubRuntime
@@ -281,6 +283,7 @@ def check_resumable(
     *,
     stubs: Mapping[str, Stub] | None = None,
     events: Events | None = None,
+    updates: Sequence[tuple[Update[Any, Any], object]] = (),
     run_id: str = "check",
     start: datetime = EPOCH,
     default_retry: RetryPolicy | None = None,
@@ -317,6 +320,9 @@ def check_resumable(
             ``[(key, payload), ...]`` for several on one key. They are
             waiting before the run starts, so each event step receives its
             event as soon as it is reached.
+        updates: the updates the run receives, ``[(update, request), ...]``
+            in order, waiting before it starts as events do (their answers
+            are not checked: the journal and outcome are).
         run_id: the run's id (it seeds ``ctx.uuid4()`` and ``ctx.random()``).
         start: the fake clock's start time.
         default_retry: the runtime's default retry policy.
@@ -340,7 +346,19 @@ def check_resumable(
     payload_json = encode(
         workflow.payload_adapter, payload, what=f"the payload of workflow {workflow.name!r}"
     )
-    event_list = _event_list(events)
+    event_list = _event_list(events) + [
+        (
+            update_key(run_id, update.name),
+            {
+                "id": f"update-{index}",
+                "name": update.name,
+                "request": json.loads(
+                    encode(update.request_adapter, request, what=f"update {update.name!r}")
+                ),
+            },
+        )
+        for index, (update, request) in enumerate(updates, 1)
+    ]
     stub_map = dict(stubs or {})
     probe = Probe()
 
@@ -704,6 +722,8 @@ def _warnings(first: _Execution, reads: Mapping[Read, int]) -> tuple[str, ...]:
     for rid, records in first.journals.items():
         positions: dict[str, list[int]] = {}
         for record in records:
+            if record.kind == "reply":
+                continue  # named after its update; the update id it answers is in its key
             positions.setdefault(record.name, []).append(record.position)
         for name, where in positions.items():
             if len(where) > 1:
