@@ -58,6 +58,8 @@ class RunState:
         tick_failures: ticks in a row that raised (reset by one that does
             not); the run fails when they reach the runtime's bound.
         past_errors: the errors the run failed with before each ``resume``.
+        traceparent: the W3C trace context the run was started in (with
+            tracing on), the parent of its ticks' spans; else None.
     """
 
     run_id: str
@@ -75,6 +77,7 @@ class RunState:
     cancel_requested: bool = False
     tick_failures: int = 0
     past_errors: tuple[ErrorInfo, ...] = ()
+    traceparent: str | None = None
 
 
 class Store(Protocol):

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import uuid
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from .._codec import decode, encode
@@ -21,7 +22,8 @@ from ..exceptions import (
     UnknownRunError,
 )
 from . import _transitions as T
-from ._base import RuntimeBase, check_id
+from ._base import RuntimeBase, check_id, tell
+from ._observe import RunStarted
 
 __all__ = ["LifecycleMixin"]
 
@@ -60,6 +62,7 @@ class LifecycleMixin(RuntimeBase):
         # validation (``model_construct``) is refused here, not at its first tick.
         decode(workflow.payload_adapter, payload_json, what=what)
         now = self.clock.now()
+        tracer = self.tracer
         state = RunState(
             run_id=run_id or uuid.uuid4().hex,
             workflow=workflow.name,
@@ -69,11 +72,21 @@ class LifecycleMixin(RuntimeBase):
             parent_position=parent[1] if parent else None,
             wake_at=now,
             wake_seq=1,
+            traceparent=tracer.inject() if tracer is not None else None,
         )
         with self.store.atomic():
             run, created = self.store.create_run(state)
             if created:
                 self.scheduler.wake(self.store, run)
+                observer = self.observer
+                if observer is not None and observer.wants(RunStarted):
+                    event = RunStarted(
+                        run_id=run.run_id,
+                        workflow=run.workflow,
+                        created_at=now,
+                        parent_run_id=run.parent_run_id,
+                    )
+                    self.store.on_commit(partial(tell, observer, event))
         return run, created
 
     # -- cancel and resume -------------------------------------------------------------
@@ -207,4 +220,5 @@ class LifecycleMixin(RuntimeBase):
             checked = self._child_outcome(record, child, now)
         if checked != record:
             self.store.save_step(run.run_id, checked)
+            self._observe_settled(run, checked)
         return checked
