@@ -235,7 +235,7 @@ class RuntimeBase:
             attempt=max(current.attempts, 1),
             error=error,
             will_retry=retrying,
-            retry_at=record.wake_at if retrying else None,
+            retry_at=(record.wake_at or now) if retrying else None,
             failed_at=now,
         )
         self.store.on_commit(partial(tell, observer, event))
