@@ -175,9 +175,13 @@ def test_a_rolled_back_start_sends_nothing(runtime: Runtime, seen: Seen) -> None
     class Abort(Exception):
         pass
 
-    with pytest.raises(Abort), transaction.atomic():
-        flaky_flow.start(Job(), run_id="signals-rolled-back")
-        raise Abort
+    def start_then_roll_back() -> None:
+        with transaction.atomic():
+            flaky_flow.start(Job(), run_id="signals-rolled-back")
+            raise Abort
+
+    with pytest.raises(Abort):
+        start_then_roll_back()
     assert not Run.objects.filter(pk="signals-rolled-back").exists()
     assert seen.events == []
     flaky_flow.start(Job(), run_id="signals-committed")
