@@ -48,6 +48,8 @@ _RUN_ID = ATTRIBUTES["run_id"]
 _WORKFLOW = ATTRIBUTES["workflow"]
 
 _propagator = TraceContextTextMapPropagator()
+# What the global provider is before an application sets one: nothing records.
+_NO_RECORDING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 
 class _TickSpan:
@@ -122,6 +124,7 @@ class OpenTelemetryTracer:
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("hookflow_gen", tracer_provider=tracer_provider)
+        self._global = tracer_provider is None
 
     def inject(self) -> str | None:
         """The current span's context as a ``traceparent``, or None outside any span."""
@@ -129,8 +132,15 @@ class OpenTelemetryTracer:
         _propagator.inject(carrier)
         return carrier.get("traceparent")
 
-    def tick(self, run_id: str) -> _TickSpan:
-        """A tick span for ``run_id``, begun by its ``begin``."""
+    def tick(self, run_id: str) -> _TickSpan | None:
+        """A tick span for ``run_id``, begun by its ``begin``; None while nothing records spans.
+
+        On the global provider, spans are opened only once the application
+        has set a real one (an SDK's): until then the API's no-op spans would
+        cost each step for nothing.
+        """
+        if self._global and isinstance(trace.get_tracer_provider(), _NO_RECORDING):
+            return None
         return _TickSpan(self._tracer, run_id)
 
     @contextlib.contextmanager

@@ -207,3 +207,12 @@ def test_the_tracing_setting_turns_spans_off() -> None:
 
     with pytest.raises(ConfigurationError, match=r"HOOKFLOW\['TRACING'\] must be True or False"):
         HookflowSettings.from_dict({"TRACING": "yes"})
+
+
+def test_no_spans_until_a_provider_records_them() -> None:
+    """On the global provider nobody set (the API alone), ticks open no span: nothing records."""
+    from opentelemetry import trace
+
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert OpenTelemetryTracer().tick("any-run") is None
+    assert OpenTelemetryTracer(TracerProvider()).tick("any-run") is not None

@@ -103,6 +103,8 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
         if tracer is None:
             return self._tick(run_id, None)
         span = tracer.tick(run_id)
+        if span is None:  # nothing records spans now
+            return self._tick(run_id, None)
         try:
             report = self._tick(run_id, span)
         except BaseException as exc:
@@ -153,7 +155,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
                         if _holds(replay, claim):
                             # Exactly once: the function's writes and its checkpoint
                             # commit together, under the run's lock.
-                            done = self._execute(run, claim, atomic=True)
+                            done = self._execute(run, claim, span, atomic=True)
                             self._checkpoint(run, replay, done, writes)
                             steps_run += 1
                     run, claimed = self._drive(run, replay, deadline, writes)
@@ -174,7 +176,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
                     if outcome is None:
                         self._hold_call(run_id, claimed)
                     continue
-                outcome = self._execute(run, claimed)
+                outcome = self._execute(run, claimed, span)
                 steps_run += 1
         except StillRunning as exc:
             replay = None
@@ -420,14 +422,16 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
             return timeout * 2
         return self.lease
 
-    def _execute(self, run: RunState, claim: _Claim, *, atomic: bool = False) -> Outcome:
+    def _execute(
+        self, run: RunState, claim: _Claim, span: TickSpan | None, *, atomic: bool = False
+    ) -> Outcome:
         """Run one attempt of the claimed step; never raises for the step's own errors."""
         tracer = self.tracer
-        if tracer is None:
+        if tracer is None or span is None:
             return self._attempt(run, claim, atomic)
-        with tracer.attempt(run, claim.record, claim.pending.position) as span:
+        with tracer.attempt(run, claim.record, claim.pending.position) as attempt:
             outcome = self._attempt(run, claim, atomic)
-            span.settle(outcome.exc)
+            attempt.settle(outcome.exc)
         return outcome
 
     def _attempt(self, run: RunState, claim: _Claim, atomic: bool) -> Outcome:

@@ -178,8 +178,12 @@ class Tracer(Protocol):
         """The current trace context as a W3C ``traceparent``, to store with a new run."""
         ...
 
-    def tick(self, run_id: str) -> TickSpan:
-        """A span for a tick of ``run_id``, begun by ``TickSpan.begin``."""
+    def tick(self, run_id: str) -> TickSpan | None:
+        """A span for a tick of ``run_id``, begun by ``TickSpan.begin``.
+
+        None when nothing would record it (no tracing backend set up): the
+        tick and its attempts then open no span at all.
+        """
         ...
 
     def attempt(
