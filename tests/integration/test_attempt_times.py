@@ -60,8 +60,7 @@ def test_each_retried_attempt_keeps_its_times_and_error(runtime: Runtime, clock:
     one, flaky = Step.objects.filter(run_id=handle.run_id).order_by("position")
     assert one.past_attempts is None  # the common case writes nothing extra
     assert flaky.attempts == 3
-    past = flaky.past_attempts
-    assert isinstance(past, list)
+    past: list[dict[str, object]] = flaky.past_attempts
     assert [(a["attempt"], a["error_type"], a["message"]) for a in past] == [
         (1, "builtins.TimeoutError", "attempt 1 timed out"),
         (2, "builtins.TimeoutError", "attempt 2 timed out"),
@@ -73,7 +72,7 @@ def test_each_retried_attempt_keeps_its_times_and_error(runtime: Runtime, clock:
     assert first.retry_at == first.ended_at + timedelta(seconds=2)
     assert second.started_at == first.retry_at  # the worker took it as soon as it was due
     assert second.retry_at == second.ended_at + timedelta(seconds=4)
-    assert record.completed_at is not None
+    assert record.completed_at is not None and second.retry_at is not None
     assert record.completed_at - second.retry_at == timedelta(seconds=0.25)
 
 

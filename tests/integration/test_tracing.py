@@ -106,7 +106,7 @@ def test_ticks_and_attempts_are_spans_under_the_start(
     assert ticks[-1].attributes is not None
     assert ticks[-1].attributes["hookflow.run.status"] == "completed"
     by_id = {tick.context.span_id: tick for tick in ticks if tick.context is not None}
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for step in steps:
         assert step.parent is not None and step.parent.span_id in by_id
         attributes = step.attributes
