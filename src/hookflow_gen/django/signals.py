@@ -60,7 +60,7 @@ __all__ = [
     "step_failed",
 ]
 
-log = logging.getLogger("hookflow_gen")
+log: logging.Logger = logging.getLogger("hookflow_gen")
 
 E = TypeVar("E")
 E_contra = TypeVar("E_contra", contravariant=True)
