@@ -46,4 +46,10 @@ else:
         }
     }
 
-HOOKFLOW = {"SCHEDULER": "database", "POLL_INTERVAL": 0.01, "TICK_BUDGET": 10}
+HOOKFLOW = {
+    "SCHEDULER": "database",
+    "POLL_INTERVAL": 0.01,
+    "TICK_BUDGET": 10,
+    # HOOKFLOW_BENCH_TRACING=off measures the hot path with no tracer at all.
+    "TRACING": os.environ.get("HOOKFLOW_BENCH_TRACING", "on") != "off",
+}

@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeAlias
 
-__all__ = ["CANCELLED", "ErrorInfo", "StepRecord", "StepStatus", "storable"]
+__all__ = ["CANCELLED", "Attempt", "ErrorInfo", "StepRecord", "StepStatus", "storable"]
 
 #: The recorded type of a cancellation, in a step's record and a run's error.
 CANCELLED = "hookflow_gen.exceptions.Cancelled"
@@ -142,6 +142,59 @@ class ErrorInfo:
         )
 
 
+#: Bound on an earlier attempt's recorded message (characters): a summary.
+MAX_ATTEMPT_MESSAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An earlier attempt of a step: one that failed and was tried again.
+
+    Only retried attempts are kept, so a step that succeeds at its first
+    try records none; the last attempt is the step record itself.
+
+    Attributes:
+        attempt: its number (1 for the first try).
+        started_at: when it was claimed (None if that is not known).
+        ended_at: when it was recorded as failed (for a lapsed lease: when
+            the lease ran out).
+        error_type: the qualified name of what it raised.
+        message: the error's message, cut to a summary.
+        retry_at: when the next attempt was due.
+    """
+
+    attempt: int
+    started_at: datetime | None
+    ended_at: datetime
+    error_type: str
+    message: str
+    retry_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able form, for storage."""
+        return {
+            "attempt": self.attempt,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "ended_at": self.ended_at.isoformat(),
+            "error_type": self.error_type,
+            "message": self.message,
+            "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Attempt:
+        """Inverse of ``to_json``."""
+        started, retry = data.get("started_at"), data.get("retry_at")
+        return cls(
+            attempt=int(data["attempt"]),
+            started_at=datetime.fromisoformat(started) if started else None,
+            ended_at=datetime.fromisoformat(str(data["ended_at"])),
+            error_type=str(data["error_type"]),
+            message=str(data["message"]),
+            retry_at=datetime.fromisoformat(retry) if retry else None,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class StepRecord:
     """One step of a run, as recorded in its journal.
@@ -167,6 +220,8 @@ class StepRecord:
             (a crashed worker's step is claimed again after that).
         lease_owner: an id of the claim, so a worker whose lease lapsed
             cannot record over the step's new owner.
+        past_attempts: the earlier attempts that failed and were retried,
+            oldest first (empty for a step settled at its first try).
     """
 
     position: int
@@ -182,6 +237,7 @@ class StepRecord:
     started_at: datetime | None = field(default=None, compare=False)
     lease_until: datetime | None = field(default=None, compare=False)
     lease_owner: str | None = field(default=None, compare=False)
+    past_attempts: tuple[Attempt, ...] = field(default=(), compare=False)
 
     @property
     def settled(self) -> bool:

@@ -68,6 +68,8 @@ class RunState:
         continued_as: the run that continues this one, once it is ``continued``.
         generation: how many runs of its chain came before this one (0 for
             a run started otherwise than by ``continue_as_new``).
+        traceparent: the W3C trace context the run was started in (with
+            tracing on), the parent of its ticks' spans; else None.
     """
 
     run_id: str
@@ -89,6 +91,7 @@ class RunState:
     continued_from: str | None = None
     continued_as: str | None = None
     generation: int = 0
+    traceparent: str | None = None
 
 
 class Store(Protocol):

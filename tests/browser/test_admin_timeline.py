@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
 import tempfile
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,6 +246,17 @@ def runs(runtime: Runtime, clock: FakeClock, django_user_model: Any) -> Iterator
     flows.CLOCK.clear()
 
 
+def _bars(html: str, position: int) -> list[tuple[str, str]]:
+    """The (classes, title) of each bar drawn on step ``position``'s row, in order."""
+    start = html.index(f'id="hf-step-{position}"')
+    end = html.find('class="hf-row', start + 1)
+    row = html[start : end if end != -1 else len(html)]
+    return [
+        (css.removeprefix("hf-bar ").strip(), unescape(title))
+        for css, title in re.findall(r'<span class="(hf-bar [^"]*)"[^>]*title="([^"]*)"', row)
+    ]
+
+
 def _page(run_id: str) -> str:
     return f"/admin/hookflow/run/{quote(run_id, safe='')}/change/"
 
@@ -275,6 +288,17 @@ def test_completed_run_timeline(browser: Browser, runs: dict[str, str]) -> None:
     charge = page.get("hf-step-1")
     assert "2 attempts" in charge and "2.4 s" in charge  # 180 ms, 2 s back-off, 180 ms
     assert "last error: builtins.ConnectionError: payment gateway timed out" in charge
+    # Each attempt is a bar of its own: the failed one, its back-off, the one that worked.
+    assert _bars(page.html, 1) == [
+        (
+            "hf-active hf-failed hf-attempt",
+            "attempt 1 failed after 180 ms: ConnectionError: payment gateway timed out",
+        ),
+        ("hf-backoff", "waited 2.0 s before attempt 2"),
+        ("hf-active", "attempt 2"),
+    ]
+    assert "attempt 1 failed: ConnectionError: payment gateway timed out" in charge
+    assert [css for css, _ in _bars(page.html, 0)] == ["hf-active"]  # one attempt, one bar
     assert "30 s" in page.get("hf-step-2") and "slept" in page.get("hf-step-2")
     assert "1 min 35 s" in page.get("hf-step-3")  # the manager's approval
     assert "parallel · 3 branches" in page.text

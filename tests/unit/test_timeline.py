@@ -29,6 +29,19 @@ class Row:
     key: str | None = None
     result: str | None = "1"
     error: object = None
+    past_attempts: object = None
+
+
+def attempt(n: int, start: float, end: float, retry: float, message: str = "boom") -> object:
+    """A ``past_attempts`` entry, as the journal stores it (JSON)."""
+    return {
+        "attempt": n,
+        "started_at": at(start).isoformat(),
+        "ended_at": at(end).isoformat(),
+        "error_type": "builtins.ValueError",
+        "message": message,
+        "retry_at": at(retry).isoformat(),
+    }
 
 
 @pytest.mark.parametrize(
@@ -134,3 +147,79 @@ def test_failed_step_is_marked_failed() -> None:
     timeline = layout(created_at=T0, finished_at=at(2), steps=steps, now=at(2))
     assert timeline.rows[0].bars[0].css == "hf-active hf-failed"
     assert timeline.rows[0].bars[0].title == "3 attempts"
+
+
+def test_each_retried_attempt_is_a_bar_then_its_back_off() -> None:
+    """Two failed attempts, their back-offs, and the attempt that worked: five bars in order."""
+    steps = [
+        Row(
+            0,
+            "run",
+            "charge",
+            attempts=3,
+            started_at=at(0),
+            completed_at=at(10),
+            past_attempts=[attempt(1, 0, 1, 3, "first"), attempt(2, 3, 4, 8, "second")],
+        )
+    ]
+    timeline = layout(created_at=T0, finished_at=at(10), steps=steps, now=at(10))
+    (row,) = timeline.rows
+    assert [(b.css, b.left, b.width) for b in row.bars] == [
+        ("hf-active hf-failed hf-attempt", 0.0, 10.0),
+        ("hf-backoff", 10.0, 20.0),
+        ("hf-active hf-failed hf-attempt", 30.0, 10.0),
+        ("hf-backoff", 40.0, 40.0),
+        ("hf-active", 80.0, 20.0),
+    ]
+    assert row.bars[0].title == "attempt 1 failed after 1.0 s: ValueError: first"
+    assert row.bars[3].title == "waited 4.0 s before attempt 3"
+    assert [p.error for p in row.past] == ["ValueError: first", "ValueError: second"]
+
+
+def test_a_step_waiting_to_retry_draws_its_attempt_and_the_wait_ahead() -> None:
+    """A pending step in back-off: the failed attempt, the wait so far, the wait still ahead."""
+    steps = [
+        Row(
+            0,
+            "run",
+            "charge",
+            status="pending",
+            attempts=1,
+            started_at=at(0),
+            wake_at=at(10),
+            past_attempts=[attempt(1, 0, 2, 10)],
+        )
+    ]
+    timeline = layout(created_at=T0, finished_at=None, steps=steps, now=at(5))
+    (row,) = timeline.rows
+    assert [(b.css, b.left, b.width) for b in row.bars] == [
+        ("hf-active hf-failed hf-attempt", 0.0, 20.0),
+        ("hf-backoff", 20.0, 30.0),
+        ("hf-backoff", 50.0, 50.0),
+    ]
+    assert row.note == "attempt 1 failed; retrying in 5.0 s"
+
+
+def test_a_step_that_failed_for_good_ends_in_a_failed_bar() -> None:
+    """The last attempt of a step that ran out of attempts is drawn failed, after the earlier."""
+    steps = [
+        Row(
+            0,
+            "run",
+            "charge",
+            status="failed",
+            attempts=2,
+            started_at=at(0),
+            completed_at=at(4),
+            result=None,
+            error={"type": "builtins.ValueError", "message": "no"},
+            past_attempts=[attempt(1, 0, 1, 3)],
+        )
+    ]
+    timeline = layout(created_at=T0, finished_at=at(4), steps=steps, now=at(4))
+    (row,) = timeline.rows
+    assert [b.css for b in row.bars] == [
+        "hf-active hf-failed hf-attempt",
+        "hf-backoff",
+        "hf-active hf-failed",
+    ]

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from .._clock import Clock, SystemClock
@@ -29,9 +30,16 @@ from ._execute import (
     StepExecutor,
     http_call,
 )
+from ._observe import (
+    Observer,
+    RunFinished,
+    StepCompleted,
+    StepFailed,
+    Tracer,
+)
 from ._warm import WarmCache
 
-__all__ = ["MAX_ID", "RuntimeBase", "TickReport", "check_id"]
+__all__ = ["MAX_ID", "RuntimeBase", "TickReport", "check_id", "tell"]
 
 log = logging.getLogger("hookflow_gen")
 _PENDING = StepStatus.PENDING
@@ -66,6 +74,14 @@ class TickReport:
     wake_at: datetime | None
 
 
+def tell(observer: Observer, event: Any) -> None:
+    """Hand ``event`` to ``observer``; what it raises is logged: the change is committed."""
+    try:
+        observer.observe(event)
+    except Exception:
+        log.exception("an observer of hookflow_gen raised on %s", type(event).__name__)
+
+
 def _child_error(child: RunState) -> ErrorInfo:
     return child.error or ErrorInfo(
         type="hookflow_gen.exceptions.RunCancelled",
@@ -92,6 +108,8 @@ class RuntimeBase:
         thread_exit: Callable[[], None] | None = None,
         max_tick_failures: int = 5,
         suspend_for: timedelta = timedelta(minutes=1),
+        observer: Observer | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -105,6 +123,8 @@ class RuntimeBase:
         self.call_dispatcher = call_dispatcher
         self.max_tick_failures = max_tick_failures
         self.suspend_for = suspend_for
+        self.observer = observer
+        self.tracer = tracer
         self._warm = WarmCache(warm_runs)
         self.executor: StepExecutor = StepExecutor(call_executor, thread_exit=thread_exit)
         bind = getattr(scheduler, "bind", None)
@@ -145,6 +165,7 @@ class RuntimeBase:
         now: datetime,
         *,
         error: ErrorInfo | None = None,
+        attempt_started: datetime | None = None,
     ) -> StepRecord:
         policy = self._policy(run, pending.step)
         error = error or ErrorInfo.from_exception(exc)
@@ -158,8 +179,67 @@ class RuntimeBase:
                 error.message,
                 delay,
             )
-            return T.retry_later(current, error, now + delay)
-        return T.fail(current, error, now)
+            record = T.retry_later(current, error, now + delay, started=attempt_started, now=now)
+        else:
+            record = T.fail(current, error, now)
+        self._observe_failed(run, current, error, record, now)
+        return record
+
+    # -- events, told after their commit -------------------------------------------------
+
+    def _observe_completed(self, run: RunState, record: StepRecord) -> None:
+        """Tell the observer that ``record`` completed, once this transaction commits."""
+        observer = self.observer
+        if observer is None or not observer.wants(StepCompleted):
+            return
+        event = StepCompleted(
+            run_id=run.run_id,
+            workflow=run.workflow,
+            step_name=record.name,
+            kind=record.kind,
+            position=record.position,
+            attempt=record.attempts,
+            started_at=record.started_at,
+            completed_at=record.completed_at or self.clock.now(),
+            result=record.result,
+        )
+        self.store.on_commit(partial(tell, observer, event))
+
+    def _observe_settled(self, run: RunState, record: StepRecord) -> None:
+        """Tell the observer how a step that settled outside an attempt (a wait, a child) ended."""
+        if self.observer is None:
+            return
+        if record.status is StepStatus.COMPLETED:
+            self._observe_completed(run, record)
+        elif record.status is StepStatus.FAILED and record.error is not None:
+            now = record.completed_at or self.clock.now()
+            self._observe_failed(run, record, record.error, record, now)
+
+    def _observe_failed(
+        self,
+        run: RunState,
+        current: StepRecord,
+        error: ErrorInfo,
+        record: StepRecord,
+        now: datetime,
+    ) -> None:
+        observer = self.observer
+        if observer is None or not observer.wants(StepFailed):
+            return
+        retrying = record.status is _PENDING
+        event = StepFailed(
+            run_id=run.run_id,
+            workflow=run.workflow,
+            step_name=current.name,
+            kind=current.kind,
+            position=current.position,
+            attempt=max(current.attempts, 1),
+            error=error,
+            will_retry=retrying,
+            retry_at=(record.wake_at or now) if retrying else None,
+            failed_at=now,
+        )
+        self.store.on_commit(partial(tell, observer, event))
 
     # -- run state ----------------------------------------------------------------------
 
@@ -199,9 +279,24 @@ class RuntimeBase:
         self.store.save_run(run)
         self._warm.drop(run.run_id)
         self._settle_waiters(run, now)
+        self._observe_finished(run, now)
         if status is RunStatus.FAILED and error is not None:
             self.store.on_commit(lambda: self._on_failure(run, error))
         return run
+
+    def _observe_finished(self, run: RunState, now: datetime) -> None:
+        """Tell the observer, once the transaction commits, that ``run`` ended."""
+        observer = self.observer
+        if observer is not None and observer.wants(RunFinished):
+            event = RunFinished(
+                run_id=run.run_id,
+                workflow=run.workflow,
+                status=run.status,
+                finished_at=now,
+                result=run.result,
+                error=run.error,
+            )
+            self.store.on_commit(partial(tell, observer, event))
 
     def _settle_waiters(self, child: RunState, now: datetime) -> None:
         """Settle every pending invoke step waiting on the finished ``child``.
@@ -219,7 +314,9 @@ class RuntimeBase:
             record = records[0]
             if record.status is not _PENDING or record.key != child.run_id:
                 continue
-            self.store.save_step(parent_id, self._child_outcome(record, child, now))
+            settled = self._child_outcome(record, child, now)
+            self.store.save_step(parent_id, settled)
+            self._observe_settled(parent, settled)
             self._wake(parent, now)
 
     def _child_outcome(self, record: StepRecord, child: RunState, now: datetime) -> StepRecord:

@@ -51,6 +51,7 @@ from ._execute import (
     StillRunning,
 )
 from ._lifecycle import LifecycleMixin
+from ._observe import TickSpan
 from ._poison import PoisonMixin
 from ._updates import UpdatesMixin
 
@@ -99,6 +100,21 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         Raises:
             UnknownRunError: no run has that id.
         """
+        tracer = self.tracer
+        if tracer is None:
+            return self._tick(run_id, None)
+        span = tracer.tick(run_id)
+        if span is None:  # nothing records spans now
+            return self._tick(run_id, None)
+        try:
+            report = self._tick(run_id, span)
+        except BaseException as exc:
+            span.end(None, 0, exc)
+            raise
+        span.end(report.status, report.steps_run, None)
+        return report
+
+    def _tick(self, run_id: str, span: TickSpan | None) -> TickReport:
         deadline = self.clock.monotonic() + self.budget.total_seconds()
         replay: Replay | None = None
         outcome: Outcome | None = None
@@ -119,6 +135,8 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                     run = self.store.lock_run(run_id)
                     if run is None:
                         raise UnknownRunError(f"no run has id {run_id!r}")
+                    if span is not None:
+                        span.begin(run)
                     if run.status.finished:
                         self._warm.drop(run_id)
                         replay = None
@@ -138,7 +156,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                         if _holds(replay, claim):
                             # Exactly once: the function's writes and its checkpoint
                             # commit together, under the run's lock.
-                            done = self._execute(run, claim, atomic=True)
+                            done = self._execute(run, claim, span, atomic=True)
                             self._checkpoint(run, replay, done, writes)
                             steps_run += 1
                     run, claimed = self._drive(run, replay, deadline, writes)
@@ -159,7 +177,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                     if outcome is None:
                         self._hold_call(run_id, claimed)
                     continue
-                outcome = self._execute(run, claimed)
+                outcome = self._execute(run, claimed, span)
                 steps_run += 1
         except StillRunning as exc:
             replay = None
@@ -255,6 +273,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                     if due is not None and due <= now:
                         done = T.complete(record, "null", now)
                         store.save_step(run.run_id, done)
+                        self._observe_settled(run, done)
                         replay.settle(done)
                         progressed = True
                     elif due is not None:
@@ -281,6 +300,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                 elif T.lapsed(record, now) and not self._may_retry(run, pending, record):
                     failed = T.fail(record, _lapsed_error(record), now)
                     writes.add(failed)
+                    self._observe_settled(run, failed)
                     replay.settle(failed)
                     progressed = True
                 elif due is not None and due > now:
@@ -293,7 +313,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
             if ready and self.clock.monotonic() < deadline:
                 pending, record = ready.pop(0)
                 claimed = self._claim(
-                    pending, record, now, writes, alone=len(decision.pending) == 1
+                    run, pending, record, now, writes, alone=len(decision.pending) == 1
                 )
                 replay.settle(claimed.record)
                 if claimed.lease_until is not None:
@@ -335,6 +355,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                 children.append(record.key)
             cancelled = T.cancel_step(record, now)
             writes.add(cancelled)
+            self._observe_settled(run, cancelled)
             replay.settle(cancelled)
         run = dataclasses.replace(run, cancel_requested=False)
         self.store.save_run(run)
@@ -381,16 +402,32 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         if step.kind not in ("run", "call"):
             # A run or call step is saved when claimed: one write, not two.
             self.store.save_step(run.run_id, record)
+            if record.status is not _PENDING:
+                self._observe_settled(run, record)
         return record
 
     def _claim(
-        self, pending: Pending, record: StepRecord, now: datetime, writes: _Writes, *, alone: bool
+        self,
+        run: RunState,
+        pending: Pending,
+        record: StepRecord,
+        now: datetime,
+        writes: _Writes,
+        *,
+        alone: bool,
     ) -> _Claim:
+        lease = self._lease_for(pending.step)
+        if T.lapsed(record, now) and record.lease_until is not None:
+            # The lapsed attempt is tried again (``_may_retry`` said so): keep it.
+            error = _lapsed_error(record, retried=True)
+            retried = T.lapsed_attempt(record, error, record.lease_until - lease)
+            self._observe_failed(run, record, error, retried, record.lease_until)
+            record = retried
         owner = uuid.uuid4().hex
-        lease_until = now + self._lease_for(pending.step)
+        lease_until = now + lease
         claim = T.claim(record, owner, lease_until)
         writes.add(claim)
-        return _Claim(pending, claim, owner, lease_until, alone)
+        return _Claim(pending, claim, owner, lease_until, alone, now)
 
     def _lease_for(self, step: Any) -> timedelta:
         # A dispatched call is claimed for the usual lease, and held for the
@@ -401,18 +438,30 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
             return timeout * 2
         return self.lease
 
-    def _execute(self, run: RunState, claim: _Claim, *, atomic: bool = False) -> Outcome:
+    def _execute(
+        self, run: RunState, claim: _Claim, span: TickSpan | None, *, atomic: bool = False
+    ) -> Outcome:
         """Run one attempt of the claimed step; never raises for the step's own errors."""
+        tracer = self.tracer
+        if tracer is None or span is None:
+            return self._attempt(run, claim, atomic)
+        with tracer.attempt(run, claim.record, claim.pending.position) as attempt:
+            outcome = self._attempt(run, claim, atomic)
+            attempt.settle(outcome.exc)
+        return outcome
+
+    def _attempt(self, run: RunState, claim: _Claim, atomic: bool) -> Outcome:
         info = _step_info(run, claim)
         owner = claim.record_owner
         savepoint = self.store.atomic if atomic else None
+        started = claim.claimed_at
         try:
             value = self.executor.attempt(claim.pending.step, info, savepoint)
         except StillRunning:
             raise
         except Exception as exc:
-            return Outcome(claim.pending, owner, exc=exc)
-        return Outcome(claim.pending, owner, value=value)
+            return Outcome(claim.pending, owner, exc=exc, started_at=started)
+        return Outcome(claim.pending, owner, value=value, started_at=started)
 
     def _hold_call(self, run_id: str, claim: _Claim) -> None:
         """A call is handed over: keep its lease for as long as the call may take."""
@@ -445,7 +494,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
             # schedules another try, where an exception here would leave the
             # step leased with no request out and nothing to wake the run.
             log.warning("run %s: could not dispatch call %r: %s", run.run_id, step.name, exc)
-            return Outcome(claim.pending, claim.record_owner, exc=exc)
+            return Outcome(claim.pending, claim.record_owner, exc=exc, started_at=claim.claimed_at)
         return None
 
     def complete_step(
@@ -538,8 +587,11 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         now = self.clock.now()
         if outcome.exc is None:
             record = T.complete(current, outcome.value, now)
+            self._observe_completed(run, record)
         else:
-            record = self._failed_attempt(run, outcome.pending, current, outcome.exc, now)
+            record = self._failed_attempt(
+                run, outcome.pending, current, outcome.exc, now, attempt_started=outcome.started_at
+            )
         if writes is None:
             self.store.save_step(run.run_id, record)
         else:
@@ -596,6 +648,8 @@ class _Claim:
     #: The workflow waits on this step alone (not a gather's branch), so
     #: while the lease holds nobody else can change the run's journal.
     alone: bool = False
+    #: When it was claimed: the attempt's start.
+    claimed_at: datetime | None = None
 
 
 def waiting_children(store: Store, run_id: str) -> list[str]:
@@ -630,9 +684,10 @@ def _is_atomic(pending: Pending) -> bool:
     return isinstance(pending.step, RunStep) and pending.step.atomic
 
 
-def _lapsed_error(record: StepRecord) -> ErrorInfo:
+def _lapsed_error(record: StepRecord, *, retried: bool = False) -> ErrorInfo:
+    left = "it is tried again" if retried else "no attempts are left"
     exc = _LeaseLapsed(
         f"attempt {record.attempts} of step {record.name!r} stopped before it finished "
-        "(its worker died or hung past the lease), and no attempts are left"
+        f"(its worker died or hung past the lease), and {left}"
     )
     return ErrorInfo.from_exception(exc)

@@ -134,6 +134,7 @@ class EventsMixin(RuntimeBase):
             now = self.clock.now()
             done = dataclasses.replace(T.complete(record, result, now), attempts=1)
             self.store.save_step(run_id, done)
+            self._observe_settled(run, done)
             self._wake(run, now)
         return True
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
@@ -104,6 +104,7 @@ class Outcome:
     owner: str | None
     value: str | None = None  # result JSON on success
     exc: BaseException | None = None
+    started_at: datetime | None = None  # when the attempt was claimed, if known
 
 
 CallExecutor = Callable[[CallStep[Any], timedelta | None], dict[str, Any]]

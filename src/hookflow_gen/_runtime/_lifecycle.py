@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import uuid
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from .._codec import decode, encode
@@ -21,7 +22,8 @@ from ..exceptions import (
     UnknownRunError,
 )
 from . import _transitions as T
-from ._base import RuntimeBase, check_id
+from ._base import RuntimeBase, check_id, tell
+from ._observe import RunStarted
 
 __all__ = ["LifecycleMixin"]
 
@@ -60,6 +62,7 @@ class LifecycleMixin(RuntimeBase):
         # validation (``model_construct``) is refused here, not at its first tick.
         decode(workflow.payload_adapter, payload_json, what=what)
         now = self.clock.now()
+        tracer = self.tracer
         state = RunState(
             run_id=run_id or uuid.uuid4().hex,
             workflow=workflow.name,
@@ -69,12 +72,26 @@ class LifecycleMixin(RuntimeBase):
             parent_position=parent[1] if parent else None,
             wake_at=now,
             wake_seq=1,
+            traceparent=tracer.inject() if tracer is not None else None,
         )
         with self.store.atomic():
             run, created = self.store.create_run(state)
             if created:
                 self.scheduler.wake(self.store, run)
+                self._observe_started(run, now)
         return run, created
+
+    def _observe_started(self, run: RunState, now: datetime) -> None:
+        """Tell the observer, once the transaction commits, that ``run`` was created."""
+        observer = self.observer
+        if observer is not None and observer.wants(RunStarted):
+            event = RunStarted(
+                run_id=run.run_id,
+                workflow=run.workflow,
+                created_at=now,
+                parent_run_id=run.parent_run_id,
+            )
+            self.store.on_commit(partial(tell, observer, event))
 
     # -- cancel and resume -------------------------------------------------------------
 
@@ -169,6 +186,7 @@ class LifecycleMixin(RuntimeBase):
         ended = T.continue_as(run, next_id, now)
         self.store.save_run(ended)
         self._warm.drop(run.run_id)
+        self._observe_finished(ended, now)
         for parent_id, position in self.store.waiters("invoke", run.run_id):
             # The lock order of parent and child, as a child's end takes it.
             parent = self.store.lock_run(parent_id)
@@ -179,6 +197,7 @@ class LifecycleMixin(RuntimeBase):
                 self.store.save_step(parent_id, dataclasses.replace(records[0], key=next_id))
         if created:
             self.scheduler.wake(self.store, created_run)
+            self._observe_started(created_run, now)
         log.info("run %s continued as %s", run.run_id, next_id)
         return ended
 
@@ -251,4 +270,5 @@ class LifecycleMixin(RuntimeBase):
             checked = self._child_outcome(record, child, now)
         if checked != record:
             self.store.save_step(run.run_id, checked)
+            self._observe_settled(run, checked)
         return checked

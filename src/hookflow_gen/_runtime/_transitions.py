@@ -21,7 +21,15 @@ import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 
-from .._journal import CANCELLED, ErrorInfo, StepRecord, StepStatus
+from .._journal import (
+    CANCELLED,
+    MAX_ATTEMPT_MESSAGE,
+    Attempt,
+    ErrorInfo,
+    StepRecord,
+    StepStatus,
+    storable,
+)
 from .._store import RunState, RunStatus
 
 __all__ = [
@@ -34,6 +42,7 @@ __all__ = [
     "finish",
     "guarded_by",
     "lapsed",
+    "lapsed_attempt",
     "next_run_id",
     "request_cancel",
     "resume",
@@ -83,9 +92,54 @@ def complete(record: StepRecord, result: str | None, now: datetime) -> StepRecor
     )
 
 
-def retry_later(record: StepRecord, error: ErrorInfo, at: datetime) -> StepRecord:
-    """A failed attempt, to be tried again at ``at``; the error is kept for display."""
-    return dataclasses.replace(record, error=error, wake_at=at, lease_until=None, lease_owner=None)
+def retry_later(
+    record: StepRecord,
+    error: ErrorInfo,
+    at: datetime,
+    *,
+    started: datetime | None = None,
+    now: datetime | None = None,
+) -> StepRecord:
+    """A failed attempt, to be tried again at ``at``; the error is kept for display.
+
+    With ``now`` the attempt (claimed at ``started``, failed at ``now``) joins
+    the step's ``past_attempts``, so each retried attempt keeps its times.
+    """
+    past = record.past_attempts
+    if now is not None:
+        past = (*past, _attempt(record, error, started, now, at))
+    return dataclasses.replace(
+        record, error=error, wake_at=at, lease_until=None, lease_owner=None, past_attempts=past
+    )
+
+
+def lapsed_attempt(record: StepRecord, error: ErrorInfo, started: datetime | None) -> StepRecord:
+    """A lapsed attempt to be tried again at once: it joins ``past_attempts``."""
+    assert record.lease_until is not None
+    ended = record.lease_until
+    past = (*record.past_attempts, _attempt(record, error, started, ended, ended))
+    return dataclasses.replace(record, error=error, past_attempts=past)
+
+
+def _attempt(
+    record: StepRecord,
+    error: ErrorInfo,
+    started: datetime | None,
+    ended: datetime,
+    retry_at: datetime | None,
+) -> Attempt:
+    if started is None:
+        # Not known (a dispatched call's answer): the previous attempt's retry time.
+        previous = record.past_attempts[-1] if record.past_attempts else None
+        started = previous.retry_at if previous is not None else record.started_at
+    return Attempt(
+        attempt=max(record.attempts, 1),
+        started_at=started,
+        ended_at=ended,
+        error_type=error.type,
+        message=storable(error.message, MAX_ATTEMPT_MESSAGE),
+        retry_at=retry_at,
+    )
 
 
 def fail(record: StepRecord, error: ErrorInfo, now: datetime) -> StepRecord:
@@ -168,7 +222,8 @@ def successor(run: RunState, run_id: str, payload: str, now: datetime) -> RunSta
     """The run that continues ``run`` with ``payload``: an empty journal, due now.
 
     It keeps the chain's parent (a child run stays its parent's child), the
-    custom status until its own workflow sets one, and a cancellation asked
+    trace its runs' spans belong to, the custom status until its own
+    workflow sets one, and a cancellation asked
     for while the old run was ending, which its first tick delivers.
     """
     return RunState(
@@ -184,6 +239,7 @@ def successor(run: RunState, run_id: str, payload: str, now: datetime) -> RunSta
         custom_status=run.custom_status,
         continued_from=run.run_id,
         generation=run.generation + 1,
+        traceparent=run.traceparent,
     )
 
 

@@ -12,6 +12,7 @@ Every key is optional::
         "AUTODISCOVER": "workflows",  # module imported from every installed app
         "QSTASH": {...},           # the QStash scheduler's own settings
         "STORE": None,             # dotted path of a DjangoStore subclass (tests)
+        "TRACING": True,           # OpenTelemetry spans, when opentelemetry-api is installed
     }
 """
 
@@ -55,6 +56,8 @@ class HookflowSettings:
         qstash: the ``QSTASH`` sub-dict, passed to the QStash scheduler as is.
         store: the dotted path of a ``DjangoStore`` subclass to use instead of
             ``DjangoStore`` (a test suite's checking wrapper), or None.
+        tracing: open OpenTelemetry spans for ticks and step attempts when
+            ``opentelemetry-api`` is installed (the ``otel`` extra); False: never.
     """
 
     scheduler: str = "database"
@@ -66,6 +69,7 @@ class HookflowSettings:
     autodiscover: str | None = "workflows"
     qstash: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     store: str | None = None
+    tracing: bool = True
 
     @classmethod
     def from_dict(cls, data: object) -> HookflowSettings:
@@ -166,6 +170,12 @@ def _dotted(key: str, value: object) -> str | None:
     )
 
 
+def _flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"HOOKFLOW[{key!r}] must be True or False, got {value!r}")
+    return value
+
+
 def _qstash(key: str, value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"HOOKFLOW[{key!r}] must be a dict, got {value!r}")
@@ -181,6 +191,7 @@ _PARSERS: dict[str, tuple[str, Any]] = {
     "SCHEDULER": ("scheduler", _scheduler),
     "STORE": ("store", _dotted),
     "TICK_BUDGET": ("tick_budget", _seconds),
+    "TRACING": ("tracing", _flag),
     "WARM_RUNS": ("warm_runs", _count),
 }
 

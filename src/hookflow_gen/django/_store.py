@@ -15,7 +15,7 @@ from django.db import InterfaceError, OperationalError, connections, router, tra
 from django.db.models import Field, Min, Model
 from django.db.models.constants import OnConflict
 
-from .._journal import ErrorInfo, StepRecord, StepStatus
+from .._journal import Attempt, ErrorInfo, StepRecord, StepStatus
 from .._store import RunState, RunStatus
 from .._updates import UpdateState, UpdateStatus
 
@@ -50,6 +50,7 @@ _RUN_FIELDS = (
     "continued_from",
     "continued_as",
     "generation",
+    "traceparent",
 )
 _STEP_FIELDS = (
     "position",
@@ -65,6 +66,7 @@ _STEP_FIELDS = (
     "started_at",
     "lease_until",
     "lease_owner",
+    "past_attempts",
 )
 # What an upsert of a step rewrites: everything but its identity (run, position).
 _STEP_UPDATE_FIELDS = [name for name in _STEP_FIELDS if name != "position"]
@@ -92,7 +94,8 @@ def _error(data: Any) -> ErrorInfo | None:
 def _run(row: Sequence[Any]) -> RunState:
     (run_id, workflow, payload, status, created_at, result, error, finished_at,
      parent_run_id, parent_position, wake_at, wake_seq, cancel_requested, tick_failures,
-     past_errors, custom_status, continued_from, continued_as, generation) = row  # fmt: skip
+     past_errors, custom_status, continued_from, continued_as, generation,
+     traceparent) = row  # fmt: skip
     return RunState(
         run_id=run_id,
         workflow=workflow,
@@ -113,12 +116,13 @@ def _run(row: Sequence[Any]) -> RunState:
         continued_from=continued_from,
         continued_as=continued_as,
         generation=generation,
+        traceparent=traceparent,
     )
 
 
 def _step(row: Sequence[Any]) -> StepRecord:
     (position, kind, name, status, result, error, attempts, completed_at, wake_at, key,
-     started_at, lease_until, lease_owner) = row  # fmt: skip
+     started_at, lease_until, lease_owner, past_attempts) = row  # fmt: skip
     return StepRecord(
         position=position,
         kind=kind,
@@ -133,6 +137,7 @@ def _step(row: Sequence[Any]) -> StepRecord:
         started_at=started_at,
         lease_until=lease_until,
         lease_owner=lease_owner,
+        past_attempts=tuple(Attempt.from_json(a) for a in past_attempts) if past_attempts else (),
     )
 
 
@@ -408,6 +413,7 @@ class DjangoStore:
             continued_from=run.continued_from,
             continued_as=run.continued_as,
             generation=run.generation,
+            traceparent=run.traceparent,
         )
         if run.created_at is not None:
             row.created_at = run.created_at
@@ -502,6 +508,7 @@ class DjangoStore:
                 record.started_at,
                 record.lease_until,
                 record.lease_owner,
+                [a.to_json() for a in record.past_attempts] if record.past_attempts else None,
             )
             params += _params(statements.step_preps, values)
         rows = ", ".join([statements.upsert_step_row] * len(records))

@@ -3,9 +3,11 @@
 Pure: rows in, bars out (percentages of the axis). What is drawn is what
 the journal stores: when a step was first reached (``started_at``), when it
 settled (``completed_at``), when a pending one is next due (``wake_at``), and
-how many attempts it took. The journal keeps no per-attempt times, so a
-retried step is one bar that says how many attempts it took; a step waiting
-out a retry back-off shows that wait up to its next attempt.
+how many attempts it took. A retried step's earlier attempts are kept with
+their times and errors (``past_attempts``), so each is drawn as a bar of its
+own (``hf-attempt``), followed by its back-off, and the last attempt after
+them; a step waiting out a retry back-off shows that wait up to its next
+attempt.
 
 The journal does not mark a ``gather``, but its branches show in the times:
 the workflow reaches its next step only after the one it waits on settled,
@@ -22,7 +24,17 @@ from typing import Any, cast
 
 from .._journal import CANCELLED
 
-__all__ = ["Bar", "Block", "Row", "Tick", "Timeline", "humanize", "layout"]
+__all__ = [
+    "Bar",
+    "Block",
+    "PastAttempt",
+    "Row",
+    "Tick",
+    "Timeline",
+    "humanize",
+    "layout",
+    "past_attempts",
+]
 
 # The thinnest bar drawn, in percent of the axis: a 2 ms step on an hour-long
 # axis still shows, as a sliver.
@@ -32,6 +44,47 @@ MIN_WIDTH = 0.6
 def _error_type(error: object) -> object:
     """The ``type`` of a stored error (a JSON object), or None."""
     return cast("dict[str, object]", error).get("type") if isinstance(error, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class PastAttempt:
+    """An earlier, failed attempt of a step, as the journal keeps it."""
+
+    attempt: int
+    started_at: datetime | None
+    ended_at: datetime
+    error: str
+    retry_at: datetime | None
+
+
+def _moment(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+
+
+def past_attempts(step: Any) -> list[PastAttempt]:
+    """A step row's earlier attempts (its ``past_attempts`` JSON), oldest first."""
+    stored: object = getattr(step, "past_attempts", None)
+    if not isinstance(stored, list):
+        return []
+    attempts: list[PastAttempt] = []
+    for item in cast("list[object]", stored):
+        if not isinstance(item, dict):
+            continue
+        data = cast("dict[str, object]", item)
+        ended = _moment(data.get("ended_at"))
+        if ended is None:
+            continue
+        kind = str(data.get("error_type", "")).rsplit(".", 1)[-1]
+        attempts.append(
+            PastAttempt(
+                attempt=int(cast("int", data.get("attempt", len(attempts) + 1))),
+                started_at=_moment(data.get("started_at")),
+                ended_at=ended,
+                error=f"{kind}: {data.get('message', '')}" if kind else str(data.get("message")),
+                retry_at=_moment(data.get("retry_at")),
+            )
+        )
+    return attempts
 
 
 def humanize(delta: timedelta | None) -> str:
@@ -98,6 +151,7 @@ class Row:
         note: what it is doing or waiting for, in words.
         key: the event key of an event step, the child run id of an invoke.
         record: the step row itself (for results and errors).
+        past: its earlier, failed attempts, oldest first.
     """
 
     position: int
@@ -111,6 +165,7 @@ class Row:
     note: str
     key: str | None
     record: Any
+    past: tuple[PastAttempt, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,8 +320,53 @@ def layout(
             bars.append(bar("child" + failed, start, stop, f"child run {step.key}"))
             note = "child run running" if pending else ""
         else:
+            # Each earlier attempt is a bar of its own, then its back-off.
+            cursor = start
+            earlier = past_attempts(step)
+            for past in earlier:
+                began = past.started_at or cursor
+                bars.append(
+                    bar(
+                        "active failed attempt",
+                        began,
+                        max(past.ended_at, began),
+                        f"attempt {past.attempt} failed after "
+                        f"{humanize(past.ended_at - began)}: {past.error}",
+                    )
+                )
+                cursor = past.ended_at
+                retry = past.retry_at
+                if retry is not None and retry > past.ended_at:
+                    shown = min(retry, now) if pending else retry
+                    if shown > past.ended_at:
+                        bars.append(
+                            bar(
+                                "backoff",
+                                past.ended_at,
+                                shown,
+                                f"waited {humanize(retry - past.ended_at)} "
+                                f"before attempt {past.attempt + 1}",
+                            )
+                        )
+                    cursor = retry
             retry_at: datetime | None = step.wake_at if pending else None
-            if retry_at is not None and retry_at > now:
+            if earlier and retry_at is not None and retry_at > now:
+                bars.append(
+                    bar(
+                        "backoff",
+                        now,
+                        retry_at,
+                        f"next attempt in {humanize(retry_at - now)}",
+                    )
+                )
+                note = f"attempt {step.attempts} failed; retrying in {humanize(retry_at - now)}"
+            elif earlier:
+                last = min(max(cursor, start), stop)
+                title = f"attempt {step.attempts}" + (" (running)" if pending else "")
+                bars.append(bar("active" + failed, last, stop, title))
+                if pending:
+                    note = "running" if step.attempts else "ready"
+            elif retry_at is not None and retry_at > now:
                 bars.append(bar("active", start, now, f"{step.attempts} attempt(s) so far"))
                 bars.append(
                     bar(
@@ -301,6 +401,7 @@ def layout(
                 note=note,
                 key=step.key,
                 record=step,
+                past=tuple(past_attempts(step)),
             )
         )
         if not pending:

@@ -12,11 +12,12 @@ if TYPE_CHECKING:
 
     from .._clock import Clock
     from .._runtime import Runtime
+    from .._runtime._observe import Tracer
     from .._scheduler import Scheduler
     from ..exceptions import ConfigurationError
     from ._settings import HookflowSettings
 
-__all__ = ["HookflowConfig", "build_runtime"]
+__all__ = ["HookflowConfig", "build_runtime", "build_tracer"]
 
 log: logging.Logger = logging.getLogger("hookflow_gen")
 
@@ -91,6 +92,7 @@ def build_runtime(
 
     from .._runtime import Runtime
     from ._store import DjangoStore
+    from .signals import SignalObserver
 
     store_class: type[DjangoStore] = DjangoStore
     if settings.store is not None:
@@ -117,7 +119,20 @@ def build_runtime(
         warm_runs=settings.warm_runs,
         # A step thread's connections are its own: close them when it ends.
         thread_exit=connections.close_all,
+        observer=SignalObserver(),
+        tracer=build_tracer(settings),
     )
+
+
+def build_tracer(settings: HookflowSettings) -> Tracer | None:
+    """The OpenTelemetry tracer, if ``TRACING`` is on and ``opentelemetry-api`` is installed."""
+    if not settings.tracing:
+        return None
+    try:
+        from .._tracing import OpenTelemetryTracer
+    except ImportError:  # the ``otel`` extra is not installed: no spans
+        return None
+    return OpenTelemetryTracer()
 
 
 def build_scheduler(settings: HookflowSettings) -> Scheduler:

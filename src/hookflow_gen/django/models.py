@@ -63,6 +63,12 @@ class Run(models.Model):
     past_errors: models.JSONField[Any, Any] = models.JSONField(
         default=list, blank=True, help_text="The errors the run failed with before each resume."
     )
+    traceparent: models.CharField[str | None, str | None] = models.CharField(
+        max_length=128,
+        null=True,
+        blank=True,
+        help_text="The W3C trace context the run was started in: the parent of its spans.",
+    )
     claimed_until: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
         null=True,
         blank=True,
@@ -150,6 +156,11 @@ class Step(models.Model):
     )
     lease_owner: models.CharField[str | None, str | None] = models.CharField(
         max_length=64, null=True, blank=True
+    )
+    past_attempts: models.JSONField[Any, Any] = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The earlier attempts that failed and were retried: times and errors.",
     )
 
     class Meta:
