@@ -241,7 +241,9 @@ def test_a_chain_continued_as_new_stays_in_the_start_trace(
     assert handle.result() == 0
     context = request.get_span_context()
     ticks = _named(exporter.get_finished_spans(), "tick ")
-    run_ids = {tick.attributes["hookflow.run.id"] for tick in ticks if tick.attributes is not None}
+    run_ids = {
+        str(tick.attributes["hookflow.run.id"]) for tick in ticks if tick.attributes is not None
+    }
     assert len(run_ids) == 3, run_ids
     for tick in ticks:
         assert tick.parent is not None and tick.parent.span_id == context.span_id

@@ -11,8 +11,8 @@ signal                  ``event``             sent when
 ``step_completed``      ``StepCompleted``     a step settled with a result
 ``step_failed``         ``StepFailed``        an attempt failed (``will_retry`` says if
                                               the retry policy tries again)
-``run_finished``        ``RunFinished``       a run completed, failed, was cancelled or continued as new
-                                              (``status``)
+``run_finished``        ``RunFinished``       a run completed, failed, was cancelled or
+                                              continued as new (``status``)
 ======================  ====================  ===========================================
 
 Receivers run after the transaction that made the change commits, so they
