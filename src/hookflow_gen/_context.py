@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Union, overl
 from pydantic import TypeAdapter
 
 from ._codec import adapter_for, return_adapter
+from ._flow import FlowControl, KeySpec, Limit, Rate, flow_control
 from ._steps import (
     CallResponse,
     CallStep,
@@ -29,7 +30,6 @@ from ._steps import (
     as_timedelta,
     is_leaf,
 )
-from ._flow import FlowControl, KeySpec, Limit, Rate, flow_control
 from .exceptions import WorkflowDefinitionError
 
 if TYPE_CHECKING:
@@ -610,9 +610,7 @@ def _step_spec(fn: object, name: object) -> _StepSpec:
         raise WorkflowDefinitionError(f"ctx.run({name!r}, ...) needs a callable, got {fn!r}")
     defaults: StepDefaults = getattr(fn, "__hookflow_step__", None) or StepDefaults()
     flow = flow_control(fn, defaults.concurrency, defaults.rate)
-    spec = _StepSpec(
-        return_adapter(fn), defaults.retry, defaults.timeout, defaults.atomic, flow
-    )
+    spec = _StepSpec(return_adapter(fn), defaults.retry, defaults.timeout, defaults.atomic, flow)
     # A builtin or bound method takes no attribute: computed again next time, still correct.
     with contextlib.suppress(AttributeError, TypeError):
         fn.__hookflow_spec__ = spec  # type: ignore[attr-defined]  # a cache on the function

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
 
+from typing_extensions import TypeIs
+
 from .exceptions import WorkflowDefinitionError
 
 __all__ = ["FlowControl", "FlowGate", "Limit", "Rate", "flow_control"]
@@ -56,10 +58,9 @@ class Limit(Generic[K_co]):
     @overload
     def __init__(self: Limit[None], max: int, key: None = None) -> None: ...
     @overload
-    def __init__(self: Limit[K_co], max: int, key: K_co) -> None: ...
+    def __init__(self, max: int, key: K_co) -> None: ...
     def __init__(self, max: int, key: object = None) -> None:
-        if isinstance(max, bool) or not isinstance(max, int) or max < 1:  # pyright: ignore[reportUnnecessaryIsInstance]  # untyped callers
-            raise WorkflowDefinitionError(f"Limit.max must be an integer >= 1, got {max!r}")
+        _check_count(max, "Limit.max")
         _check_key(key, "Limit")
         object.__setattr__(self, "max", max)
         object.__setattr__(self, "key", key)
@@ -89,14 +90,10 @@ class Rate(Generic[K_co]):
         self: Rate[None], count: int, per: timedelta | float = ..., key: None = None
     ) -> None: ...
     @overload
-    def __init__(self: Rate[K_co], count: int, per: timedelta | float = ..., *, key: K_co) -> None: ...
+    def __init__(self, count: int, per: timedelta | float = ..., *, key: K_co) -> None: ...
     def __init__(self, count: int, per: timedelta | float = _SECOND, key: object = None) -> None:
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:  # pyright: ignore[reportUnnecessaryIsInstance]  # untyped callers
-            raise WorkflowDefinitionError(f"Rate.count must be an integer >= 1, got {count!r}")
-        if isinstance(per, int | float) and not isinstance(per, bool):
-            per = timedelta(seconds=per)
-        if not isinstance(per, timedelta):
-            raise WorkflowDefinitionError(f"Rate.per must be a timedelta, got {per!r}")
+        _check_count(count, "Rate.count")
+        per = _as_period(per)
         if per <= timedelta(0):
             raise WorkflowDefinitionError(f"Rate.per must be more than zero, got {per}")
         _check_key(key, "Rate")
@@ -183,14 +180,14 @@ class FlowControl:
             if isinstance(spec, str):
                 bound = inspect.signature(fn).bind(*args, **kwargs)
                 bound.apply_defaults()
-                key = spec.format_map(bound.arguments)
+                key: object = spec.format_map(bound.arguments)
             else:
                 key = spec(*args, **kwargs)
         except Exception as exc:
             raise WorkflowDefinitionError(
                 f"the {what} key of step function {_name(fn)} could not be computed: {exc!r}"
             ) from exc
-        if not isinstance(key, str) or not key:  # pyright: ignore[reportUnnecessaryIsInstance]  # untyped key functions
+        if not _is_key(key):
             raise WorkflowDefinitionError(
                 f"the {what} key of step function {_name(fn)} must be a non-empty string, "
                 f"got {key!r}"
@@ -216,6 +213,23 @@ def flow_control(
         if isinstance(spec, str):
             _check_template(fn, spec)
     return FlowControl(fn, concurrency, rate)
+
+
+def _check_count(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WorkflowDefinitionError(f"{what} must be an integer >= 1, got {value!r}")
+
+
+def _as_period(value: object) -> timedelta:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if not isinstance(value, timedelta):
+        raise WorkflowDefinitionError(f"Rate.per must be a timedelta or seconds, got {value!r}")
+    return value
+
+
+def _is_key(value: object) -> TypeIs[str]:
+    return isinstance(value, str) and bool(value)
 
 
 def _check_key(key: object, what: str) -> None:

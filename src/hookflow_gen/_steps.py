@@ -210,9 +210,7 @@ class RunStep(Step[T_co]):
         adapter: TypeAdapter[Any] = _ANY_ADAPTER,
         flow: FlowControl | None = None,
     ) -> None:
-        _set(
-            self, "_fields", (name, fn, args, kwargs or {}, retry, timeout, atomic, adapter, flow)
-        )
+        _set(self, "_fields", (name, fn, args, kwargs or {}, retry, timeout, atomic, adapter, flow))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"steps are immutable; use .options(...) for a changed copy ({name})")
@@ -284,11 +282,11 @@ class RunStep(Step[T_co]):
         if concurrency is not None or rate is not None:
             from ._flow import flow_control
 
-            flow = flow_control(
-                fn,
-                concurrency if concurrency is not None else flow and flow.concurrency,
-                rate if rate is not None else flow and flow.rate,
-            )
+            if concurrency is None and flow is not None:
+                concurrency = flow.concurrency
+            if rate is None and flow is not None:
+                rate = flow.rate
+            flow = flow_control(fn, concurrency, rate)
         return RunStep(
             name,
             fn,

@@ -23,8 +23,8 @@ from hookflow_gen import (
     workflow,
 )
 from hookflow_gen._codec import adapter_for
-from hookflow_gen._flow import FlowGate, flow_control
 from hookflow_gen._context import StepDefaults
+from hookflow_gen._flow import FlowGate, flow_control
 from hookflow_gen._runtime import Runtime
 from hookflow_gen._scheduler import DatabaseScheduler
 from hookflow_gen._steps import RunStep
@@ -86,7 +86,7 @@ def test_limits_with_different_keys_are_two_gates_in_key_order() -> None:
 
 def test_options_replace_one_limit_and_keep_the_other() -> None:
     """``.options(concurrency=...)`` replaces the limit and keeps the decorator's rate."""
-    base = RunStep("r", refund, ("cy",), adapter=_ADAPTER)
+    base: RunStep[int] = RunStep("r", refund, ("cy",), adapter=_ADAPTER)
     assert base.flow is None
     limited = base.options(concurrency=Limit(1, key="{user}!"))
     assert limited.flow is not None
@@ -177,18 +177,22 @@ def test_rate_is_shared_by_runs_on_one_key() -> None:
         first = env.start(flow_rated, Job(user="a", steps=2))
         second = env.start(flow_rated, Job(user="b", steps=2))
         assert first.status is RunStatus.COMPLETED
-        assert second.status is RunStatus.RUNNING
+        assert store_status(env, second.run_id) is RunStatus.RUNNING
         assert [user for user, _, _ in starts] == ["a", "a"]
         env.advance(9.9)
         assert len(starts) == 2
         env.advance(0.1)
-        assert second.status is RunStatus.COMPLETED
+        assert store_status(env, second.run_id) is RunStatus.COMPLETED
         assert [(u, (at - EPOCH).total_seconds()) for u, _, at in starts] == [
             ("a", 0),
             ("a", 0),
             ("b", 10),
             ("b", 10),
         ]
+
+
+def store_status(env: WorkflowEnvironment, run_id: str) -> RunStatus:
+    return env.store.runs[run_id].status
 
 
 # -- concurrency -------------------------------------------------------------------------
@@ -207,6 +211,10 @@ def solo(user: str) -> str:
 @workflow(name="flow_unit_solo")
 def flow_solo(ctx: Context, job: Job) -> Flow[str]:
     return (yield from ctx.run("solo", solo, job.user))
+
+
+def waiting(store: MemoryStore, key: str) -> tuple[str, ...]:
+    return store.flow_waiters.get(key, ())
 
 
 def _runtime(clock: FakeClock, store: MemoryStore) -> Runtime:
@@ -230,7 +238,7 @@ def test_a_full_key_makes_the_run_wait_and_its_release_wakes_it() -> None:
         # At the latest when the holder's lease ends (a killed holder frees its slot).
         assert report.wake_at == EPOCH + timedelta(seconds=60)
         assert store.steps(waiter.run_id) == []  # not claimed: no attempt spent
-        assert store.flow_waiters["solo:u"] == (waiter.run_id,)
+        assert waiting(store, "solo:u") == (waiter.run_id,)
         seq = store.runs[waiter.run_id].wake_seq
         gate_open.set()  # another key is not held up: "v" runs
         assert runtime.tick(other.run_id).status is RunStatus.COMPLETED
@@ -240,7 +248,7 @@ def test_a_full_key_makes_the_run_wait_and_its_release_wakes_it() -> None:
     assert store.runs[holder.run_id].status is RunStatus.COMPLETED
     woken = store.runs[waiter.run_id]
     assert woken.wake_at == clock.now() and woken.wake_seq == seq + 1
-    assert store.flow_waiters["solo:u"] == ()
+    assert waiting(store, "solo:u") == ()
     assert runtime.tick(waiter.run_id).status is RunStatus.COMPLETED
     (record,) = store.steps(waiter.run_id)
     assert record.status is StepStatus.COMPLETED and record.attempts == 1
@@ -260,9 +268,7 @@ def test_a_lapsed_lease_frees_its_slot() -> None:
         assert runtime.tick(waiter.run_id).wake_at == EPOCH + timedelta(seconds=60)
         clock.advance(60)
         result: list[RunStatus] = []
-        second = threading.Thread(
-            target=lambda: result.append(runtime.tick(waiter.run_id).status)
-        )
+        second = threading.Thread(target=lambda: result.append(runtime.tick(waiter.run_id).status))
         second.start()
         assert entered.acquire(timeout=30)  # admitted while the first still hangs
         gate_open.set()
@@ -294,4 +300,3 @@ def _flow_of(fn: Callable[..., object], *args: object) -> tuple[FlowGate, ...]:
     flow = flow_control(fn, spec.concurrency, spec.rate)
     assert flow is not None
     return flow.gates(args, {})
-
