@@ -6,8 +6,8 @@ carries an ignore that both checkers must find necessary.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from typing import assert_type
 
 from pydantic import BaseModel

@@ -19,7 +19,6 @@ lease (or the rate's window) runs out.
 from __future__ import annotations
 
 import inspect
-import math
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -117,24 +116,6 @@ class FlowGate:
     max_active: int | None = None
     rate: int | None = None
     period: timedelta | None = None
-
-    def qstash(self) -> dict[str, Any]:
-        """The gate as the ``qstash`` client's ``FlowControl`` (whole seconds, never looser)."""
-        control: dict[str, Any] = {"key": qstash_key(self.key)}
-        if self.max_active is not None:
-            control["parallelism"] = self.max_active
-        if self.rate is not None and self.period is not None:
-            control["rate"] = self.rate
-            # QStash counts periods in whole seconds: round up, which only
-            # ever makes the rate stricter.
-            control["period"] = max(1, math.ceil(self.period.total_seconds()))
-        return control
-
-
-def qstash_key(key: str) -> str:
-    """A flow-control key QStash accepts: letters, digits, ``-``, ``_`` and ``.``."""
-    allowed = set(string.ascii_letters + string.digits + "-_.")
-    return "".join(c if c in allowed else "_" for c in key)
 
 
 @dataclass(frozen=True, slots=True)

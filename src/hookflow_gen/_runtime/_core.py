@@ -456,13 +456,26 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin):
             self.store.on_commit(functools.partial(self._wake_for_slot, run_id, gate))
 
     def _wake_for_slot(self, run_id: str, gate: FlowGate) -> None:
+        """Wake a run for a free slot; one that ended meanwhile passes it to the next waiter.
+
+        Each look is its own transaction: a run's lock is never taken while
+        a key's lock is held (ticks take them the other way round).
+        """
+        woken: str | None = run_id
         try:
-            with self.store.atomic():
-                run = self.store.lock_run(run_id)
-                if run is not None and not run.status.finished:
-                    self._save_woken(T.wake(run, self.clock.now()), gate)
+            while woken is not None:
+                with self.store.atomic():
+                    run = self.store.lock_run(woken)
+                    if run is not None and not run.status.finished:
+                        self._save_woken(T.wake(run, self.clock.now()), gate)
+                        return
+                with self.store.atomic():
+                    passed = self.store.release_flow_slot([gate.key], self.clock.now())
+                woken = passed[0] if passed else None
         except Exception:
-            log.exception("run %s: could not be woken for a free slot", run_id)
+            # Not stranded: a waiting run's own wake-up is set for the latest
+            # time a slot may be free.
+            log.exception("run %s: could not be woken for a free slot", woken)
 
     def _lease_for(self, step: Any) -> timedelta:
         # A dispatched call is claimed for the usual lease, and held for the
