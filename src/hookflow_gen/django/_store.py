@@ -562,13 +562,16 @@ class DjangoStore:
                     full.append(gate.key)
                     retry_at = max(retry_at or held[0], held[0])
             if gate.rate is not None and gate.period is not None:
-                window: list[datetime] = list(
+                # The rate-th newest start in the window, if there is one: the
+                # window is full until it leaves. One row, whatever the rate.
+                nth: datetime | None = (
                     starts.filter(started_at__gt=now - gate.period)
                     .order_by("-started_at")
-                    .values_list("started_at", flat=True)[: gate.rate]
+                    .values_list("started_at", flat=True)[gate.rate - 1 : gate.rate]
+                    .first()
                 )
-                if len(window) >= gate.rate:
-                    opens = window[-1] + gate.period
+                if nth is not None:
+                    opens = nth + gate.period
                     retry_at = max(retry_at or opens, opens)
         if retry_at is not None:
             FlowWaiter.objects.using(db).bulk_create(
