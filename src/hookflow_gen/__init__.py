@@ -17,6 +17,8 @@ from ._client import notify as notify
 from ._context import Context as Context
 from ._context import RunInfo as RunInfo
 from ._context import step as step
+from ._flow import Limit as Limit
+from ._flow import Rate as Rate
 from ._journal import ErrorInfo as ErrorInfo
 from ._journal import StepRecord as StepRecord
 from ._journal import StepStatus as StepStatus
@@ -73,10 +75,12 @@ __all__ = [
     "HookflowError",
     "InvalidIdError",
     "InvokeStep",
+    "Limit",
     "NonDeterminismError",
     "NonRetryableError",
     "PayloadValidationError",
     "RaceStep",
+    "Rate",
     "Received",
     "ReplyStep",
     "RetryAfter",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Union, overl
 from pydantic import TypeAdapter
 
 from ._codec import adapter_for, decode, encode, return_adapter
+from ._flow import FlowControl, KeySpec, Limit, Rate, flow_control
 from ._steps import (
     CallResponse,
     CallStep,
@@ -334,6 +335,7 @@ class Context:
                 timeout=spec.timeout,
                 atomic=spec.atomic,
                 adapter=spec.adapter,
+                flow=spec.flow,
             )
         )
 
@@ -741,6 +743,8 @@ class StepDefaults:
     retry: RetryPolicy | None = None
     timeout: timedelta | None = None
     atomic: bool = False
+    concurrency: Limit[KeySpec] | None = None
+    rate: Rate[KeySpec] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -751,13 +755,15 @@ class _StepSpec:
     retry: RetryPolicy | None = None
     timeout: timedelta | None = None
     atomic: bool = False
+    flow: FlowControl | None = None
 
 
 def _step_spec(fn: object, name: object) -> _StepSpec:
     if not callable(fn):
         raise WorkflowDefinitionError(f"ctx.run({name!r}, ...) needs a callable, got {fn!r}")
     defaults: StepDefaults = getattr(fn, "__hookflow_step__", None) or StepDefaults()
-    spec = _StepSpec(return_adapter(fn), defaults.retry, defaults.timeout, defaults.atomic)
+    flow = flow_control(fn, defaults.concurrency, defaults.rate)
+    spec = _StepSpec(return_adapter(fn), defaults.retry, defaults.timeout, defaults.atomic, flow)
     # A builtin or bound method takes no attribute: computed again next time, still correct.
     with contextlib.suppress(AttributeError, TypeError):
         fn.__hookflow_spec__ = spec  # type: ignore[attr-defined]  # a cache on the function
@@ -767,11 +773,31 @@ def _step_spec(fn: object, name: object) -> _StepSpec:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@overload
 def step(
     *,
     retry: RetryPolicy | None = None,
     timeout: timedelta | float | None = None,
     atomic: bool = False,
+    concurrency: Limit[str] | Limit[None] | None = None,
+    rate: Rate[str] | Rate[None] | None = None,
+) -> Callable[[F], F]: ...
+@overload
+def step(
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: timedelta | float | None = None,
+    atomic: bool = False,
+    concurrency: Limit[Callable[P, str]] | Limit[str] | Limit[None] | None = None,
+    rate: Rate[Callable[P, str]] | Rate[str] | Rate[None] | None = None,
+) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+def step(
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: timedelta | float | None = None,
+    atomic: bool = False,
+    concurrency: Limit[Any] | None = None,
+    rate: Rate[Any] | None = None,
 ) -> Callable[[F], F]:
     """Give a step function default options for every ``ctx.run`` of it.
 
@@ -780,14 +806,31 @@ def step(
 
         @step(retry=RetryPolicy(maximum_attempts=5), atomic=True)
         def reserve_stock(order_id: int) -> Reservation: ...
+
+    ``concurrency`` and ``rate`` limit the step's attempts per key (see
+    "Flow control" in the README). A key function must take the step
+    function's parameters, which both type checkers verify::
+
+        def by_user(user_id: int, amount: int) -> str:
+            return f"user:{user_id}"
+
+        @step(concurrency=Limit(5, key=by_user), rate=Rate(10, per=timedelta(seconds=1)))
+        def charge(user_id: int, amount: int) -> Receipt: ...
+
+    Raises:
+        WorkflowDefinitionError: a key template names no parameter of the
+            function.
     """
     defaults = StepDefaults(
         retry=retry,
         timeout=as_timedelta(timeout) if timeout is not None else None,
         atomic=atomic,
+        concurrency=concurrency,
+        rate=rate,
     )
 
     def decorate(fn: F) -> F:
+        flow_control(fn, concurrency, rate)  # a bad template fails at import, not mid-run
         fn.__hookflow_step__ = defaults  # type: ignore[attr-defined]  # options ride on the function
         with contextlib.suppress(AttributeError):
             del fn.__hookflow_spec__  # type: ignore[attr-defined]  # drop a stale cached spec

@@ -20,6 +20,7 @@ from typing_extensions import TypeIs
 from ._codec import adapter_for
 
 if TYPE_CHECKING:
+    from ._flow import FlowControl, KeySpec, Limit, Rate
     from ._journal import ErrorInfo
     from ._workflow import Workflow
 
@@ -138,6 +139,8 @@ class Step(Generic[T_co]):
     __slots__ = ()
     kind: ClassVar[str]
     name: str
+    #: The step's concurrency and rate limits (only ``run`` steps have any).
+    flow: FlowControl | None = None
 
     def __iter__(self) -> Generator[Step[Any], object, T_co]:
         value = yield self
@@ -179,6 +182,7 @@ class RunStep(Step[T_co]):
         atomic: run ``fn`` and record its result in one database
             transaction (only for functions that just touch the database).
         adapter: validates and (de)serialises the result.
+        flow: the step's concurrency and rate limits, or None.
     """
 
     __slots__ = ("_fields",)
@@ -192,6 +196,7 @@ class RunStep(Step[T_co]):
         timedelta | None,
         bool,
         TypeAdapter[Any],
+        FlowControl | None,
     ]
 
     def __init__(
@@ -205,18 +210,22 @@ class RunStep(Step[T_co]):
         timeout: timedelta | None = None,
         atomic: bool = False,
         adapter: TypeAdapter[Any] = _ANY_ADAPTER,
+        flow: FlowControl | None = None,
     ) -> None:
-        _set(self, "_fields", (name, fn, args, kwargs or {}, retry, timeout, atomic, adapter))
+        _set(self, "_fields", (name, fn, args, kwargs or {}, retry, timeout, atomic, adapter, flow))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"steps are immutable; use .options(...) for a changed copy ({name})")
 
     def __repr__(self) -> str:
-        name, fn, args, kwargs, retry, timeout, atomic, _ = self._fields
+        name, fn, args, kwargs, retry, timeout, atomic, _, flow = self._fields
         fn_name = getattr(fn, "__qualname__", repr(fn))
+        limits = ""
+        if flow is not None:
+            limits = f", concurrency={flow.concurrency!r}, rate={flow.rate!r}"
         return (
             f"RunStep(name={name!r}, fn={fn_name}, args={args!r}, kwargs={dict(kwargs)!r}, "
-            f"retry={retry!r}, timeout={timeout!r}, atomic={atomic!r})"
+            f"retry={retry!r}, timeout={timeout!r}, atomic={atomic!r}{limits})"
         )
 
     @property
@@ -251,15 +260,35 @@ class RunStep(Step[T_co]):
     def adapter(self) -> TypeAdapter[Any]:
         return self._fields[7]
 
+    @property
+    def flow(self) -> FlowControl | None:  # type: ignore[override]  # a read-only field
+        return self._fields[8]
+
     def options(
         self,
         *,
         retry: RetryPolicy | None = None,
         timeout: timedelta | float | None = None,
         atomic: bool | None = None,
+        concurrency: Limit[KeySpec] | None = None,
+        rate: Rate[KeySpec] | None = None,
     ) -> RunStep[T_co]:
-        """This step with other options: ``ctx.run(...).options(retry=RetryPolicy(...))``."""
-        name, fn, args, kwargs, old_retry, old_timeout, old_atomic, adapter = self._fields
+        """This step with other options: ``ctx.run(...).options(retry=RetryPolicy(...))``.
+
+        ``concurrency`` and ``rate`` replace the step's ``Limit`` and ``Rate``
+        (each kept when not given); see "Flow control" in the README. Their
+        key functions are called with the step's arguments, unchecked here:
+        ``@step`` checks them against the function's signature.
+        """
+        name, fn, args, kwargs, old_retry, old_timeout, old_atomic, adapter, flow = self._fields
+        if concurrency is not None or rate is not None:
+            from ._flow import flow_control
+
+            if concurrency is None and flow is not None:
+                concurrency = flow.concurrency
+            if rate is None and flow is not None:
+                rate = flow.rate
+            flow = flow_control(fn, concurrency, rate)
         return RunStep(
             name,
             fn,
@@ -269,6 +298,7 @@ class RunStep(Step[T_co]):
             timeout=as_timedelta(timeout) if timeout is not None else old_timeout,
             atomic=atomic if atomic is not None else old_atomic,
             adapter=adapter,
+            flow=flow,
         )
 
 

@@ -11,12 +11,15 @@ import contextlib
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._journal import ErrorInfo, StepRecord, StepStatus
 from ._updates import UpdateState
+
+if TYPE_CHECKING:
+    from ._flow import FlowGate
 
 __all__ = ["MemoryStore", "RunState", "RunStatus", "Store"]
 
@@ -174,6 +177,29 @@ class Store(Protocol):
 
     def save_update(self, update: UpdateState) -> None:
         """Record an update's answer or rejection (status, answer, reason, answered_at)."""
+
+    def take_flow_slot(
+        self, gates: Sequence[FlowGate], run_id: str, position: int, owner: str, now: datetime
+    ) -> datetime | None:
+        """Take a slot of every gate for the step ``owner`` is about to claim, or none.
+
+        Locks each gate's key (``lock_key``, in the order given), then counts
+        on each key the steps that hold a live lease (a lapsed lease holds
+        no slot) and the attempts started in the rate's window. If every
+        gate admits the step, its start is recorded on each key, it leaves
+        the keys' waiting lists, and the answer is None. Otherwise nothing is
+        recorded, the run joins the waiting list of each key whose
+        concurrency was full, and the answer is when a slot may be free at
+        the latest: the first live lease's end, or when the window admits a
+        start again.
+        """
+        ...
+
+    def release_flow_slot(self, keys: Sequence[str], now: datetime) -> list[str]:
+        """A holder of these keys settled its step: which waiting runs to wake.
+
+        Locks the keys, and takes the oldest waiting run off each key's list.
+        """
         ...
 
 
@@ -194,6 +220,10 @@ class MemoryStore:
         self.journals: dict[str, dict[int, StepRecord]] = {}
         self.events: dict[str, list[str]] = {}
         self.updates: dict[tuple[str, str], UpdateState] = {}
+        #: Per flow-control key: the starts, as (run id, position, owner, when).
+        self.flow_starts: dict[str, tuple[tuple[str, int, str, datetime], ...]] = {}
+        #: Per flow-control key: the waiting runs, oldest first.
+        self.flow_waiters: dict[str, tuple[str, ...]] = {}
         self._commit_hooks: list[Callable[[], None]] = []
 
     @contextlib.contextmanager
@@ -300,3 +330,64 @@ class MemoryStore:
 
     def save_update(self, update: UpdateState) -> None:
         self._put(self.updates, (update.run_id, update.update_id), update)
+
+    def take_flow_slot(
+        self, gates: Sequence[FlowGate], run_id: str, position: int, owner: str, now: datetime
+    ) -> datetime | None:
+        retry_at: datetime | None = None
+        full: list[str] = []
+        for gate in gates:
+            starts = self.flow_starts.get(gate.key, ())
+            if gate.max_active is not None:
+                leases = sorted(
+                    until
+                    for r, p, o, _ in starts
+                    if (until := self._live_lease(r, p, o, now)) is not None
+                )
+                if len(leases) >= gate.max_active:
+                    full.append(gate.key)
+                    retry_at = max(retry_at or leases[0], leases[0])
+            if gate.rate is not None and gate.period is not None:
+                window = sorted(at for _, _, _, at in starts if at > now - gate.period)
+                if len(window) >= gate.rate:
+                    opens = window[len(window) - gate.rate] + gate.period
+                    retry_at = max(retry_at or opens, opens)
+        if retry_at is not None:
+            for key in full:
+                waiting = self.flow_waiters.get(key, ())
+                if run_id not in waiting:
+                    self._put(self.flow_waiters, key, (*waiting, run_id))
+            return retry_at
+        for gate in gates:
+            keep = now - (gate.period or timedelta(0))
+            kept = tuple(
+                start
+                for start in self.flow_starts.get(gate.key, ())
+                if start[3] > keep or self._live_lease(start[0], start[1], start[2], now)
+            )
+            self._put(self.flow_starts, gate.key, (*kept, (run_id, position, owner, now)))
+            waiting = self.flow_waiters.get(gate.key, ())
+            if run_id in waiting:
+                self._put(self.flow_waiters, gate.key, tuple(w for w in waiting if w != run_id))
+        return None
+
+    def _live_lease(self, run_id: str, position: int, owner: str, now: datetime) -> datetime | None:
+        record = self.journals.get(run_id, {}).get(position)
+        if (
+            record is None
+            or record.status is not StepStatus.PENDING
+            or record.lease_owner != owner
+            or record.lease_until is None
+            or record.lease_until <= now
+        ):
+            return None
+        return record.lease_until
+
+    def release_flow_slot(self, keys: Sequence[str], now: datetime) -> list[str]:
+        woken: list[str] = []
+        for key in keys:
+            waiting = self.flow_waiters.get(key, ())
+            if waiting:
+                self._put(self.flow_waiters, key, waiting[1:])
+                woken.append(waiting[0])
+        return woken

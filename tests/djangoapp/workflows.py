@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -13,9 +14,12 @@ from hookflow_gen import (
     Context,
     ErrorInfo,
     Flow,
+    Limit,
+    Rate,
     RetryPolicy,
     StepFailed,
     current_step,
+    step,
     workflow,
 )
 
@@ -238,3 +242,62 @@ def pager(ctx: Context, t: Tally) -> Flow[int]:
 
 
 from . import update_workflows  # noqa: E402, F401  # pyright: ignore[reportUnusedImport]  # registers its workflows
+
+# -- flow control -------------------------------------------------------------------
+
+
+class Crowd(BaseModel):
+    group: str
+    seconds: float = 0.0
+
+
+@step(concurrency=Limit(2, key="crowd:{group}"))
+def crowded(group: str, seconds: float) -> int:
+    started = time.time()
+    time.sleep(seconds)
+    _record(started)
+    return 1
+
+
+@workflow(name="flow_crowd")
+def flow_crowd(ctx: Context, crowd: Crowd) -> Flow[int]:
+    """One step of which at most two run at once per group."""
+    return (yield from ctx.run("crowded", crowded, crowd.group, crowd.seconds))
+
+
+@step(rate=Rate(3, per=timedelta(seconds=1), key="rated:{group}"))
+def rated(group: str, seconds: float) -> int:
+    started = time.time()
+    time.sleep(seconds)
+    _record(started)
+    return 1
+
+
+@workflow(name="flow_rated")
+def flow_rated(ctx: Context, crowd: Crowd) -> Flow[int]:
+    """One step of which at most three start per second per group."""
+    return (yield from ctx.run("rated", rated, crowd.group, crowd.seconds))
+
+
+class Held(BaseModel):
+    marker: str
+    seconds: float
+
+
+@step(concurrency=Limit(1, key="held:{marker}"))
+def hold_slot(marker: str, seconds: float) -> str:
+    """Leaves a marker, then takes ``seconds`` on its first attempt only."""
+    info = current_step()
+    with Path(marker).open("a") as file:
+        file.write(f"{info.run_id} {os.getpid()}\n")
+    started = time.time()
+    if info.attempt == 1:
+        time.sleep(seconds)
+    _record(started)
+    return "done"
+
+
+@workflow(name="flow_held")
+def flow_held(ctx: Context, held: Held) -> Flow[str]:
+    """One step of which one runs at a time per marker."""
+    return (yield from ctx.run("held", hold_slot, held.marker, held.seconds))

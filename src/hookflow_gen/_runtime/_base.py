@@ -14,6 +14,7 @@ from .._clock import Clock, SystemClock
 from .._codec import decode
 from .._context import RunInfo
 from .._engine import Pending, Replay
+from .._flow import FlowGate
 from .._journal import ErrorInfo, StepRecord, StepStatus
 from .._scheduler import Scheduler
 from .._steps import RetryPolicy
@@ -243,7 +244,14 @@ class RuntimeBase:
 
     # -- run state ----------------------------------------------------------------------
 
-    def _set_wake(self, run: RunState, wake_at: datetime | None, now: datetime) -> RunState:
+    def _set_wake(
+        self,
+        run: RunState,
+        wake_at: datetime | None,
+        now: datetime,
+        *,
+        gate: FlowGate | None = None,
+    ) -> RunState:
         current = run.wake_at
         if wake_at is None:
             if current is None:
@@ -256,14 +264,26 @@ class RuntimeBase:
             # nothing due and sets the next one. Keeping it saves a write (and,
             # on QStash, a message) per step.
             return run
+        if gate is not None:
+            return self._save_woken(T.wake(run, wake_at), gate)
         return self._wake(run, wake_at)
 
     def _wake(self, run: RunState, at: datetime) -> RunState:
         return self._save_woken(T.wake(run, at))
 
-    def _save_woken(self, run: RunState) -> RunState:
+    def _save_woken(self, run: RunState, gate: FlowGate | None = None) -> RunState:
+        """Save a woken run and hand its wake-up to the scheduler.
+
+        With ``gate`` (the run's next step is flow-controlled) a scheduler
+        that can gate deliveries itself (``wake_gated``, QStash's flow
+        control) is told the key and its limits.
+        """
         self.store.save_run(run)
-        self.scheduler.wake(self.store, run)
+        wake_gated = getattr(self.scheduler, "wake_gated", None) if gate is not None else None
+        if wake_gated is not None:
+            wake_gated(self.store, run, gate)
+        else:
+            self.scheduler.wake(self.store, run)
         return run
 
     def _finish(

@@ -31,6 +31,7 @@ from typing import Any
 
 from .._codec import encode
 from .._engine import Completed, ContinuedAsNew, Decision, Failed, Pending, Replay, Waiting
+from .._flow import FlowGate
 from .._journal import ErrorInfo, StepRecord, StepStatus
 from .._steps import CallStep, EventStep, InvokeStep, ReplyStep, RunStep, SleepStep
 from .._store import RunState, RunStatus, Store
@@ -39,6 +40,7 @@ from ..exceptions import (
     PayloadValidationError,
     UnknownRunError,
     UnknownWorkflowError,
+    WorkflowDefinitionError,
 )
 from . import _transitions as T
 from ._base import TickReport
@@ -119,6 +121,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         replay: Replay | None = None
         outcome: Outcome | None = None
         atomic: _Claim | None = None
+        gated: _Claim | None = None
         # Until when this tick may trust its own view of the journal without
         # reading it again: it held the lease on the only step the workflow
         # waited on (a margin of a tenth of the lease covers clock skew).
@@ -151,6 +154,9 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                     if outcome is not None:
                         self._checkpoint(run, replay, outcome, writes)
                         outcome = None
+                        if gated is not None:
+                            self._release(gated)
+                            gated = None
                     if atomic is not None:
                         claim, atomic = atomic, None
                         if _holds(replay, claim):
@@ -159,6 +165,8 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                             done = self._execute(run, claim, span, atomic=True)
                             self._checkpoint(run, replay, done, writes)
                             steps_run += 1
+                        if claim.gates:
+                            self._release(claim)
                     run, claimed = self._drive(run, replay, deadline, writes)
                 if claimed is None:
                     if run.status.finished:
@@ -178,6 +186,8 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                         self._hold_call(run_id, claimed)
                     continue
                 outcome = self._execute(run, claimed, span)
+                if claimed.gates:
+                    gated = claimed  # its slot is given back with its checkpoint
                 steps_run += 1
         except StillRunning as exc:
             replay = None
@@ -310,21 +320,43 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
             if progressed:
                 continue
             claimed: _Claim | None = None
-            if ready and self.clock.monotonic() < deadline:
+            gate: FlowGate | None = None
+            while ready and claimed is None and self.clock.monotonic() < deadline:
                 pending, record = ready.pop(0)
-                claimed = self._claim(
-                    run, pending, record, now, writes, alone=len(decision.pending) == 1
-                )
+                alone = len(decision.pending) == 1
+                if pending.step.flow is None:
+                    claimed = self._claim(run, pending, record, now, writes, alone=alone)
+                else:
+                    try:
+                        claimed, retry_at, gate = self._claim_gated(
+                            run, pending, record, now, writes, alone=alone
+                        )
+                    except WorkflowDefinitionError as exc:
+                        # A key that cannot be computed fails the step, as its
+                        # function's own error would: the workflow may catch it.
+                        failed = T.fail(record, ErrorInfo.from_exception(exc), now)
+                        writes.add(failed)
+                        replay.settle(failed)
+                        progressed = True
+                        break
+                    if retry_at is not None:
+                        timers.append(retry_at)  # denied a slot: wait, no attempt spent
+                        continue
+                assert claimed is not None
                 replay.settle(claimed.record)
                 if claimed.lease_until is not None:
                     leases.append(claimed.lease_until)
+            if progressed:
+                continue
             if ready:
                 timers.append(now)  # more ready steps: another worker (or tick) may help
+                if gate is None:
+                    gate = _first_gate(ready)
             wake_at = min(timers, default=None)
             if self.scheduler.lease_wakeups and leases:
                 wake_at = min(wake_at or leases[0], *leases)
             unsaved = run
-            run = self._set_wake(run, wake_at, now)
+            run = self._set_wake(run, wake_at, now, gate=gate)
             current = [replay.records.get(p.position) for p in decision.pending]
             if T.unguarded(run, (r for r in current if r is not None), now):
                 # Never expected: every path above guards the run. A wake-up
@@ -415,6 +447,8 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         writes: _Writes,
         *,
         alone: bool,
+        owner: str | None = None,
+        gates: tuple[FlowGate, ...] = (),
     ) -> _Claim:
         lease = self._lease_for(pending.step)
         if T.lapsed(record, now) and record.lease_until is not None:
@@ -423,11 +457,80 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
             retried = T.lapsed_attempt(record, error, record.lease_until - lease)
             self._observe_failed(run, record, error, retried, record.lease_until)
             record = retried
-        owner = uuid.uuid4().hex
+        owner = owner or uuid.uuid4().hex
         lease_until = now + lease
         claim = T.claim(record, owner, lease_until)
         writes.add(claim)
-        return _Claim(pending, claim, owner, lease_until, alone, now)
+        return _Claim(pending, claim, owner, lease_until, alone, now, gates)
+
+    def _claim_gated(
+        self,
+        run: RunState,
+        pending: Pending,
+        record: StepRecord,
+        now: datetime,
+        writes: _Writes,
+        *,
+        alone: bool,
+    ) -> tuple[_Claim | None, datetime | None, FlowGate | None]:
+        """Claim a flow-controlled step if its keys have room: (claim, retry at, gate).
+
+        Denied, the step is left as it is (no attempt spent) and the answer
+        says when a slot may be free at the latest; the run is also woken
+        sooner, when a holder of the key settles its step (``_release``).
+        """
+        step = pending.step
+        assert isinstance(step, RunStep) and step.flow is not None
+        gates = step.flow.gates(step.args, step.kwargs)
+        owner = uuid.uuid4().hex
+        retry_at = self.store.take_flow_slot(gates, run.run_id, pending.position, owner, now)
+        if retry_at is not None:
+            log.info(
+                "run %s: step %r waits for a slot of %s until %s at the latest",
+                run.run_id,
+                step.name,
+                ", ".join(repr(g.key) for g in gates),
+                retry_at.isoformat(timespec="milliseconds"),
+            )
+            return None, max(retry_at, now), gates[0]
+        claim = self._claim(
+            run, pending, record, now, writes, alone=alone, owner=owner, gates=gates
+        )
+        return claim, None, None
+
+    def _release(self, claim: _Claim) -> None:
+        """The claimed flow-controlled step settled: wake a run waiting for each of its keys.
+
+        Under the keys' locks, so a run that is denied a slot concurrently is
+        either seen here or sees the slot free. The runs are woken after the
+        commit, each in its own transaction (never holding this run's lock).
+        """
+        gates = claim.gates
+        woken = self.store.release_flow_slot([g.key for g in gates], self.clock.now())
+        for run_id, gate in zip(woken, gates, strict=False):
+            self.store.on_commit(functools.partial(self._wake_for_slot, run_id, gate))
+
+    def _wake_for_slot(self, run_id: str, gate: FlowGate) -> None:
+        """Wake a run for a free slot; one that ended meanwhile passes it to the next waiter.
+
+        Each look is its own transaction: a run's lock is never taken while
+        a key's lock is held (ticks take them the other way round).
+        """
+        woken: str | None = run_id
+        try:
+            while woken is not None:
+                with self.store.atomic():
+                    run = self.store.lock_run(woken)
+                    if run is not None and not run.status.finished:
+                        self._save_woken(T.wake(run, self.clock.now()), gate)
+                        return
+                with self.store.atomic():
+                    passed = self.store.release_flow_slot([gate.key], self.clock.now())
+                woken = passed[0] if passed else None
+        except Exception:
+            # Not stranded: a waiting run's own wake-up is set for the latest
+            # time a slot may be free.
+            log.exception("run %s: could not be woken for a free slot", woken)
 
     def _lease_for(self, step: Any) -> timedelta:
         # A dispatched call is claimed for the usual lease, and held for the
@@ -650,6 +753,8 @@ class _Claim:
     alone: bool = False
     #: When it was claimed: the attempt's start.
     claimed_at: datetime | None = None
+    #: The flow-control keys whose slots the claim holds.
+    gates: tuple[FlowGate, ...] = ()
 
 
 def waiting_children(store: Store, run_id: str) -> list[str]:
@@ -678,6 +783,18 @@ def _holds(replay: Replay, claim: _Claim) -> bool:
         and record.status is _PENDING
         and record.lease_owner == claim.record_owner
     )
+
+
+def _first_gate(ready: list[tuple[Pending, StepRecord]]) -> FlowGate | None:
+    """The first gate of the ready steps left for the next tick (its wake-up carries it)."""
+    for pending, _ in ready:
+        step = pending.step
+        if isinstance(step, RunStep) and step.flow is not None:
+            try:
+                return step.flow.gates(step.args, step.kwargs)[0]
+            except WorkflowDefinitionError:
+                return None
+    return None
 
 
 def _is_atomic(pending: Pending) -> bool:

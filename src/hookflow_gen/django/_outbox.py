@@ -29,6 +29,8 @@ from django.db import DatabaseError
 from django.db.models import F
 
 if TYPE_CHECKING:
+    from qstash.message import FlowControl
+
     from ._qstash import QStashScheduler
 
 __all__ = ["FlushReport", "flush", "owe", "owed_key", "send_owed"]
@@ -58,18 +60,25 @@ def owed_key(run_id: str, seq: int, after: str | None = None) -> str:
     return f"{run_id}-{seq}" if after is None else f"{run_id}-{seq}-{after}"
 
 
-def owe(using: str, run_id: str, seq: int, wake_at: datetime, *, after: str | None = None) -> str:
+def owe(
+    using: str,
+    run_id: str,
+    seq: int,
+    wake_at: datetime,
+    *,
+    after: str | None = None,
+    flow: FlowControl | None = None,
+) -> str:
     """Write the row for a wake-up in the open transaction; its key.
 
     A second row for the same wake-up is ignored (``ON CONFLICT DO NOTHING``).
+    ``flow`` is the message's QStash flow control, kept for every re-send.
     """
     from .models import Outbox
 
     key = owed_key(run_id, seq, after)
-    Outbox.objects.using(using).bulk_create(
-        [Outbox(dedup_id=key, run_id=run_id, seq=seq, wake_at=wake_at, after=after)],
-        ignore_conflicts=True,
-    )
+    row = Outbox(dedup_id=key, run_id=run_id, seq=seq, wake_at=wake_at, after=after, flow=flow)
+    Outbox.objects.using(using).bulk_create([row], ignore_conflicts=True)
     return key
 
 
@@ -82,6 +91,7 @@ def send_owed(
     seq: int,
     wake_at: datetime,
     after: str | None = None,
+    flow: FlowControl | None = None,
 ) -> bool:
     """Publish one owed wake-up and delete its row; False (logged) if the publish failed.
 
@@ -91,7 +101,7 @@ def send_owed(
 
     rows = Outbox.objects.using(using)
     try:
-        scheduler.publish_wakeup(run_id, seq, wake_at, after=after)
+        scheduler.publish_wakeup(run_id, seq, wake_at, after=after, flow=flow)
     except Exception as exc:
         log.warning(
             "run %s: the wake-up %d could not be published (%s); it stays in the outbox and "
@@ -143,11 +153,13 @@ def flush(
     # A finished (or deleted) run needs no wake-up: its debts are void.
     live = Run.objects.using(using).filter(status="running").values("run_id")
     rows.exclude(run_id__in=live).delete()
-    owed = list(rows.values_list("dedup_id", "run_id", "seq", "wake_at", "after")[:limit])
+    owed = list(rows.values_list("dedup_id", "run_id", "seq", "wake_at", "after", "flow")[:limit])
     sent = failed = 0
     error: str | None = None
-    for key, owed_run, seq, wake_at, after in owed:
-        if send_owed(scheduler, using, key, run_id=owed_run, seq=seq, wake_at=wake_at, after=after):
+    for key, owed_run, seq, wake_at, after, flow in owed:
+        if send_owed(
+            scheduler, using, key, run_id=owed_run, seq=seq, wake_at=wake_at, after=after, flow=flow
+        ):
             sent += 1
         else:
             failed += 1

@@ -67,6 +67,7 @@ from urllib.parse import urlencode
 from django.core import checks
 from qstash import QStash
 from qstash.http import RetryConfig
+from qstash.message import FlowControl
 
 from .._codec import adapter_for
 from ..exceptions import ConfigurationError
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
 
     from django.core.management.base import CommandParser
 
+    from .._flow import FlowGate
     from .._runtime import Runtime, StepInfo
     from .._steps import CallStep
     from .._store import RunState, Store
@@ -87,6 +89,7 @@ __all__ = [
     "check_qstash",
     "qstash_dev",
     "qstash_dev_arguments",
+    "qstash_flow_control",
 ]
 
 log = logging.getLogger("hookflow_gen.qstash")
@@ -423,8 +426,49 @@ class QStashScheduler:
 
         store.on_commit(publish)
 
+    def wake_gated(self, store: Store, run: RunState, gate: FlowGate) -> None:
+        """``wake`` for a run whose next step is flow-controlled: the message carries the gate.
+
+        QStash then holds the delivery back while ``gate.max_active``
+        deliveries of the key are in flight, or the key's rate is spent
+        (``Upstash-Flow-Control-Key`` / ``-Value``), so waiting runs cost no
+        deliveries that would only be denied. The database still enforces
+        the limits exactly: QStash counts deliveries, not running steps.
+        """
+        wake_at = run.wake_at
+        if wake_at is None:
+            return
+        run_id, seq = run.run_id, run.wake_seq
+        flow = qstash_flow_control(gate)
+        from ._store import DjangoStore
+
+        if isinstance(store, DjangoStore):
+            from . import _outbox
+
+            using = store.db
+            key = _outbox.owe(using, run_id, seq, wake_at, flow=flow)
+
+            def send() -> None:
+                _outbox.send_owed(
+                    self, using, key, run_id=run_id, seq=seq, wake_at=wake_at, flow=flow
+                )
+
+            store.on_commit(send)
+            return
+
+        def publish() -> None:
+            self.publish_wakeup(run_id, seq, wake_at, flow=flow)
+
+        store.on_commit(publish)
+
     def publish_wakeup(
-        self, run_id: str, seq: int, wake_at: datetime, *, after: str | None = None
+        self,
+        run_id: str,
+        seq: int,
+        wake_at: datetime,
+        *,
+        after: str | None = None,
+        flow: FlowControl | None = None,
     ) -> str | None:
         """Publish one wake-up message now; the message id, or None if already sent.
 
@@ -436,6 +480,8 @@ class QStashScheduler:
             after: the id of a delivery that came before ``wake_at`` (a hop,
                 or a clock ahead of ours); it makes the deduplication id new,
                 so the re-published wake-up is not dropped as a duplicate.
+            flow: QStash flow control for the delivery (the run's next step
+                is flow-controlled).
 
         Raises:
             qstash.errors.QStashError: QStash refused the message.
@@ -462,6 +508,7 @@ class QStashScheduler:
             not_before=not_before,
             retries=self.config.retries,
             retry_delay=self.config.retry_delay,
+            flow_control=flow,
         )
         self._remember(dedup)
         message_id: str = response.message_id
@@ -527,6 +574,24 @@ class QStashScheduler:
                     self.publish_wakeup(run.run_id, run.wake_seq, wake_at, after=after) is not None
                 )
         return sent
+
+
+def qstash_flow_control(gate: FlowGate) -> FlowControl:
+    """A flow-control gate as the ``qstash`` client's ``FlowControl``.
+
+    The key keeps letters, digits, ``-``, ``_`` and ``.`` (any other
+    character becomes ``_``: keys that then coincide share QStash's limits,
+    which is stricter, never looser). QStash counts the rate's period in
+    whole seconds: a fraction is rounded up, which again only slows it.
+    """
+    key = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in gate.key)
+    control: FlowControl = {"key": key}
+    if gate.max_active is not None:
+        control["parallelism"] = gate.max_active
+    if gate.rate is not None and gate.period is not None:
+        control["rate"] = gate.rate
+        control["period"] = max(1, math.ceil(gate.period.total_seconds()))
+    return control
 
 
 # -- system checks ----------------------------------------------------------------

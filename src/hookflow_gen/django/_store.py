@@ -8,7 +8,7 @@ model instances, since these methods sit on the per-step hot path.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import InterfaceError, OperationalError, connections, router, transaction
@@ -22,11 +22,12 @@ from .._updates import UpdateState, UpdateStatus
 if TYPE_CHECKING:
     import contextlib
     from collections.abc import Callable, Sequence
-    from datetime import timedelta
 
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.models import QuerySet
     from django.db.models.sql.compiler import SQLCompiler
+
+    from .._flow import FlowGate
 
 __all__ = ["DjangoStore"]
 
@@ -346,6 +347,28 @@ def _statements_for(connection: BaseDatabaseWrapper) -> _Statements:
     return found
 
 
+_ZERO = timedelta(0)
+
+
+def _flow_lock(key: str) -> str:
+    return f"flow:{key}"
+
+
+def _live_leases(using: str, now: datetime) -> QuerySet[Any, Any]:
+    """The step a ``FlowStart`` row (the outer query) names, if it holds a live lease."""
+    from django.db.models import OuterRef
+
+    from .models import Step
+
+    return Step.objects.using(using).filter(
+        run_id=OuterRef("run_id"),
+        position=OuterRef("position"),
+        lease_owner=OuterRef("owner"),
+        status=StepStatus.PENDING.value,
+        lease_until__gt=now,
+    )
+
+
 class DjangoStore:
     """Runs, journals and buffered events in the Django database.
 
@@ -602,6 +625,92 @@ class DjangoStore:
             reason=update.reason,
             answered_at=update.answered_at,
         )
+
+    # -- flow control ------------------------------------------------------------
+
+    def take_flow_slot(
+        self, gates: Sequence[FlowGate], run_id: str, position: int, owner: str, now: datetime
+    ) -> datetime | None:
+        """Take a slot of every gate, or join the waiting lists; see ``Store``.
+
+        Each key is locked with ``lock_key`` (an advisory lock on
+        PostgreSQL), so two claimers never both count the last slot free. A
+        slot is a ``FlowStart`` row whose step still holds that owner's live
+        lease, counted with one query per key; the rate counts the rows
+        started in its window.
+        """
+        from django.db.models import Exists, Subquery
+
+        from .models import FlowStart, FlowWaiter
+
+        for gate in gates:
+            self.lock_key(_flow_lock(gate.key))
+        db = self.db
+        live = _live_leases(db, now)
+        retry_at: datetime | None = None
+        full: list[str] = []
+        for gate in gates:
+            starts = FlowStart.objects.using(db).filter(key=gate.key)
+            if gate.max_active is not None:
+                held: list[datetime] = list(
+                    starts.annotate(until=Subquery(live.values("lease_until")[:1]))
+                    .filter(until__isnull=False)
+                    .order_by("until")
+                    .values_list("until", flat=True)[: gate.max_active]
+                )
+                if len(held) >= gate.max_active:
+                    full.append(gate.key)
+                    retry_at = max(retry_at or held[0], held[0])
+            if gate.rate is not None and gate.period is not None:
+                # The rate-th newest start in the window, if there is one: the
+                # window is full until it leaves. One row, whatever the rate.
+                nth: datetime | None = (
+                    starts.filter(started_at__gt=now - gate.period)
+                    .order_by("-started_at")
+                    .values_list("started_at", flat=True)[gate.rate - 1 : gate.rate]
+                    .first()
+                )
+                if nth is not None:
+                    opens = nth + gate.period
+                    retry_at = max(retry_at or opens, opens)
+        if retry_at is not None:
+            FlowWaiter.objects.using(db).bulk_create(
+                [FlowWaiter(key=key, run_id=run_id, since=now) for key in full],
+                ignore_conflicts=True,
+            )
+            return retry_at
+        for gate in gates:
+            # Rows that neither hold a slot nor count toward the rate any more.
+            (
+                FlowStart.objects.using(db)
+                .filter(key=gate.key, started_at__lte=now - (gate.period or _ZERO))
+                .filter(~Exists(live))
+                .delete()
+            )
+        FlowStart.objects.using(db).bulk_create(
+            [
+                FlowStart(key=g.key, run_id=run_id, position=position, owner=owner, started_at=now)
+                for g in gates
+            ]
+        )
+        FlowWaiter.objects.using(db).filter(
+            run_id=run_id, key__in=[gate.key for gate in gates]
+        ).delete()
+        return None
+
+    def release_flow_slot(self, keys: Sequence[str], now: datetime) -> list[str]:
+        """Take the oldest waiting run off each key's list, under the key's lock."""
+        from .models import FlowWaiter
+
+        woken: list[str] = []
+        for key in keys:
+            self.lock_key(_flow_lock(key))
+            waiters = FlowWaiter.objects.using(self.db).filter(key=key)
+            first = waiters.order_by("since", "id").values_list("id", "run_id").first()
+            if first is not None:
+                FlowWaiter.objects.using(self.db).filter(pk=first[0]).delete()
+                woken.append(first[1])
+        return woken
 
     def is_transient(self, exc: BaseException) -> bool:
         """True for errors a retry can fix: a lost connection, a locked database."""

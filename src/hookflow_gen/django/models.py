@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from django.db import models
 from django.utils import timezone
 
-__all__ = ["Event", "Outbox", "Run", "SeenSignature", "Step", "Update"]
+__all__ = ["Event", "FlowStart", "FlowWaiter", "Outbox", "Run", "SeenSignature", "Step", "Update"]
 
 
 class Run(models.Model):
@@ -288,6 +288,11 @@ class Outbox(models.Model):
     )
     attempts: models.PositiveIntegerField[int, int] = models.PositiveIntegerField(default=0)
     last_error: models.TextField[str | None, str | None] = models.TextField(null=True, blank=True)
+    flow: models.JSONField[Any, Any] = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="QStash flow control of the wake-up (the run's next step is limited).",
+    )
 
     class Meta:
         verbose_name = "QStash outbox message"
@@ -296,3 +301,49 @@ class Outbox(models.Model):
 
     def __str__(self) -> str:
         return f"wake-up {self.dedup_id}"
+
+
+class FlowStart(models.Model):
+    """An attempt of a flow-controlled step that started, on one of its keys.
+
+    The attempt holds a slot of the key's concurrency while its step row
+    still holds the lease of ``owner``: a settled step, or a lapsed lease
+    (a killed worker), holds none, with no row to update. Rows count
+    toward the key's rate for its period, and are deleted after that.
+    """
+
+    id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    key: models.CharField[str, str] = models.CharField(max_length=400)
+    run_id: models.CharField[str, str] = models.CharField(max_length=255)
+    position: models.IntegerField[int, int] = models.IntegerField()
+    owner: models.CharField[str, str] = models.CharField(max_length=64)
+    started_at: models.DateTimeField[datetime, datetime] = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "flow-control start"
+        verbose_name_plural = "flow-control starts"
+        indexes: ClassVar[tuple[models.Index, ...]] = (
+            models.Index(fields=("key", "started_at"), name="hookflow_flowstart_key"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.run_id} #{self.position}"
+
+
+class FlowWaiter(models.Model):
+    """A run waiting for a slot of a flow-control key; the oldest is woken first."""
+
+    id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    key: models.CharField[str, str] = models.CharField(max_length=400)
+    run_id: models.CharField[str, str] = models.CharField(max_length=255)
+    since: models.DateTimeField[datetime, datetime] = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "flow-control waiter"
+        verbose_name_plural = "flow-control waiters"
+        constraints: ClassVar[tuple[models.BaseConstraint, ...]] = (
+            models.UniqueConstraint(fields=("key", "run_id"), name="hookflow_flowwaiter_unique"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.run_id}"
