@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -194,3 +196,28 @@ def doomed(ctx: Context, numbers: Numbers) -> Flow[int]:
 def crashy(ctx: Context, slow: Slow) -> Flow[str]:
     """A slow non-atomic step that leaves a marker when it starts."""
     return (yield from ctx.run("slow", slow_with_marker, slow.marker, slow.seconds))
+
+
+#: What ``rendezvous`` steps wait on, by name: set by the worker concurrency tests.
+RENDEZVOUS: dict[str, threading.Barrier] = {}
+#: Called by a ``rendezvous`` step before it waits, by barrier name.
+PROBES: dict[str, Callable[[], None]] = {}
+
+
+class Meet(BaseModel):
+    barrier: str
+
+
+def meet(barrier: str) -> int:
+    """Block until every party of the named barrier arrived (ticks overlap), or fail."""
+    _record()
+    probe = PROBES.get(barrier)
+    if probe is not None:
+        probe()
+    return RENDEZVOUS[barrier].wait()
+
+
+@workflow
+def rendezvous(ctx: Context, meet_at: Meet) -> Flow[int]:
+    """One step that returns only once as many steps as the barrier has parties meet."""
+    return (yield from ctx.run("meet", meet, meet_at.barrier))

@@ -197,3 +197,24 @@ def test_gather_branches_run_on_two_workers(worker_env: dict[str, str]) -> None:
     assert len(rows) == 4
     span = max(end for _, end in rows) - min(start for start, _ in rows)
     assert span < 3.2, f"the branches took {span:.2f}s: they did not run in parallel"
+
+
+def test_sigterm_lets_the_ticks_in_flight_finish(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM while three slow steps run on three threads: each finishes, the worker exits 0."""
+    marker = tmp_path / "marker"
+    handles = [crashy.start(Slow(marker=str(marker), seconds=2.0)) for _ in range(3)]
+    process = _worker(worker_env, "--concurrency", "3")
+    lines = _Lines(process)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if marker.exists() and marker.read_text().count("started") == 3:
+            break
+        time.sleep(0.02)
+    assert marker.read_text().count("started") == 3, "the three steps did not start together"
+    process.send_signal(signal.SIGTERM)
+    output = lines.finish(timeout=60)
+    assert "stopping" in output
+    assert all(handle.result() == "done" for handle in handles), output
+    assert Execution.objects.filter(name="slow").count() == 3

@@ -151,6 +151,14 @@ def _worker_arguments(parser: CommandParser) -> None:
     parser.add_argument(
         "--max-ticks", type=int, default=None, metavar="N", help="Exit after N ticks."
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Run up to N ticks at once, on threads with a database connection each "
+        "(default 1): steps waiting on I/O overlap.",
+    )
 
 
 class _StopOnSignals:
@@ -173,7 +181,7 @@ class _StopOnSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.worker.stopping and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        log.info("%s received: stopping after the current tick", signal.Signals(signum).name)
+        log.info("%s received: stopping after the ticks in progress", signal.Signals(signum).name)
         self.worker.stop()
 
 
@@ -208,12 +216,21 @@ def _worker(command: Command, options: dict[str, Any]) -> None:
     max_ticks: int | None = options["max_ticks"]
     if max_ticks is not None and max_ticks < 1:
         raise CommandError("--max-ticks must be at least 1")
+    concurrency: int = options["concurrency"]
+    if concurrency < 1:
+        raise CommandError("--concurrency must be at least 1")
     worker = Worker(
         runtime,
         poll_interval=settings.poll_interval.total_seconds(),
         close_connections=True,
+        concurrency=concurrency,
     )
-    log.info("worker started (lease %s, poll every %s)", runtime.lease, settings.poll_interval)
+    log.info(
+        "worker started (lease %s, poll every %s, %d tick(s) at once)",
+        runtime.lease,
+        settings.poll_interval,
+        concurrency,
+    )
     with _StopOnSignals(worker):
         ticks = worker.run(
             once=options["once"], until_idle=options["until_idle"], max_ticks=max_ticks
