@@ -46,4 +46,9 @@ else:
         }
     }
 
+# ``HOOKFLOW_BENCH_CONN_MAX_AGE``: seconds a worker keeps its connections
+# between ticks (Django's ``CONN_MAX_AGE``; default 0, a connection per tick).
+for _database in DATABASES.values():
+    _database["CONN_MAX_AGE"] = float(os.environ.get("HOOKFLOW_BENCH_CONN_MAX_AGE", "0"))
+
 HOOKFLOW = {"SCHEDULER": "database", "POLL_INTERVAL": 0.01, "TICK_BUDGET": 10}
