@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -221,3 +222,10 @@ def meet(barrier: str) -> int:
 def rendezvous(ctx: Context, meet_at: Meet) -> Flow[int]:
     """One step that returns only once as many steps as the barrier has parties meet."""
     return (yield from ctx.run("meet", meet, meet_at.barrier))
+
+
+if os.environ.get("HOOKFLOW_TEST_SCHEDULES") == "1":
+    # A worker subprocess of the schedule tests: it starts their scheduled runs.
+    from . import scheduled
+
+    scheduled.register()

@@ -30,6 +30,7 @@ EXPECTED = [
     "RunState",
     "RunStatus",
     "RunStep",
+    "Schedule",
     "SleepStep",
     "Step",
     "StepCancelled",

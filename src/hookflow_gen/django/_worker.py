@@ -51,6 +51,10 @@ class Worker:
             wake (``_sweep.sweep``: also the QStash outbox); None: never.
         concurrency: how many ticks may run at once (1: in the calling
             thread, one after the other).
+        schedules: start the runs of the registered cron schedules as their
+            ticks fall due (``_schedules.start_due_schedules``: once per
+            tick across every worker). Off on a QStash site, where QStash
+            schedules start them.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Worker:
         close_connections: bool = False,
         recover_every: float | None = 60.0,
         concurrency: int = 1,
+        schedules: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(
@@ -75,6 +80,9 @@ class Worker:
         self.close_connections = close_connections
         self.recover_every = recover_every
         self.concurrency = concurrency
+        self.schedules = schedules
+        # When the next schedule tick falls; None: look at the next round.
+        self._next_schedule_tick: datetime | None = None
         self._next_recovery = time.monotonic()
         self._stop = threading.Event()
         # Set when a tick thread finishes a tick, or on stop: the claiming loop waits on it.
@@ -114,12 +122,13 @@ class Worker:
                 _close_old_connections()
             self._recover_now_and_then()
             now = clock.now()
+            self._start_scheduled(now)
             if self._tick_one(now):
                 ticks += 1
                 continue
             if once:
                 break
-            next_due = self.store.next_wake()
+            next_due = self._next_due()
             wait = self.poll_interval
             if next_due is not None:
                 ahead = (next_due - now).total_seconds()
@@ -131,6 +140,25 @@ class Worker:
                 break
             self._sleep(wait)
         return ticks
+
+    def _next_due(self) -> datetime | None:
+        """When a run or a schedule tick falls due next."""
+        times = [self.store.next_wake(), self._next_schedule_tick if self.schedules else None]
+        return min((t for t in times if t is not None), default=None)
+
+    def _start_scheduled(self, now: datetime) -> None:
+        """Start the runs of the schedule ticks due at ``now`` (when one may be)."""
+        if not self.schedules:
+            return
+        if self._next_schedule_tick is not None and now < self._next_schedule_tick:
+            return
+        from ._schedules import start_due_schedules
+
+        try:
+            _, self._next_schedule_tick = start_due_schedules(self.runtime, now)
+        except Exception:
+            log.exception("could not start the scheduled runs")
+            self._next_schedule_tick = None
 
     def _recover_now_and_then(self) -> None:
         if self.recover_every is None or time.monotonic() < self._next_recovery:
@@ -158,6 +186,7 @@ class Worker:
                     _close_old_connections()
                 self._recover_now_and_then()
                 now = clock.now()
+                self._start_scheduled(now)
                 claimed = self._claim(now, pool.in_flight())
                 if claimed is not None:
                     pool.submit(*claimed)
@@ -169,7 +198,7 @@ class Worker:
                     continue
                 if once:
                     break
-                next_due = self.store.next_wake()
+                next_due = self._next_due()
                 wait = self.poll_interval
                 if next_due is not None:
                     ahead = (next_due - now).total_seconds()

@@ -4,6 +4,7 @@ Subcommands:
 
 - ``worker``: the database scheduler's worker; ticks runs as they fall due.
 - ``runs``: recent runs and their status.
+- ``schedules``: the cron schedules, their last tick and next fire time.
 - ``show RUN_ID``: a run and its step timeline.
 - ``cancel RUN_ID``: cancel a run (and its children).
 - ``notify KEY JSON``: send an event.
@@ -224,6 +225,7 @@ def _worker(command: Command, options: dict[str, Any]) -> None:
         poll_interval=settings.poll_interval.total_seconds(),
         close_connections=True,
         concurrency=concurrency,
+        schedules=settings.scheduler == "database",
     )
     log.info(
         "worker started (lease %s, poll every %s, %d tick(s) at once)",
@@ -236,6 +238,31 @@ def _worker(command: Command, options: dict[str, Any]) -> None:
             once=options["once"], until_idle=options["until_idle"], max_ticks=max_ticks
         )
     log.info("worker stopped after %d tick(s)", ticks)
+
+
+# -- schedules -----------------------------------------------------------------------
+
+
+@subcommand("schedules", "List the cron schedules with their last tick and next fire time.")
+def _schedules(command: Command, options: dict[str, Any]) -> None:
+    from hookflow_gen.django._schedules import schedule_statuses
+
+    runtime = _runtime()
+    store = _store(runtime)
+    statuses = schedule_statuses(runtime.clock.now(), store.db)
+    if not statuses:
+        command.stdout.write("no schedules (pass @workflow(schedule=...) to add one)")
+        return
+    table = [("SCHEDULE", "WORKFLOW", "CRON (UTC)", "LAST TICK", "NEXT TICK", "LAST RUN")]
+    table += [
+        (s.name, s.workflow, s.cron, _when(s.last_tick), _when(s.next_tick), s.last_run_id or "-")
+        for s in statuses
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        command.stdout.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 # -- runs, show ----------------------------------------------------------------------
