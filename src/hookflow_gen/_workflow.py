@@ -130,6 +130,11 @@ class Workflow(Generic[M, R]):
             named = dataclasses.replace(typed, name=typed.name or self.name)
             try:
                 named.check()
+            except WorkflowDefinitionError as exc:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}, schedule {named.name!r}: {exc}"
+                ) from None
+            try:
                 encode(self.payload_adapter, named.payload, what="the schedule's payload")
             except HookflowError as exc:
                 hint = ""
