@@ -21,8 +21,8 @@ from ._journal import ErrorInfo as ErrorInfo
 from ._journal import StepRecord as StepRecord
 from ._journal import StepStatus as StepStatus
 from ._runtime import StepInfo as StepInfo
-from ._schedule import Schedule as Schedule
 from ._runtime import current_step as current_step
+from ._schedule import Schedule as Schedule
 from ._steps import CallResponse as CallResponse
 from ._steps import CallStep as CallStep
 from ._steps import EventStep as EventStep

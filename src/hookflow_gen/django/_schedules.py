@@ -28,7 +28,13 @@ from ._store import DjangoStore
 if TYPE_CHECKING:
     from .._runtime import Runtime
 
-__all__ = ["ScheduleStatus", "schedule_statuses", "start_due_schedules"]
+__all__ = [
+    "ScheduleStatus",
+    "find_schedule",
+    "schedule_statuses",
+    "start_due_schedules",
+    "start_tick",
+]
 
 log = logging.getLogger("hookflow_gen.schedules")
 
@@ -107,6 +113,29 @@ def _start_due(
         cursor.updated_at = now
         cursor.save(using=store.db)
     return started
+
+
+def find_schedule(name: str) -> tuple[Workflow[Any, Any], Schedule[Any]] | None:
+    """The registered schedule called ``name``, with its workflow."""
+    return next(((wf, s) for wf, s in registered_schedules() if s.name == name), None)
+
+
+def start_tick(
+    runtime: Runtime, workflow: Workflow[Any, Any], schedule: Schedule[Any], fired_at: datetime
+) -> tuple[str, bool]:
+    """Start the run of the tick ``fired_at`` belongs to (the latest at or before it).
+
+    Used for QStash deliveries of a schedule: every delivery of one firing
+    (retries, duplicates) maps to the same tick, so to the same run.
+    Returns (run id, whether this call created it).
+    """
+    ticks = latest_ticks(schedule.cron, None, fired_at, 1)
+    tick = ticks[0] if ticks else fired_at
+    run_id = schedule_run_id(str(schedule.name), tick)
+    run, created = runtime.start_run(workflow, schedule.payload, run_id=run_id)
+    if created:
+        log.info("schedule %r: started run %s", schedule.name, run_id)
+    return run.run_id, created
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ Subcommands:
   outbox and repair dead letters), once.
 - ``qstash-schedule``: create (or update) the QStash schedule that calls the
   sweep endpoint, so a QStash site repairs itself without a worker.
+- ``qstash-schedules``: create, update and delete the QStash schedules of the
+  workflows' cron schedules (``@workflow(schedule=...)``).
 
 Each subcommand is one entry of ``SUBCOMMANDS``: add one with the
 ``subcommand`` decorator.
@@ -590,3 +592,89 @@ def _qstash_schedule(command: Command, options: dict[str, Any]) -> None:
         raise CommandError(f"QStash refused the schedule: {exc}") from None
     verb = "updated" if existing is not None else "created"
     command.stdout.write(f"schedule {schedule_id!r} {verb}: QStash calls {url} at {cron!r}")
+
+
+# -- qstash-schedules -----------------------------------------------------------------
+
+#: The prefix of the QStash schedule ids ``qstash-schedules`` manages (and may delete).
+SCHEDULE_ID_PREFIX = "hookflow-schedule-"
+
+
+def _schedule_id(name: str) -> str:
+    """The QStash schedule id of a workflow schedule: the prefix and its name, made safe."""
+    import hashlib
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+    if safe != name:  # keep two names that only differ in unsafe characters apart
+        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return SCHEDULE_ID_PREFIX + safe
+
+
+def _qstash_schedules_arguments(parser: CommandParser) -> None:
+    parser.add_argument(
+        "--dry-run", action="store_true", help="Say what would change; change nothing."
+    )
+
+
+@subcommand(
+    "qstash-schedules",
+    "Create, update and delete the QStash schedules of the workflows' cron schedules.",
+    _qstash_schedules_arguments,
+)
+def _qstash_schedules(command: Command, options: dict[str, Any]) -> None:
+    import httpx
+    from qstash.errors import QStashError
+
+    from hookflow_gen._workflow import registered_schedules
+    from hookflow_gen.django._qstash import QStashScheduler
+
+    scheduler = _runtime().scheduler
+    if not isinstance(scheduler, QStashScheduler):
+        raise CommandError("qstash-schedules needs HOOKFLOW['SCHEDULER'] = 'qstash'")
+    dry_run: bool = options["dry_run"]
+    wanted: dict[str, tuple[str, str, str]] = {}
+    for _, schedule in registered_schedules():
+        name = str(schedule.name)
+        if len(schedule.cron.split()) != 5:
+            raise CommandError(
+                f"schedule {name!r}: QStash takes five-field cron expressions, not "
+                f"{schedule.cron!r} (seconds run on the database scheduler only)"
+            )
+        try:
+            url = scheduler.schedule_url(name)
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from None
+        wanted[_schedule_id(name)] = (name, url, schedule.cron)
+    write = command.stdout.write
+    prefix = "would be " if dry_run else ""
+    try:
+        client = scheduler.client
+        existing = {
+            s.schedule_id: s
+            for s in client.schedule.list()
+            if s.schedule_id.startswith(SCHEDULE_ID_PREFIX)
+        }
+        for schedule_id, (name, url, cron) in wanted.items():
+            found = existing.get(schedule_id)
+            if found is not None and found.destination == url and found.cron == cron:
+                write(f"schedule {name!r}: unchanged ({schedule_id}, {cron!r})")
+                continue
+            if not dry_run:
+                # Creating with the same id replaces the schedule: running this again is safe.
+                client.schedule.create(
+                    destination=url, cron=cron, schedule_id=schedule_id, body="{}",
+                    content_type="application/json",
+                )  # fmt: skip
+            verb = "updated" if found is not None else "created"
+            write(f"schedule {name!r}: {prefix}{verb} ({schedule_id}, {cron!r} -> {url})")
+        for schedule_id in sorted(set(existing) - set(wanted)):
+            if not dry_run:
+                client.schedule.delete(schedule_id)
+            write(f"schedule {schedule_id}: {prefix}deleted (no workflow has it any more)")
+    except ConfigurationError as exc:
+        raise CommandError(str(exc)) from None
+    except (QStashError, httpx.HTTPError) as exc:
+        raise CommandError(f"QStash refused: {exc}") from None
+    if not wanted and not existing:
+        write("no schedules (pass @workflow(schedule=...) to add one)")
