@@ -119,3 +119,28 @@ def test_each_qstash_firing_starts_one_run_for_its_tick(
     _wait_until(lambda: runs.filter(status="completed").count() == len(expected))
     for run_id in expected:
         assert Execution.objects.filter(run_id=run_id).count() == 1
+
+
+def test_qstash_schedules_refuses_a_six_field_cron(qstash: QStashServer) -> None:
+    """Seconds are for the database scheduler: the command says so and creates nothing."""
+    from django.core.management.base import CommandError
+
+    scheduled.register(scheduled.every_second)
+    try:
+        with pytest.raises(CommandError, match="five-field cron"):
+            _command("qstash-schedules")
+    finally:
+        _registry.pop(scheduled.every_second.name, None)
+    assert qstash.schedules() == []
+
+
+def test_an_unknown_schedule_is_a_permanent_refusal(qstash: QStashServer, live_server: Any) -> None:
+    """A firing for a schedule no workflow has (renamed, removed) gets 489: QStash stops."""
+    client = QStash(qstash.token, base_url=qstash.url)
+    client.message.publish_json(
+        url=f"{live_server.url}/hookflow/qstash/schedule/?schedule=gone", body={}
+    )
+    qstash.wait_idle(timeout=60)
+    [attempt] = qstash.attempts()
+    assert attempt.status == 489
+    assert b"no registered schedule is called 'gone'" in attempt.response_body
