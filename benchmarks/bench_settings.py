@@ -53,3 +53,8 @@ HOOKFLOW = {
     # HOOKFLOW_BENCH_TRACING=off measures the hot path with no tracer at all.
     "TRACING": os.environ.get("HOOKFLOW_BENCH_TRACING", "on") != "off",
 }
+
+# ``HOOKFLOW_BENCH_CONN_MAX_AGE``: seconds a worker keeps its connections
+# between ticks (Django's ``CONN_MAX_AGE``; default 0, a connection per tick).
+for _database in DATABASES.values():
+    _database["CONN_MAX_AGE"] = float(os.environ.get("HOOKFLOW_BENCH_CONN_MAX_AGE", "0"))

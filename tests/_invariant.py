@@ -39,7 +39,7 @@ import os
 import random
 import signal
 import threading
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -355,8 +355,10 @@ class InvariantStore(DjangoStore):
         self._touch(run_id)
         super().save_steps(run_id, records)
 
-    def claim_due(self, now: datetime, lease: timedelta) -> tuple[str, str] | None:
-        claimed = super().claim_due(now, lease)
+    def claim_due(
+        self, now: datetime, lease: timedelta, exclude: Collection[str] = ()
+    ) -> tuple[str, str] | None:
+        claimed = super().claim_due(now, lease, exclude)
         if claimed is not None:
             self.cross("claimed")
         return claimed

@@ -24,6 +24,7 @@ from ._journal import StepRecord as StepRecord
 from ._journal import StepStatus as StepStatus
 from ._runtime import StepInfo as StepInfo
 from ._runtime import current_step as current_step
+from ._schedule import Schedule as Schedule
 from ._steps import CallResponse as CallResponse
 from ._steps import CallStep as CallStep
 from ._steps import ContinueAsNewStep as ContinueAsNewStep
@@ -91,6 +92,7 @@ __all__ = [
     "RunState",
     "RunStatus",
     "RunStep",
+    "Schedule",
     "SleepStep",
     "Step",
     "StepCancelled",

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from pydantic import TypeAdapter
 
-from ._codec import adapter_for
+from ._codec import adapter_for, encode
+from ._schedule import Schedule
 from ._steps import Flow, RetryPolicy
 from .exceptions import (
     DuplicateWorkflowError,
+    HookflowError,
     UnknownWorkflowError,
     WorkflowDefinitionError,
 )
@@ -23,7 +26,13 @@ if TYPE_CHECKING:
     from ._context import Context
     from ._journal import ErrorInfo
 
-__all__ = ["Workflow", "get_workflow", "registered_workflows", "workflow"]
+__all__ = [
+    "Workflow",
+    "get_workflow",
+    "registered_schedules",
+    "registered_workflows",
+    "workflow",
+]
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -51,6 +60,8 @@ class Workflow(Generic[M, R]):
         result_adapter: validates and (de)serialises the result.
         retry: default retry policy for this workflow's steps.
         on_failure: called with (run id, payload, error) when a run fails.
+        schedules: the cron schedules that start runs of it, each with its
+            name set.
     """
 
     __slots__ = (
@@ -61,6 +72,7 @@ class Workflow(Generic[M, R]):
         "payload_adapter",
         "result_adapter",
         "retry",
+        "schedules",
     )
 
     def __init__(
@@ -70,6 +82,7 @@ class Workflow(Generic[M, R]):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         on_failure: FailureHandler | None = None,
+        schedule: str | Schedule[M] | Sequence[Schedule[M]] | None = None,
     ) -> None:
         if not inspect.isgeneratorfunction(fn):
             what = getattr(fn, "__qualname__", repr(fn))
@@ -86,6 +99,58 @@ class Workflow(Generic[M, R]):
         adapters = _adapters(fn)
         self.payload_adapter: TypeAdapter[Any] = adapters[0]
         self.result_adapter: TypeAdapter[Any] = adapters[1]
+        self.schedules: tuple[Schedule[M], ...] = self._resolve_schedules(schedule)
+
+    def _resolve_schedules(
+        self, schedule: str | Schedule[M] | Sequence[Schedule[M]] | None
+    ) -> tuple[Schedule[M], ...]:
+        """The schedules, checked (cron, payload, names) and named."""
+        if schedule is None:
+            return ()
+        given: list[object]
+        if isinstance(schedule, str):
+            given = [Schedule(schedule, None)]
+        elif isinstance(schedule, Schedule):
+            given = [schedule]
+        else:
+            given = list(schedule)
+        resolved: list[Schedule[M]] = []
+        for item in given:
+            if not isinstance(item, Schedule):
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}: a schedule is a cron string or a Schedule, "
+                    f"not {item!r}"
+                )
+            if item.name is None and len(given) > 1:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r} has {len(given)} schedules: give each a name "
+                    "(Schedule(cron, payload, name=...))"
+                )
+            typed = typing.cast("Schedule[M]", item)
+            named = dataclasses.replace(typed, name=typed.name or self.name)
+            try:
+                named.check()
+            except WorkflowDefinitionError as exc:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}, schedule {named.name!r}: {exc}"
+                ) from None
+            try:
+                encode(self.payload_adapter, named.payload, what="the schedule's payload")
+            except HookflowError as exc:
+                hint = ""
+                if isinstance(schedule, str):
+                    hint = (
+                        "; a schedule given as a cron string starts runs with the payload "
+                        "None: pass schedule=Schedule(cron, payload) instead"
+                    )
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}, schedule {named.name!r}: {exc}{hint}"
+                ) from None
+            resolved.append(named)
+        names = [item.name for item in resolved]
+        if len(set(names)) != len(names):
+            raise WorkflowDefinitionError(f"workflow {self.name!r}: two schedules share a name")
+        return tuple(resolved)
 
     def __call__(self, ctx: Context, payload: M) -> Flow[R]:
         """The raw generator, for stepping by hand with ``next``/``send``/``throw``."""
@@ -157,6 +222,15 @@ def _register(wf: Workflow[Any, Any]) -> None:
             f"two workflows are named {wf.name!r}: {_where(existing.fn)} and {_where(wf.fn)}; "
             "pass @workflow(name=...) to tell them apart"
         )
+    for other in _registry.values():
+        if other.name == wf.name:
+            continue
+        clash = {str(s.name) for s in other.schedules} & {str(s.name) for s in wf.schedules}
+        if clash:
+            raise DuplicateWorkflowError(
+                f"workflows {other.name!r} and {wf.name!r} both have a schedule named "
+                f"{sorted(clash)[0]!r}; pass Schedule(..., name=...) to tell them apart"
+            )
     _registry[wf.name] = wf
 
 
@@ -185,6 +259,12 @@ def registered_workflows() -> dict[str, Workflow[Any, Any]]:
     return dict(_registry)
 
 
+def registered_schedules() -> list[tuple[Workflow[Any, Any], Schedule[Any]]]:
+    """Every registered workflow's schedules, as (workflow, schedule), by schedule name."""
+    found = [(wf, schedule) for wf in _registry.values() for schedule in wf.schedules]
+    return sorted(found, key=lambda pair: str(pair[1].name))
+
+
 @overload
 def workflow(fn: Callable[[Context, M], Flow[R]], /) -> Workflow[M, R]: ...
 @overload
@@ -193,6 +273,15 @@ def workflow(
     name: str | None = None,
     retry: RetryPolicy | None = None,
     on_failure: FailureHandler | None = None,
+    schedule: str | None = None,
+) -> Callable[[Callable[[Context, M], Flow[R]]], Workflow[M, R]]: ...
+@overload
+def workflow(
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    on_failure: FailureHandler | None = None,
+    schedule: Schedule[M] | Sequence[Schedule[M]],
 ) -> Callable[[Callable[[Context, M], Flow[R]]], Workflow[M, R]]: ...
 def workflow(
     fn: Callable[[Context, M], Flow[R]] | None = None,
@@ -201,6 +290,7 @@ def workflow(
     name: str | None = None,
     retry: RetryPolicy | None = None,
     on_failure: FailureHandler | None = None,
+    schedule: str | Schedule[M] | Sequence[Schedule[M]] | None = None,
 ) -> Workflow[M, R] | Callable[[Callable[[Context, M], Flow[R]]], Workflow[M, R]]:
     """Make a generator function a durable workflow, bare or with options.
 
@@ -211,10 +301,16 @@ def workflow(
         retry: the default retry policy for the workflow's steps.
         on_failure: ``on_failure(run_id, payload, error)``, called once when
             a run fails for good (e.g. to alert or clean up).
+        schedule: start a run on every tick of a cron schedule: a cron
+            string (the runs' payload is None), a ``Schedule(cron, payload)``
+            or a list of named ``Schedule``s. The expression and payload are
+            checked here (``WorkflowDefinitionError``); the worker (database
+            scheduler) or ``manage.py hookflow qstash-schedules`` (QStash)
+            starts the runs, one per tick.
     """
 
     def decorate(func: Callable[[Context, M], Flow[R]]) -> Workflow[M, R]:
-        wf = Workflow(func, name=name, retry=retry, on_failure=on_failure)
+        wf = Workflow(func, name=name, retry=retry, on_failure=on_failure, schedule=schedule)
         _register(wf)
         return wf
 

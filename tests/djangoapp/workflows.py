@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -301,3 +303,35 @@ def hold_slot(marker: str, seconds: float) -> str:
 def flow_held(ctx: Context, held: Held) -> Flow[str]:
     """One step of which one runs at a time per marker."""
     return (yield from ctx.run("held", hold_slot, held.marker, held.seconds))
+
+
+#: What ``rendezvous`` steps wait on, by name: set by the worker concurrency tests.
+RENDEZVOUS: dict[str, threading.Barrier] = {}
+#: Called by a ``rendezvous`` step before it waits, by barrier name.
+PROBES: dict[str, Callable[[], None]] = {}
+
+
+class Meet(BaseModel):
+    barrier: str
+
+
+def meet(barrier: str) -> int:
+    """Block until every party of the named barrier arrived (ticks overlap), or fail."""
+    _record()
+    probe = PROBES.get(barrier)
+    if probe is not None:
+        probe()
+    return RENDEZVOUS[barrier].wait()
+
+
+@workflow
+def rendezvous(ctx: Context, meet_at: Meet) -> Flow[int]:
+    """One step that returns only once as many steps as the barrier has parties meet."""
+    return (yield from ctx.run("meet", meet, meet_at.barrier))
+
+
+if os.environ.get("HOOKFLOW_TEST_SCHEDULES") == "1":
+    # A worker subprocess of the schedule tests: it starts their scheduled runs.
+    from . import scheduled
+
+    scheduled.register()

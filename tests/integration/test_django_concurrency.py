@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -197,3 +198,76 @@ def test_gather_branches_run_on_two_workers(worker_env: dict[str, str]) -> None:
     assert len(rows) == 4
     span = max(end for _, end in rows) - min(start for start, _ in rows)
     assert span < 3.2, f"the branches took {span:.2f}s: they did not run in parallel"
+
+
+def test_sigterm_lets_the_ticks_in_flight_finish(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM while three slow steps run on three threads: each finishes, the worker exits 0."""
+    marker = tmp_path / "marker"
+    handles = [crashy.start(Slow(marker=str(marker), seconds=2.0)) for _ in range(3)]
+    process = _worker(worker_env, "--concurrency", "3")
+    lines = _Lines(process)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if marker.exists() and marker.read_text().count("started") == 3:
+            break
+        time.sleep(0.02)
+    assert marker.read_text().count("started") == 3, "the three steps did not start together"
+    process.send_signal(signal.SIGTERM)
+    output = lines.finish(timeout=60)
+    assert "stopping" in output
+    assert all(handle.result() == "done" for handle in handles), output
+    assert Execution.objects.filter(name="slow").count() == 3
+
+
+def _scheduled_ticks() -> list[datetime]:
+    from hookflow_gen._schedule import parse_tick
+
+    ids = Run.objects.filter(workflow="scheduled-every-second").values_list("run_id", flat=True)
+    return sorted(parse_tick(run_id.split("@", 1)[1]) for run_id in ids)
+
+
+def _wait_for_ticks(count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_scheduled_ticks()) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_scheduled_ticks()) >= count, f"only {len(_scheduled_ticks())} scheduled runs"
+
+
+def _assert_every_second_once(ticks: list[datetime]) -> None:
+    """One run per second from the first tick to the last: none skipped (all caught up)."""
+    expected = [ticks[0] + timedelta(seconds=i) for i in range(len(ticks))]
+    assert ticks == expected, "a tick was skipped"
+    done = Run.objects.filter(workflow="scheduled-every-second", status="completed")
+    executions = Execution.objects.filter(name="note")
+    for run_id in done.values_list("run_id", flat=True):
+        assert executions.filter(run_id=run_id).count() == 1, f"run {run_id}: step not once"
+
+
+def test_two_workers_start_each_schedule_tick_once(worker_env: dict[str, str]) -> None:
+    """Every second for a while on two workers, then a restart: each tick's run exactly once."""
+    env = {**worker_env, "HOOKFLOW_TEST_SCHEDULES": "1"}
+    workers = [_worker(env, "--concurrency", "2") for _ in range(2)]
+    lines = [_Lines(process) for process in workers]
+    _wait_for_ticks(8)
+    for process in workers:
+        process.send_signal(signal.SIGTERM)
+    for reader in lines:
+        reader.finish()
+    before = _scheduled_ticks()
+    _assert_every_second_once(before)
+    # Both workers took part: each logged runs it started.
+    assert all("started run scheduled-every-second@" in "".join(r.lines) for r in lines)
+    # Down for a few ticks, then one worker again: it starts each missed tick once.
+    deadline = time.monotonic() + 60
+    while datetime.now(UTC) < before[-1] + timedelta(seconds=3) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    restarted = _worker(env)
+    restarted_lines = _Lines(restarted)
+    _wait_for_ticks(len(before) + 5)
+    restarted.send_signal(signal.SIGTERM)
+    restarted_lines.finish()
+    after = _scheduled_ticks()
+    assert after[: len(before)] == before
+    _assert_every_second_once(after)

@@ -35,6 +35,7 @@ EXPECTED = [
     "RunState",
     "RunStatus",
     "RunStep",
+    "Schedule",
     "SleepStep",
     "Step",
     "StepCancelled",

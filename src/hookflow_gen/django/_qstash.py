@@ -375,6 +375,11 @@ class QStashScheduler:
         """The absolute URL of the sweep, which a QStash schedule calls."""
         return self._absolute(self.config.sweep_path, "hookflow:qstash-sweep", "SWEEP_PATH")
 
+    def schedule_url(self, schedule: str) -> str:
+        """The absolute URL a QStash cron schedule calls to start the named schedule's runs."""
+        base = self._absolute(None, "hookflow:qstash-schedule", "SCHEDULE_PATH")
+        return f"{base}{'&' if '?' in base else '?'}{urlencode({'schedule': schedule})}"
+
     def _absolute(self, path: str | None, name: str, key: str) -> str:
         if not self.config.base_url:
             raise ConfigurationError(

@@ -21,7 +21,7 @@ from .._updates import UpdateState, UpdateStatus
 
 if TYPE_CHECKING:
     import contextlib
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.models import QuerySet
@@ -200,7 +200,9 @@ def _adapt(connection: BaseDatabaseWrapper, value: object) -> Any:
     return value
 
 
-def _due_query(using: str, status: object, now: object) -> QuerySet[Any, Any]:
+def _due_query(
+    using: str, status: object, now: object, exclude: Collection[str] = ()
+) -> QuerySet[Any, Any]:
     from django.db import connections
     from django.db.models import Q
 
@@ -212,6 +214,8 @@ def _due_query(using: str, status: object, now: object) -> QuerySet[Any, Any]:
         .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
         .order_by("wake_at")
     )
+    if exclude:
+        due = due.exclude(run_id__in=list(exclude))
     if connections[using].features.has_select_for_update_skip_locked:
         due = due.select_for_update(skip_locked=True)
     return due.values_list("run_id", "workflow")[:1]
@@ -730,8 +734,13 @@ class DjangoStore:
 
     # -- the database scheduler's queue ----------------------------------------
 
-    def claim_due(self, now: datetime, lease: timedelta) -> tuple[str, str] | None:
+    def claim_due(
+        self, now: datetime, lease: timedelta, exclude: Collection[str] = ()
+    ) -> tuple[str, str] | None:
         """Claim the run that is due first: (run id, workflow), or None if none is due.
+
+        ``exclude`` names runs not to claim: those a worker's other threads are
+        ticking, which stay due while a gather has more ready branches.
 
         In one short transaction: lock the oldest due, unclaimed run (skipping
         rows other workers hold, where the database can) and set its
@@ -745,7 +754,10 @@ class DjangoStore:
         """
         connection = self._connection()
         with transaction.atomic(using=self.db):
-            found = _DUE.rows(connection, RunStatus.RUNNING.value, now)
+            if exclude:
+                found = list(_due_query(self.db, RunStatus.RUNNING.value, now, exclude))
+            else:
+                found = _DUE.rows(connection, RunStatus.RUNNING.value, now)
             if not found:
                 return None
             run_id, workflow = found[0]

@@ -13,7 +13,17 @@ from typing import Any, ClassVar
 from django.db import models
 from django.utils import timezone
 
-__all__ = ["Event", "FlowStart", "FlowWaiter", "Outbox", "Run", "SeenSignature", "Step", "Update"]
+__all__ = [
+    "Event",
+    "FlowStart",
+    "FlowWaiter",
+    "Outbox",
+    "Run",
+    "ScheduleCursor",
+    "SeenSignature",
+    "Step",
+    "Update",
+]
 
 
 class Run(models.Model):
@@ -347,3 +357,32 @@ class FlowWaiter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.run_id}"
+
+
+class ScheduleCursor(models.Model):
+    """How far a cron schedule has started runs: the database scheduler's cursor.
+
+    The worker that finds a schedule's tick due locks this row, starts the
+    tick's run and moves ``last_tick`` in one transaction, so a tick is
+    neither started twice nor skipped across workers and restarts.
+    """
+
+    name: models.CharField[str, str] = models.CharField(max_length=255, primary_key=True)
+    workflow: models.CharField[str, str] = models.CharField(max_length=255)
+    cron: models.CharField[str, str] = models.CharField(max_length=255)
+    last_tick: models.DateTimeField[datetime, datetime] = models.DateTimeField(
+        help_text="The latest tick handled: its run was started, or it was skipped."
+    )
+    last_run_id: models.CharField[str | None, str | None] = models.CharField(
+        max_length=255, null=True, blank=True
+    )
+    updated_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
+        default=timezone.now
+    )
+
+    class Meta:
+        verbose_name = "schedule cursor"
+        verbose_name_plural = "schedule cursors"
+
+    def __str__(self) -> str:
+        return f"schedule {self.name!r} at {self.last_tick.isoformat()}"

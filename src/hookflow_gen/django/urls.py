@@ -18,4 +18,5 @@ urlpatterns: list[URLPattern] = [
     path("qstash/", views.qstash_webhook, name="qstash"),
     path("qstash/call/", views.qstash_call, name="qstash-call"),
     path("qstash/sweep/", views.qstash_sweep, name="qstash-sweep"),
+    path("qstash/schedule/", views.qstash_schedule, name="qstash-schedule"),
 ]

@@ -76,7 +76,7 @@ if TYPE_CHECKING:
     from .._runtime import Runtime
     from .._steps import CallStep
 
-__all__ = ["qstash_call", "qstash_sweep", "qstash_webhook", "replay_callback"]
+__all__ = ["qstash_call", "qstash_schedule", "qstash_sweep", "qstash_webhook", "replay_callback"]
 
 log: logging.Logger = logging.getLogger("hookflow_gen.qstash")
 
@@ -668,6 +668,32 @@ def _sweep(request: HttpRequest, runtime: Runtime, body: _Body) -> JsonResponse:
     return _answer(200, {"status": "done", **report.as_json()})
 
 
+def _scheduled(request: HttpRequest, runtime: Runtime, body: _Body) -> JsonResponse:
+    """A QStash schedule fired: start the run of its cron tick, once however often delivered.
+
+    The schedule is named in the (signed) query string. The tick is the one
+    the message was created for: QStash creates a schedule's message when
+    the cron fires, and every retry or duplicate of it has the same id, so
+    the message's ``createdAt`` (asked of QStash) names the same tick, and
+    the tick's run id makes the start idempotent.
+    """
+    from ._schedules import find_schedule, start_tick
+
+    name = request.GET.get("schedule", "")
+    found = find_schedule(name) if 0 < len(name) <= 255 else None
+    if found is None:
+        raise _permanent(f"no registered schedule is called {name[:300]!r}")
+    workflow, schedule = found
+    message_id = _message_id(request)
+    scheduler = runtime.scheduler
+    if message_id is None or not isinstance(scheduler, QStashScheduler):
+        raise _permanent("a schedule delivery needs an Upstash-Message-Id, on the QStash scheduler")
+    message = scheduler.client.message.get(message_id)
+    fired_at = datetime.fromtimestamp(message.created_at / 1000, UTC)
+    run_id, created = start_tick(runtime, workflow, schedule, fired_at)
+    return _answer(200, {"status": "started" if created else "duplicate", "run_id": run_id})
+
+
 qstash_webhook: Callable[[HttpRequest], JsonResponse] = _delivery("delivery", _wake_up, _small)
 """The wake-up webhook: ``hookflow:qstash``."""
 
@@ -678,6 +704,9 @@ qstash_call: Callable[[HttpRequest], JsonResponse] = _delivery(
 
 qstash_sweep: Callable[[HttpRequest], JsonResponse] = _delivery("sweep", _sweep, _small)
 """The sweep a QStash schedule calls: ``hookflow:qstash-sweep``."""
+
+qstash_schedule: Callable[[HttpRequest], JsonResponse] = _delivery("schedule", _scheduled, _small)
+"""A cron schedule's firing (``?schedule=NAME``): ``hookflow:qstash-schedule``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -51,6 +51,9 @@ class PublishedMessage:
         queue: The queue name for ``/v2/enqueue`` messages.
         label: The ``Upstash-Label`` value, if any.
         source_message_id: For callbacks, the message whose attempt triggered it.
+        schedule_id: For a schedule's message, the schedule.
+        fired_at: For a schedule's message, the cron tick that made it, in
+            QStash time (its ``createdAt`` in the REST API).
     """
 
     message_id: str
@@ -72,6 +75,8 @@ class PublishedMessage:
     queue: str | None
     label: str | None
     source_message_id: str | None
+    schedule_id: str | None = None
+    fired_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

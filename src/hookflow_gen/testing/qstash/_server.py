@@ -219,6 +219,9 @@ class _Message:
     not_before: float
     state: MessageState = "CREATED"
     attempts: int = 0
+    # A schedule's message: when it fired on the QStash clock (its createdAt,
+    # as QStash reports a scheduled message's creation at the cron tick).
+    fired_at: float | None = None
 
     def snapshot(self) -> PublishedMessage:
         draft = self.draft
@@ -242,6 +245,8 @@ class _Message:
             queue=draft.queue,
             label=draft.label,
             source_message_id=draft.source_message_id,
+            schedule_id=draft.schedule_id,
+            fired_at=self.fired_at,
         )
 
 
@@ -1262,7 +1267,7 @@ class QStashServer:
             fired_at = schedule.next_fire_at
             draft = dataclasses.replace(schedule.template, schedule_id=schedule_id)
         try:
-            message_id, _ = self._store(draft)
+            message_id, _ = self._store(draft, fired_at)
         finally:
             with self._lock:
                 current = self._schedules.get(schedule_id) is schedule
@@ -1669,8 +1674,11 @@ class QStashServer:
 
     # -- storing and delivering ---------------------------------------------
 
-    def _store(self, draft: _Draft) -> tuple[str, bool]:
-        """Store a draft and schedule its first attempt; return ``(id, deduplicated)``."""
+    def _store(self, draft: _Draft, fired_at: float | None = None) -> tuple[str, bool]:
+        """Store a draft and schedule its first attempt; return ``(id, deduplicated)``.
+
+        ``fired_at``: the QStash-clock time of the schedule tick that made it.
+        """
         scheduler = self._require_scheduler()
         now = time.monotonic()
         with self._lock:
@@ -1688,6 +1696,7 @@ class QStashServer:
                 draft=draft,
                 published_at=published,
                 not_before=published + draft.delay,
+                fired_at=fired_at,
             )
             self._messages[message_id] = message
             self._event(message, "CREATED")
@@ -2303,7 +2312,7 @@ def _message_json(message: _Message) -> dict[str, JSON]:
         "header": _listed(draft.forward_headers),
         "maxRetries": draft.max_retries,
         "notBefore": _milliseconds(message.not_before),
-        "createdAt": _milliseconds(message.published_at),
+        "createdAt": _milliseconds(_created_at(message)),
         **_body_fields(draft.body, "body", "bodyBase64"),
     }
     optional: dict[str, JSON] = {
@@ -2384,7 +2393,7 @@ def _callback_json(message: _Message, answer: _Answer, retried: int) -> dict[str
         "sourceHeader": _listed(draft.forward_headers),
         "sourceBody": base64.b64encode(draft.body).decode("ascii"),
         "notBefore": str(_milliseconds(message.not_before)),
-        "createdAt": str(_milliseconds(message.published_at)),
+        "createdAt": str(_milliseconds(_created_at(message))),
         "scheduleId": draft.schedule_id or "",
         "callerIP": "127.0.0.1",
     }
@@ -2513,3 +2522,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _created_at(message: _Message) -> float:
+    """A message's ``createdAt``: a scheduled one's is its tick on the QStash clock."""
+    return message.published_at if message.fired_at is None else message.fired_at

@@ -4,6 +4,7 @@ Subcommands:
 
 - ``worker``: the database scheduler's worker; ticks runs as they fall due.
 - ``runs``: recent runs and their status.
+- ``schedules``: the cron schedules, their last tick and next fire time.
 - ``show RUN_ID``: a run and its step timeline.
 - ``cancel RUN_ID``: cancel a run (and its children).
 - ``notify KEY JSON``: send an event.
@@ -13,6 +14,8 @@ Subcommands:
   outbox and repair dead letters), once.
 - ``qstash-schedule``: create (or update) the QStash schedule that calls the
   sweep endpoint, so a QStash site repairs itself without a worker.
+- ``qstash-schedules``: create, update and delete the QStash schedules of the
+  workflows' cron schedules (``@workflow(schedule=...)``).
 
 Each subcommand is one entry of ``SUBCOMMANDS``: add one with the
 ``subcommand`` decorator.
@@ -151,6 +154,14 @@ def _worker_arguments(parser: CommandParser) -> None:
     parser.add_argument(
         "--max-ticks", type=int, default=None, metavar="N", help="Exit after N ticks."
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Run up to N ticks at once, on threads with a database connection each "
+        "(default 1): steps waiting on I/O overlap.",
+    )
 
 
 class _StopOnSignals:
@@ -173,7 +184,7 @@ class _StopOnSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.worker.stopping and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        log.info("%s received: stopping after the current tick", signal.Signals(signum).name)
+        log.info("%s received: stopping after the ticks in progress", signal.Signals(signum).name)
         self.worker.stop()
 
 
@@ -208,17 +219,52 @@ def _worker(command: Command, options: dict[str, Any]) -> None:
     max_ticks: int | None = options["max_ticks"]
     if max_ticks is not None and max_ticks < 1:
         raise CommandError("--max-ticks must be at least 1")
+    concurrency: int = options["concurrency"]
+    if concurrency < 1:
+        raise CommandError("--concurrency must be at least 1")
     worker = Worker(
         runtime,
         poll_interval=settings.poll_interval.total_seconds(),
         close_connections=True,
+        concurrency=concurrency,
+        schedules=settings.scheduler == "database",
     )
-    log.info("worker started (lease %s, poll every %s)", runtime.lease, settings.poll_interval)
+    log.info(
+        "worker started (lease %s, poll every %s, %d tick(s) at once)",
+        runtime.lease,
+        settings.poll_interval,
+        concurrency,
+    )
     with _StopOnSignals(worker):
         ticks = worker.run(
             once=options["once"], until_idle=options["until_idle"], max_ticks=max_ticks
         )
     log.info("worker stopped after %d tick(s)", ticks)
+
+
+# -- schedules -----------------------------------------------------------------------
+
+
+@subcommand("schedules", "List the cron schedules with their last tick and next fire time.")
+def _schedules(command: Command, options: dict[str, Any]) -> None:
+    from hookflow_gen.django._schedules import schedule_statuses
+
+    runtime = _runtime()
+    store = _store(runtime)
+    statuses = schedule_statuses(runtime.clock.now(), store.db)
+    if not statuses:
+        command.stdout.write("no schedules (pass @workflow(schedule=...) to add one)")
+        return
+    table = [("SCHEDULE", "WORKFLOW", "CRON (UTC)", "LAST TICK", "NEXT TICK", "LAST RUN")]
+    table += [
+        (s.name, s.workflow, s.cron, _when(s.last_tick), _when(s.next_tick), s.last_run_id or "-")
+        for s in statuses
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        command.stdout.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 # -- runs, show ----------------------------------------------------------------------
@@ -555,3 +601,89 @@ def _qstash_schedule(command: Command, options: dict[str, Any]) -> None:
         raise CommandError(f"QStash refused the schedule: {exc}") from None
     verb = "updated" if existing is not None else "created"
     command.stdout.write(f"schedule {schedule_id!r} {verb}: QStash calls {url} at {cron!r}")
+
+
+# -- qstash-schedules -----------------------------------------------------------------
+
+#: The prefix of the QStash schedule ids ``qstash-schedules`` manages (and may delete).
+SCHEDULE_ID_PREFIX = "hookflow-schedule-"
+
+
+def _schedule_id(name: str) -> str:
+    """The QStash schedule id of a workflow schedule: the prefix and its name, made safe."""
+    import hashlib
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+    if safe != name:  # keep two names that only differ in unsafe characters apart
+        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return SCHEDULE_ID_PREFIX + safe
+
+
+def _qstash_schedules_arguments(parser: CommandParser) -> None:
+    parser.add_argument(
+        "--dry-run", action="store_true", help="Say what would change; change nothing."
+    )
+
+
+@subcommand(
+    "qstash-schedules",
+    "Create, update and delete the QStash schedules of the workflows' cron schedules.",
+    _qstash_schedules_arguments,
+)
+def _qstash_schedules(command: Command, options: dict[str, Any]) -> None:
+    import httpx
+    from qstash.errors import QStashError
+
+    from hookflow_gen._workflow import registered_schedules
+    from hookflow_gen.django._qstash import QStashScheduler
+
+    scheduler = _runtime().scheduler
+    if not isinstance(scheduler, QStashScheduler):
+        raise CommandError("qstash-schedules needs HOOKFLOW['SCHEDULER'] = 'qstash'")
+    dry_run: bool = options["dry_run"]
+    wanted: dict[str, tuple[str, str, str]] = {}
+    for _, schedule in registered_schedules():
+        name = str(schedule.name)
+        if len(schedule.cron.split()) != 5:
+            raise CommandError(
+                f"schedule {name!r}: QStash takes five-field cron expressions, not "
+                f"{schedule.cron!r} (seconds run on the database scheduler only)"
+            )
+        try:
+            url = scheduler.schedule_url(name)
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from None
+        wanted[_schedule_id(name)] = (name, url, schedule.cron)
+    write = command.stdout.write
+    prefix = "would be " if dry_run else ""
+    try:
+        client = scheduler.client
+        existing = {
+            s.schedule_id: s
+            for s in client.schedule.list()
+            if s.schedule_id.startswith(SCHEDULE_ID_PREFIX)
+        }
+        for schedule_id, (name, url, cron) in wanted.items():
+            found = existing.get(schedule_id)
+            if found is not None and found.destination == url and found.cron == cron:
+                write(f"schedule {name!r}: unchanged ({schedule_id}, {cron!r})")
+                continue
+            if not dry_run:
+                # Creating with the same id replaces the schedule: running this again is safe.
+                client.schedule.create(
+                    destination=url, cron=cron, schedule_id=schedule_id, body="{}",
+                    content_type="application/json",
+                )  # fmt: skip
+            verb = "updated" if found is not None else "created"
+            write(f"schedule {name!r}: {prefix}{verb} ({schedule_id}, {cron!r} -> {url})")
+        for schedule_id in sorted(set(existing) - set(wanted)):
+            if not dry_run:
+                client.schedule.delete(schedule_id)
+            write(f"schedule {schedule_id}: {prefix}deleted (no workflow has it any more)")
+    except ConfigurationError as exc:
+        raise CommandError(str(exc)) from None
+    except (QStashError, httpx.HTTPError) as exc:
+        raise CommandError(f"QStash refused: {exc}") from None
+    if not wanted and not existing:
+        write("no schedules (pass @workflow(schedule=...) to add one)")
