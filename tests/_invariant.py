@@ -355,6 +355,21 @@ class InvariantStore(DjangoStore):
         self._touch(run_id)
         super().save_steps(run_id, records)
 
+    def write_guarded(
+        self, run_id: str, guard: StepRecord, owner: str, others: Sequence[StepRecord]
+    ) -> bool:
+        """The guarded write is a transaction of its own: the same kill points and check."""
+        if self._tx.depth:  # inside a transaction of the caller's: checked at its commit
+            self._touch(run_id)
+            return super().write_guarded(run_id, guard, owner, others)
+        self.cross("begin")
+        self.cross("before_commit")
+        written = super().write_guarded(run_id, guard, owner, others)
+        if written and _enabled():
+            _report(check_django_runs(self.db, self.clock.now(), (run_id,)))
+        _after_commit(self.cross)
+        return written
+
     def claim_due(
         self, now: datetime, lease: timedelta, exclude: Collection[str] = ()
     ) -> tuple[str, str] | None:
@@ -424,3 +439,23 @@ def wrap_memory_store(setattr_: Callable[[object, str, object], None]) -> None:
             return _original(self, first, *args)
 
         setattr_(MemoryStore, name, touching)
+
+    original_guarded = MemoryStore.write_guarded
+
+    def write_guarded(
+        self: MemoryStore,
+        run_id: str,
+        guard: StepRecord,
+        owner: str,
+        others: Sequence[StepRecord],
+    ) -> bool:
+        written = original_guarded(self, run_id, guard, owner, others)
+        if written and _enabled() and depths_of(self) == 0:
+            _report(_memory_problems(self, (run_id,)))
+        return written
+
+    def depths_of(store: MemoryStore) -> int:
+        depths: dict[int, int] = state.__dict__.setdefault("depth", {})
+        return depths.get(id(store), 0)
+
+    setattr_(MemoryStore, "write_guarded", write_guarded)

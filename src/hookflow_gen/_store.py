@@ -21,7 +21,7 @@ from ._updates import UpdateState
 if TYPE_CHECKING:
     from ._flow import FlowGate
 
-__all__ = ["MemoryStore", "RunState", "RunStatus", "Store"]
+__all__ = ["GuardedWrites", "MemoryStore", "RunState", "RunStatus", "Store"]
 
 
 class RunStatus(StrEnum):
@@ -203,6 +203,22 @@ class Store(Protocol):
         ...
 
 
+class GuardedWrites(Protocol):
+    """A store that can write a checkpoint and the next claim without a transaction."""
+
+    def write_guarded(
+        self, run_id: str, guard: StepRecord, owner: str, others: Sequence[StepRecord]
+    ) -> bool:
+        """Write ``guard`` and ``others`` at once, if ``owner`` still holds ``guard``'s step.
+
+        Called outside ``atomic()``. Nothing is written unless, atomically
+        with the writes, the run is running with no cancellation asked for
+        and its step at ``guard.position`` is pending under ``owner``'s
+        lease. Returns whether the records were written (and committed).
+        """
+        ...
+
+
 class MemoryStore:
     """A ``Store`` in process memory: fast, not durable. For tests.
 
@@ -291,6 +307,24 @@ class MemoryStore:
     def save_steps(self, run_id: str, records: Sequence[StepRecord]) -> None:
         for record in records:
             self.save_step(run_id, record)
+
+    def write_guarded(
+        self, run_id: str, guard: StepRecord, owner: str, others: Sequence[StepRecord]
+    ) -> bool:
+        with self._lock:
+            run = self.runs.get(run_id)
+            held = self.journals.get(run_id, {}).get(guard.position)
+            if (
+                run is None
+                or run.status is not RunStatus.RUNNING
+                or run.cancel_requested
+                or held is None
+                or held.status is not StepStatus.PENDING
+                or held.lease_owner != owner
+            ):
+                return False
+            self.save_steps(run_id, (*others, guard))
+            return True
 
     def add_event(self, key: str, payload: str) -> None:
         if key not in self.events:

@@ -44,7 +44,7 @@ from ..exceptions import (
 )
 from . import _transitions as T
 from ._base import TickReport
-from ._decided import start_next_child, store_decided
+from ._decided import save_decided, start_next_child, store_decided
 from ._events import EventsMixin
 from ._execute import (
     Fatal,
@@ -126,6 +126,14 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         # reading it again: it held the lease on the only step the workflow
         # waited on (a margin of a tenth of the lease covers clock skew).
         trusted_until: datetime | None = None
+        # The run's wake_seq as this tick last read or wrote it: another
+        # writer's change of the run (a cancellation delivered, a wake-up)
+        # bumps it, and then the journal is read again.
+        seen_seq: int | None = None
+        # A checkpoint the workflow already went past outside the lock
+        # (``_checkpoint_unlocked``), to write under it.
+        carried: _Carried | None = None
+        guarded = getattr(self.store, "write_guarded", None)
         steps_run = 0
         # Set once a transaction of this tick commits; an error after that (a
         # hook's, such as a publish) is not the tick's to count.
@@ -144,11 +152,22 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                         self._warm.drop(run_id)
                         replay = None
                         return TickReport(run_id, run.status, steps_run, None)
+                    if carried is not None:
+                        if replay is not None and self._still_held(run, carried):
+                            self._write_carried(run, carried, writes)
+                        elif replay is not None:
+                            replay.discard()  # went past a step it no longer holds
+                            replay = None
+                        carried = None
                     if replay is None:
                         replay, run = self._replay_or_settle(run)
                         if replay is None:
                             return TickReport(run_id, run.status, steps_run, run.wake_at)
-                    elif trusted_until is None or self.clock.now() >= trusted_until:
+                    elif (
+                        trusted_until is None
+                        or run.wake_seq != seen_seq
+                        or self.clock.now() >= trusted_until
+                    ):
                         replay.catch_up(self.store.steps(run_id, replay.position))
                     trusted_until = None
                     if outcome is not None:
@@ -168,6 +187,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                         if claim.gates:
                             self._release(claim)
                     run, claimed = self._drive(run, replay, deadline, writes)
+                    seen_seq = run.wake_seq
                 if claimed is None:
                     if run.status.finished:
                         replay = None  # a finished run is not kept warm
@@ -186,9 +206,32 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                         self._hold_call(run_id, claimed)
                     continue
                 outcome = self._execute(run, claimed, span)
+                steps_run += 1
                 if claimed.gates:
                     gated = claimed  # its slot is given back with its checkpoint
-                steps_run += 1
+                    continue
+                while guarded is not None and claimed.alone and outcome.exc is None:
+                    # The hot path: checkpoint and claim the next step in one
+                    # guarded statement, without taking the run's lock.
+                    committed.value = False
+                    next_step = self._checkpoint_unlocked(
+                        run, replay, outcome, deadline, guarded=guarded, committed=committed
+                    )
+                    if next_step is None:
+                        break  # not for this path: the next transaction does it
+                    if isinstance(next_step, _Lost):
+                        replay.discard()  # the outcome is checkpointed from the store's view
+                        replay = None
+                        break
+                    outcome = None
+                    if isinstance(next_step, _Carried):
+                        carried = next_step
+                        break
+                    claimed = next_step
+                    assert claimed.lease_until is not None
+                    trusted_until = claimed.lease_until - self.lease / 10
+                    outcome = self._execute(run, claimed, span)
+                    steps_run += 1
         except StillRunning as exc:
             replay = None
             log.warning("run %s: %s; it keeps its lease until it ends", run_id, exc)
@@ -672,6 +715,102 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         self.tick(run_id)
         return accepted
 
+    def _checkpoint_unlocked(
+        self,
+        run: RunState,
+        replay: Replay,
+        outcome: Outcome,
+        deadline: float,
+        *,
+        guarded: Callable[[str, StepRecord, str, list[StepRecord]], bool],
+        committed: _Flag,
+    ) -> _Claim | _Carried | _Lost | None:
+        """Checkpoint a step the workflow waited on alone, and claim the next, unlocked.
+
+        When the workflow's next request is a fresh ``run`` or ``call`` step
+        that needs nothing else (no flow control, no wake-up to move, no
+        status to save), both records go out in one guarded statement
+        (``GuardedWrites``): written only while this worker still holds the
+        step and no cancellation is asked for. Returns the new claim; or
+        ``_LOST`` when the guard failed (the replay went past what the
+        store says: discard it); or the checkpoint, ``_Carried``, when the
+        workflow went on to something the locked path must do; or None when
+        nothing was done.
+        """
+        position = outcome.pending.position
+        current = replay.records.get(position)
+        owner = outcome.owner
+        if (
+            owner is None
+            or current is None
+            or current.status is not _PENDING
+            or current.lease_owner != owner
+        ):
+            return None
+        now = self.clock.now()
+        done = T.complete(current, outcome.value, now)
+        replay.settle(done)
+        try:
+            decision = replay.advance()
+        except NonDeterminismError:
+            return _Carried(done, owner, ())  # the locked path fails the run
+        carried = _Carried(done, owner, tuple(replay.take_writes()))
+        if (
+            carried.decided
+            or run.cancel_requested
+            or not isinstance(decision, Waiting)
+            or len(decision.pending) != 1
+            or (replay.status is not None and replay.status != run.custom_status)
+        ):
+            return carried
+        pending = decision.pending[0]
+        step = pending.step
+        if (
+            pending.record is not None
+            or step.kind not in ("run", "call")
+            or step.flow is not None
+            or _is_atomic(pending)
+            or (self.call_dispatcher is not None and isinstance(step, CallStep))
+            or self.clock.monotonic() >= deadline
+        ):
+            return carried
+        # The wake-up the locked path would keep (``_set_wake``): with lease
+        # wake-ups one due before the new lease ends, else none.
+        wake = run.wake_at
+        lease_until = now + self._lease_for(step)
+        if self.scheduler.lease_wakeups:
+            if wake is None or not now < wake <= lease_until:
+                return carried
+        elif wake is not None:
+            return carried
+        writes = _Writes(self.store, run.run_id)
+        claim = self._claim(run, pending, self._begin(run, pending, now), now, writes, alone=True)
+        if not guarded(run.run_id, done, owner, [claim.record]):
+            log.info(
+                "run %s: step %r changed hands meanwhile; reading it again", run.run_id, done.name
+            )
+            return _LOST
+        committed.set()
+        replay.settle(claim.record)
+        self._observe_completed(run, done)  # no transaction is open: told at once
+        return claim
+
+    def _still_held(self, run: RunState, carried: _Carried) -> bool:
+        """Whether the step ``carried`` checkpoints is still pending under this worker's lease."""
+        position = carried.done.position
+        for record in self.store.steps(run.run_id, position):
+            return (
+                record.position == position
+                and record.status is _PENDING
+                and record.lease_owner == carried.owner
+            )
+        return False
+
+    def _write_carried(self, run: RunState, carried: _Carried, writes: _Writes) -> None:
+        writes.add(carried.done)
+        self._observe_completed(run, carried.done)
+        save_decided(self, run.run_id, carried.decided, writes.add)
+
     def _checkpoint(
         self, run: RunState, replay: Replay, outcome: Outcome, writes: _Writes | None = None
     ) -> bool:
@@ -740,6 +879,24 @@ class _Writes:
     def add(self, record: StepRecord) -> None:
         """Write ``record`` at the end of the transaction (the last one per position wins)."""
         self.records[record.position] = record
+
+
+@dataclass(frozen=True, slots=True)
+class _Carried:
+    """A step's checkpoint that the live replay went past before it was written."""
+
+    done: StepRecord
+    #: The lease owner that must still hold the step for it to be written.
+    owner: str
+    #: The engine's own records decided on the way (``store_decided``).
+    decided: tuple[StepRecord, ...]
+
+
+class _Lost:
+    """The guarded write found the step changed (see ``_checkpoint_unlocked``)."""
+
+
+_LOST = _Lost()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ from .._store import RunState
 if TYPE_CHECKING:
     from ._core import Runtime
 
-__all__ = ["start_next_child", "store_decided"]
+__all__ = ["save_decided", "start_next_child", "store_decided"]
 
 log = logging.getLogger("hookflow_gen")
 
@@ -34,7 +34,17 @@ def store_decided(
     runtime: Runtime, run_id: str, replay: Replay, save: Callable[[StepRecord], None]
 ) -> None:
     """Save the engine's own records with ``save``; cancel the children of cancelled losers."""
-    for record in replay.take_writes():
+    save_decided(runtime, run_id, replay.take_writes(), save)
+
+
+def save_decided(
+    runtime: Runtime,
+    run_id: str,
+    records: Iterable[StepRecord],
+    save: Callable[[StepRecord], None],
+) -> None:
+    """``store_decided`` for records already taken from the replay."""
+    for record in records:
         save(record)
         if (
             record.kind == "invoke"

@@ -282,6 +282,73 @@ class _Statements:
             f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {assignments}, {claimed} = NULL "
             f"WHERE {ops.quote_name(str(_concrete(Run, 'run_id').column))} = %s"
         )
+        self.vendor = connection.vendor
+        self._step_table = ops.quote_name(Step._meta.db_table)
+        self._run_table = ops.quote_name(Run._meta.db_table)
+        self._columns = [ops.quote_name(c) for c in columns]
+        self._update_columns = [ops.quote_name(c) for c in update]
+        self._types = [str(field.db_type(connection)) for field in step_fields]
+        self._guarded: dict[int, str] = {}
+
+    def guarded(self, rows: int) -> str:
+        """The guarded write of ``rows`` step records (see ``DjangoStore.write_guarded``)."""
+        sql = self._guarded.get(rows)
+        if sql is None:
+            build = (
+                self._guarded_postgresql if self.vendor == "postgresql" else self._guarded_sqlite
+            )
+            sql = self._guarded[rows] = build(rows)
+        return sql
+
+    def _run_guard(self, run: str) -> str:
+        return f"{run}.run_id = %s AND {run}.status = 'running' AND NOT {run}.cancel_requested"
+
+    def _step_guard(self, step: str) -> str:
+        return (
+            f"{step}.run_id = %s AND {step}.position = CAST(%s AS integer) "
+            f"AND {step}.status = 'pending' AND {step}.lease_owner = %s"
+        )
+
+    def _guarded_postgresql(self, rows: int) -> str:
+        # The run is locked first, as every other writer of its steps does, so
+        # this cannot deadlock with a tick that holds it. The UPDATE re-checks
+        # the step under its row lock (READ COMMITTED re-evaluates a changed
+        # row), and the new rows are inserted only if it matched.
+        casts = ", ".join(f"CAST(%s AS {t})" for t in self._types)
+        sets = ", ".join(
+            f"{c} = CAST(%s AS {t})"
+            for c, t in zip(self._update_columns, self._types[2:], strict=True)
+        )
+        run, step = self._run_table, self._step_table
+        head = (
+            f"WITH r AS (SELECT 1 FROM {run} WHERE {self._run_guard(run)} FOR UPDATE), "
+            f"p AS (UPDATE {step} SET {sets} FROM r WHERE {self._step_guard(step)} RETURNING 1)"
+        )
+        if rows == 0:
+            return f"{head} SELECT count(*) FROM p"
+        values = ", ".join([f"({casts})"] * rows)
+        excluded = ", ".join(f"{c} = EXCLUDED.{c}" for c in self._update_columns)
+        return (
+            f"{head} INSERT INTO {step} ({', '.join(self._columns)}) "
+            f"SELECT v.* FROM p, (VALUES {values}) AS v({', '.join(self._columns)}) "
+            f"ON CONFLICT ({self._columns[0]}, {self._columns[1]}) DO UPDATE SET {excluded}"
+        )
+
+    def _guarded_sqlite(self, rows: int) -> str:
+        # One statement holds SQLite's write lock from its start, so the
+        # guard and the writes are atomic. The guarded record comes last: the
+        # guard still holds when SQLite evaluates it for that row.
+        row = "(" + ", ".join(["?"] * len(self._columns)) + ")"
+        excluded = ", ".join(f"{c} = excluded.{c}" for c in self._update_columns)
+        step_guard = self._step_guard("s").replace("%s", "?")
+        run_guard = self._run_guard("r").replace("%s", "?")
+        return (
+            f"INSERT INTO {self._step_table} ({', '.join(self._columns)}) "
+            f"SELECT * FROM (VALUES {', '.join([row] * (rows + 1))}) "
+            f"WHERE EXISTS (SELECT 1 FROM {self._step_table} s JOIN {self._run_table} r "
+            f"ON r.run_id = s.run_id WHERE {step_guard} AND {run_guard}) "
+            f"ON CONFLICT ({self._columns[0]}, {self._columns[1]}) DO UPDATE SET {excluded}"
+        )
 
 
 _RUN_UPDATE_FIELDS = (
@@ -332,6 +399,28 @@ def _prep_for(
 
         return prep
     return None
+
+
+def _step_params(statements: _Statements, run_id: str, record: StepRecord) -> list[Any]:
+    """A step row's parameters, in the order of ``("run", *_STEP_FIELDS)``."""
+    values = (
+        run_id,
+        record.position,
+        record.kind,
+        record.name,
+        record.status.value,
+        record.result,
+        record.error.to_json() if record.error is not None else None,
+        record.attempts,
+        record.completed_at,
+        record.wake_at,
+        record.key,
+        record.started_at,
+        record.lease_until,
+        record.lease_owner,
+        [a.to_json() for a in record.past_attempts] if record.past_attempts else None,
+    )
+    return _params(statements.step_preps, values)
 
 
 def _params(preps: list[Callable[[Any], Any] | None], values: Sequence[Any]) -> list[Any]:
@@ -520,28 +609,54 @@ class DjangoStore:
         statements = _statements_for(connection)
         params: list[Any] = []
         for record in records:
-            values = (
-                run_id,
-                record.position,
-                record.kind,
-                record.name,
-                record.status.value,
-                record.result,
-                record.error.to_json() if record.error is not None else None,
-                record.attempts,
-                record.completed_at,
-                record.wake_at,
-                record.key,
-                record.started_at,
-                record.lease_until,
-                record.lease_owner,
-                [a.to_json() for a in record.past_attempts] if record.past_attempts else None,
-            )
-            params += _params(statements.step_preps, values)
+            params += _step_params(statements, run_id, record)
         rows = ", ".join([statements.upsert_step_row] * len(records))
         sql = statements.upsert_step_head + rows + statements.upsert_step_tail
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
+
+    def write_guarded(
+        self, run_id: str, guard: StepRecord, owner: str, others: Sequence[StepRecord]
+    ) -> bool:
+        """Write ``guard`` and ``others`` if ``owner`` still holds the step ``guard`` replaces.
+
+        One statement in autocommit (one round trip, one commit): it writes
+        nothing unless the run is running with no cancellation asked for and
+        its step at ``guard.position`` is pending under ``owner``'s lease.
+        On PostgreSQL it locks the run first, as every tick does, and checks
+        the step under its row lock; on SQLite the statement holds the write
+        lock throughout. It goes to the driver directly, past Django's
+        per-call cursor machinery.
+
+        Returns:
+            Whether the guard held (and the records were written).
+        """
+        connection = self._connection()
+        statements = _statements_for(connection)
+        sql = statements.guarded(len(others))
+        where = [run_id, guard.position, owner]
+        params: list[Any]
+        if statements.vendor == "postgresql":
+            head = _step_params(statements, run_id, guard)[2:]
+            params = [run_id, *head, *where]
+            for record in others:
+                params += _step_params(statements, run_id, record)
+        else:
+            params = []
+            for record in (*others, guard):
+                params += _step_params(statements, run_id, record)
+            params += [*where, run_id]
+        connection.ensure_connection()
+        with connection.wrap_database_errors:
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                if not others and statements.vendor == "postgresql":
+                    row = cursor.fetchone()
+                    return row is not None and row[0] > 0
+                return bool(cursor.rowcount > 0)
+            finally:
+                cursor.close()
 
     # -- events ------------------------------------------------------------------
 
