@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import uuid
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -152,8 +152,17 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                         self._warm.drop(run_id)
                         replay = None
                         return TickReport(run_id, run.status, steps_run, None)
+                    # Nobody else can have changed the journal: this worker held
+                    # the lease on the only step the workflow waited on, and no
+                    # other writer touched the run (a cancellation delivered
+                    # meanwhile, a wake-up, bumps its wake_seq).
+                    trusted = (
+                        trusted_until is not None
+                        and run.wake_seq == seen_seq
+                        and self.clock.now() < trusted_until
+                    )
                     if carried is not None:
-                        if replay is not None and self._still_held(run, carried):
+                        if replay is not None and (trusted or self._still_held(run, carried)):
                             self._write_carried(run, carried, writes)
                         elif replay is not None:
                             replay.discard()  # went past a step it no longer holds
@@ -163,11 +172,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                         replay, run = self._replay_or_settle(run)
                         if replay is None:
                             return TickReport(run_id, run.status, steps_run, run.wake_at)
-                    elif (
-                        trusted_until is None
-                        or run.wake_seq != seen_seq
-                        or self.clock.now() >= trusted_until
-                    ):
+                    elif not trusted:
                         replay.catch_up(self.store.steps(run_id, replay.position))
                     trusted_until = None
                     if outcome is not None:
@@ -500,7 +505,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
             retried = T.lapsed_attempt(record, error, record.lease_until - lease)
             self._observe_failed(run, record, error, retried, record.lease_until)
             record = retried
-        owner = owner or uuid.uuid4().hex
+        owner = owner or secrets.token_hex(16)
         lease_until = now + lease
         claim = T.claim(record, owner, lease_until)
         writes.add(claim)
@@ -525,7 +530,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         step = pending.step
         assert isinstance(step, RunStep) and step.flow is not None
         gates = step.flow.gates(step.args, step.kwargs)
-        owner = uuid.uuid4().hex
+        owner = secrets.token_hex(16)
         retry_at = self.store.take_flow_slot(gates, run.run_id, pending.position, owner, now)
         if retry_at is not None:
             log.info(

@@ -244,11 +244,25 @@ def _steps_query(using: str, run_id: object, position: object) -> QuerySet[Any, 
     )
 
 
+def _waiters_query(
+    using: str, key: object, kind: object, status: object, run_status: object
+) -> QuerySet[Any, Any]:
+    from .models import Step
+
+    return (
+        Step.objects.using(using)
+        .filter(key=key, kind=kind, status=status, run__status=run_status)
+        .order_by("run__created_at", "run_id", "position")
+        .values_list("run_id", "position")
+    )
+
+
 _DUE = _Prepared(_due_query, "\x00status", datetime(2000, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
 _LOCK_RUN = _Prepared(_lock_run_query, "\x00run")
 _GET_RUN = _Prepared(_get_run_query, "\x00run")
 # An in-range sentinel: the ORM drops a bound no integer can fail.
 _STEPS = _Prepared(_steps_query, "\x00run", 1234567)
+_WAITERS = _Prepared(_waiters_query, "\x00key", "\x00kind", "\x00status", "\x00run status")
 
 
 class _Statements:
@@ -389,10 +403,22 @@ def _prep_for(
         def sqlite_datetime(value: datetime) -> str:
             # What the SQLite backend stores: naive text in the connection's
             # time zone (UTC by default), without its per-call checks.
-            return str(value.astimezone(zone).replace(tzinfo=None))
+            if value.tzinfo is not zone:
+                value = value.astimezone(zone)
+            return str(value.replace(tzinfo=None))
 
         return sqlite_datetime
-    if isinstance(field, (models.DateTimeField, models.JSONField)):
+    if isinstance(field, models.DateTimeField):
+
+        def aware_datetime(value: datetime) -> Any:
+            # An aware datetime goes to the driver as it is (what the ORM's
+            # preparation comes to); a naive one takes the ORM's path.
+            if value.tzinfo is not None:
+                return value
+            return field.get_db_prep_save(value, connection)
+
+        return aware_datetime
+    if isinstance(field, models.JSONField):
 
         def prep(value: Any) -> Any:
             return field.get_db_prep_save(value, connection)
@@ -837,13 +863,8 @@ class DjangoStore:
 
     def waiters(self, kind: str, key: str) -> list[tuple[str, int]]:
         """Pending ``kind`` steps on ``key`` of running runs, oldest run first; one query."""
-        from .models import Step
-
-        rows = (
-            Step.objects.using(self.db)
-            .filter(key=key, kind=kind, status=StepStatus.PENDING.value, run__status="running")
-            .order_by("run__created_at", "run_id", "position")
-            .values_list("run_id", "position")
+        rows = _WAITERS.rows(
+            self._connection(), key, kind, StepStatus.PENDING.value, RunStatus.RUNNING.value
         )
         return [(run_id, position) for run_id, position in rows]
 
