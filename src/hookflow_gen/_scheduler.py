@@ -42,6 +42,10 @@ class DatabaseScheduler:
     """Workers poll runs whose ``wake_at`` has passed (``manage.py hookflow worker``)."""
 
     lease_wakeups = True
+    #: ``wake`` adds nothing to the transaction that saved the run, so a
+    #: run's start can be its insert alone (a scheduler without this
+    #: attribute is woken inside the start's transaction).
+    transactional_wake = False
 
     def wake(self, store: Store, run: RunState) -> None:
         pass  # the run row itself is the wake-up

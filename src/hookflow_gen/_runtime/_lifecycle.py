@@ -74,6 +74,18 @@ class LifecycleMixin(RuntimeBase):
             wake_seq=1,
             traceparent=tracer.inject() if tracer is not None else None,
         )
+        in_transaction = getattr(self.store, "in_transaction", None)
+        if (
+            not getattr(self.scheduler, "transactional_wake", True)
+            and callable(in_transaction)
+            and not in_transaction()
+        ):
+            # The insert is the whole start, one autocommitted statement: the
+            # scheduler has nothing to add in its transaction.
+            run, created = self.store.create_run(state)
+            if created:
+                self._observe_started(run, now)  # no transaction is open: told at once
+            return run, created
         with self.store.atomic():
             run, created = self.store.create_run(state)
             if created:

@@ -7,6 +7,7 @@ model instances, since these methods sit on the per-step hot path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -171,8 +172,24 @@ class _Prepared:
         self._sentinels = sentinels
         self._cache: dict[str, tuple[str, list[int], SQLCompiler, dict[int, Any]]] = {}
 
+    def compiled(self, connection: BaseDatabaseWrapper) -> tuple[str, list[int]]:
+        """The query's SQL, and for each of its placeholders which sentinel it stands for."""
+        sql, order, _, _ = self._entry(connection)
+        return sql, order
+
     def rows(self, connection: BaseDatabaseWrapper, *values: Any) -> list[Sequence[Any]]:
         """Run the query with ``values`` in place of the sentinels; converted rows."""
+        sql, order, compiler, converters = self._entry(connection)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [_adapt(connection, values[i]) for i in order])
+            rows: list[Sequence[Any]] = cursor.fetchall()
+        if converters:
+            return list(compiler.apply_converters(rows, converters))
+        return rows
+
+    def _entry(
+        self, connection: BaseDatabaseWrapper
+    ) -> tuple[str, list[int], SQLCompiler, dict[int, Any]]:
         entry = self._cache.get(connection.alias)
         if entry is None:
             queryset = self._build(connection.alias, *self._sentinels)
@@ -184,13 +201,7 @@ class _Prepared:
                 raise AssertionError(f"the ORM dropped a parameter of {sql!r}")
             converters = compiler.get_converters([column for column, _, _ in compiler.select])
             entry = self._cache[connection.alias] = (sql, order, compiler, converters)
-        sql, order, compiler, converters = entry
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [_adapt(connection, values[i]) for i in order])
-            rows: list[Sequence[Any]] = cursor.fetchall()
-        if converters:
-            return list(compiler.apply_converters(rows, converters))
-        return rows
+        return entry
 
 
 def _adapt(connection: BaseDatabaseWrapper, value: object) -> Any:
@@ -201,7 +212,7 @@ def _adapt(connection: BaseDatabaseWrapper, value: object) -> Any:
 
 
 def _due_query(
-    using: str, status: object, now: object, exclude: Collection[str] = ()
+    using: str, status: object, now: object, exclude: Collection[str] = (), *, lock: bool = True
 ) -> QuerySet[Any, Any]:
     from django.db import connections
     from django.db.models import Q
@@ -216,7 +227,7 @@ def _due_query(
     )
     if exclude:
         due = due.exclude(run_id__in=list(exclude))
-    if connections[using].features.has_select_for_update_skip_locked:
+    if lock and connections[using].features.has_select_for_update_skip_locked:
         due = due.select_for_update(skip_locked=True)
     return due.values_list("run_id", "workflow")[:1]
 
@@ -258,6 +269,13 @@ def _waiters_query(
 
 
 _DUE = _Prepared(_due_query, "\x00status", datetime(2000, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
+# Compiled outside a transaction (the ORM refuses to compile a locking query
+# there); ``_Statements.claim_due`` adds the lock clause.
+_DUE_UNLOCKED = _Prepared(
+    functools.partial(_due_query, lock=False),
+    "\x00status",
+    datetime(2000, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+)
 _LOCK_RUN = _Prepared(_lock_run_query, "\x00run")
 _GET_RUN = _Prepared(_get_run_query, "\x00run")
 # An in-range sentinel: the ORM drops a bound no integer can fail.
@@ -288,10 +306,24 @@ class _Statements:
         assignments = ", ".join(f"{ops.quote_name(str(f.column))} = %s" for f in run_fields)
         claimed = ops.quote_name(str(_concrete(Run, "claimed_until").column))
         self.run_preps = [_prep_for(field, connection) for field in run_fields]
+        run_id = ops.quote_name(str(_concrete(Run, "run_id").column))
         self.claim_run = (
-            f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {claimed} = %s "
-            f"WHERE {ops.quote_name(str(_concrete(Run, 'run_id').column))} = %s"
+            f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {claimed} = %s WHERE {run_id} = %s"
         )
+        # The due query (which skips rows other workers hold, where it can)
+        # and the claim as one statement, where the database can return rows.
+        self.claim_due: tuple[str, list[int]] | None = None
+        if connection.features.can_return_columns_from_insert:
+            due, order = _DUE_UNLOCKED.compiled(connection)
+            if connection.features.has_select_for_update_skip_locked:
+                due += " FOR UPDATE SKIP LOCKED"
+            workflow = ops.quote_name(str(_concrete(Run, "workflow").column))
+            self.claim_due = (
+                f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {claimed} = %s "
+                f"WHERE {run_id} = (SELECT due.run_id FROM ({due}) due) "
+                f"RETURNING {run_id}, {workflow}",
+                order,
+            )
         self.update_run = (
             f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {assignments}, {claimed} = NULL "
             f"WHERE {ops.quote_name(str(_concrete(Run, 'run_id').column))} = %s"
@@ -878,17 +910,28 @@ class DjangoStore:
         ``exclude`` names runs not to claim: those a worker's other threads are
         ticking, which stay due while a gather has more ready branches.
 
-        In one short transaction: lock the oldest due, unclaimed run (skipping
-        rows other workers hold, where the database can) and set its
-        ``claimed_until`` to ``now + lease`` so no other worker takes the same
-        wake-up. The tick's first ``save_run`` clears the claim, so a run with
-        more ready steps (a gather) can be claimed by another worker at once;
-        if the worker dies first, the claim lapses after the lease.
+        In one statement (``UPDATE ... RETURNING``; a short transaction where
+        the database cannot return rows, or with ``exclude``): lock the oldest
+        due, unclaimed run (skipping rows other workers hold, where the
+        database can) and set its ``claimed_until`` to ``now + lease`` so no
+        other worker takes the same wake-up. The tick's first ``save_run``
+        clears the claim, so a run with more ready steps (a gather) can be
+        claimed by another worker at once; if the worker dies first, the claim
+        lapses after the lease.
 
         ``wake_at`` itself is left alone: the tick reads it to decide the next
         wake-up, and moving it forward would make every long sleep wake early.
         """
         connection = self._connection()
+        statements = _statements_for(connection)
+        if statements.claim_due is not None and not exclude:
+            sql, order = statements.claim_due
+            due = (RunStatus.RUNNING.value, now)
+            params = [_adapt(connection, now + lease), *(_adapt(connection, due[i]) for i in order)]
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                row = cursor.fetchone()
+            return (row[0], row[1]) if row is not None else None
         with transaction.atomic(using=self.db):
             if exclude:
                 found = list(_due_query(self.db, RunStatus.RUNNING.value, now, exclude))
