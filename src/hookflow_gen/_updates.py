@@ -133,11 +133,14 @@ class UpdateStatus(StrEnum):
     PENDING = "pending"  # accepted, not answered yet
     ANSWERED = "answered"
     REJECTED = "rejected"
+    #: The run continued as new before receiving it: the update was handed on,
+    #: under the same id, to the next run of the chain, which answers it.
+    CONTINUED = "continued"
 
     @property
     def settled(self) -> bool:
         """True once the workflow answered or rejected it."""
-        return self is not UpdateStatus.PENDING
+        return self is UpdateStatus.ANSWERED or self is UpdateStatus.REJECTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +148,13 @@ class UpdateState:
     """An update, as stored.
 
     Attributes:
-        run_id: the run it was sent to.
-        update_id: its id, unique within the run.
+        run_id: the run that has it: the one it was sent to, or the run of
+            that run's continue-as-new chain that was live then.
+        update_id: its id, unique within the run (looked up along its chain).
         name: the update's name.
         request: the request as JSON text.
-        status: pending, answered or rejected.
+        status: pending, answered, rejected, or continued (handed on to the
+            next run of the chain, unreceived, which has its own row).
         answer: the answer as JSON text, once answered.
         reason: why the workflow rejected it, once rejected.
         created_at: when it was accepted.
