@@ -24,14 +24,22 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from ._codec import adapter_for
 from .exceptions import WorkflowDefinitionError
 
-__all__ = ["Received", "Update", "UpdateState", "UpdateStatus", "update_key"]
+__all__ = [
+    "Received",
+    "Update",
+    "UpdateState",
+    "UpdateStatus",
+    "is_update_key",
+    "update_key",
+    "update_name_in",
+]
 
 Q = TypeVar("Q")
 A = TypeVar("A")
@@ -125,6 +133,19 @@ def update_key(run_id: str, name: str) -> str:
         return key
     digest = hashlib.blake2b(f"{name}\x00{run_id}".encode(), digest_size=24).hexdigest()
     return f"{_KEY_PREFIX}{digest}"
+
+
+def is_update_key(key: str | None) -> TypeGuard[str]:
+    """True for the key of an update's requests (a ``ctx.receive`` waits on one)."""
+    return key is not None and key.startswith(_KEY_PREFIX)
+
+
+def update_name_in(key: str, run_id: str) -> str | None:
+    """The update name in ``update_key(run_id, name)``; None for a digest or another key."""
+    suffix = f":{run_id}"
+    if not is_update_key(key) or not key.endswith(suffix):
+        return None
+    return key[len(_KEY_PREFIX) : -len(suffix)] or None
 
 
 class UpdateStatus(StrEnum):
