@@ -286,10 +286,13 @@ class RunHandle(Generic[R]):
         The request is validated as the update's request type and stored
         before anything else happens; the workflow receives it at its next
         ``ctx.receive(update)`` (an update sent earlier is kept until then).
-        Between reads of the answer the caller sleeps, from 5 ms doubling up
-        to ``poll`` seconds. Calling again with the same ``update_id`` (after
-        an ``UpdateTimeout``, or from a retried request) sends nothing new
-        and waits for the same answer.
+        A run that continued as new is followed to the live end of its chain,
+        which gets the update, as ``result()`` follows it; an update still
+        unreceived when its run continues goes on to the next run. Between
+        reads of the answer the caller sleeps, from 5 ms doubling up to
+        ``poll`` seconds. Calling again with the same ``update_id`` (after an
+        ``UpdateTimeout``, or from a retried request) sends nothing new and
+        waits for the same answer.
 
         Args:
             update: the update's definition, shared with the workflow.
@@ -302,7 +305,8 @@ class RunHandle(Generic[R]):
             PayloadValidationError: the request does not fit; nothing was sent.
             UpdateRejected: the workflow refused it (``.reason`` says why).
             UpdateTimeout: no answer within ``timeout`` (``.update_id`` to wait again).
-            UpdateRunFinished: the run had ended, or ended without answering.
+            UpdateRunFinished: the run (the last of its chain) had ended, or
+                ended without answering.
             UpdateError: ``update_id`` was used for another update of this run.
             UnknownRunError: no run has this id.
             HookflowError: called inside ``transaction.atomic()`` with a
@@ -310,12 +314,12 @@ class RunHandle(Generic[R]):
         """
         update_id = update_id if update_id is not None else uuid.uuid4().hex
         runtime = self._runtime
-        self._send_update(update, request, update_id)
+        holder = self._send_update(update, request, update_id).run_id
         clock = runtime.clock
         deadline = clock.monotonic() + timeout
         pause = min(_FIRST_POLL, poll)
         while True:
-            state = self._update_state(update_id)
+            holder, state = self._update_state(holder, update_id)
             if state is not None:
                 return self._update_outcome(update, state)
             if clock.monotonic() >= deadline:
@@ -341,7 +345,8 @@ class RunHandle(Generic[R]):
             PayloadValidationError: the request does not fit; nothing was sent.
             UpdateRejected: the workflow refused it (``.reason`` says why).
             UpdateTimeout: no answer within ``timeout`` (``.update_id`` to wait again).
-            UpdateRunFinished: the run had ended, or ended without answering.
+            UpdateRunFinished: the run (the last of its chain) had ended, or
+                ended without answering.
             UpdateError: ``update_id`` was used for another update of this run.
             UnknownRunError: no run has this id.
             HookflowError: called inside ``transaction.atomic()`` with a
@@ -349,13 +354,13 @@ class RunHandle(Generic[R]):
         """
         update_id = update_id if update_id is not None else uuid.uuid4().hex
         send = sync_to_async(self._send_update, thread_sensitive=True)
-        await send(update, request, update_id)
+        holder = (await send(update, request, update_id)).run_id
         read = sync_to_async(self._update_state, thread_sensitive=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pause = min(_FIRST_POLL, poll)
         while True:
-            state = await read(update_id)
+            holder, state = await read(holder, update_id)
             if state is not None:
                 return self._update_outcome(update, state)
             if loop.time() >= deadline:
@@ -363,7 +368,9 @@ class RunHandle(Generic[R]):
             await asyncio.sleep(min(pause, max(deadline - loop.time(), 0.0)))
             pause = min(pause * 2, poll)
 
-    def _send_update(self, update: Update[Any, Any], request: object, update_id: str) -> None:
+    def _send_update(
+        self, update: Update[Any, Any], request: object, update_id: str
+    ) -> UpdateState:
         runtime = self._runtime
         in_transaction = getattr(runtime.store, "in_transaction", None)
         if (
@@ -378,19 +385,33 @@ class RunHandle(Generic[R]):
                 "written by a worker once the update is committed, so send it outside the "
                 "transaction (or with transaction.on_commit)"
             )
-        runtime.send_update(self.run_id, update, request, update_id)
+        return runtime.send_update(self.run_id, update, request, update_id)
 
-    def _update_state(self, update_id: str) -> UpdateState | None:
-        """The update once it is settled, or once the run ended without settling it."""
+    def _update_state(self, run_id: str, update_id: str) -> tuple[str, UpdateState | None]:
+        """Where the update is now, and its state once settled or once it can be no more.
+
+        ``run_id`` is the run that had the update at the last read; an update
+        handed on to the next run of a continue-as-new chain is followed
+        there. The state is None while the update waits for its answer.
+        """
         store = self._runtime.store
-        state = store.get_update(self.run_id, update_id)
-        if state is None or state.status.settled:
-            return state
-        run = store.get_run(self.run_id)
-        if run is not None and not run.status.finished:
-            return None
-        # Ended: read once more, for an answer written just before the end.
-        return store.get_update(self.run_id, update_id) or state
+        while True:
+            state = store.get_update(run_id, update_id)
+            if state is None or state.status.settled:
+                return run_id, state
+            if state.status is UpdateStatus.PENDING:
+                run = store.get_run(run_id)
+                if run is not None and not run.status.finished:
+                    return run_id, None
+                # Ended: read once more, for an answer (or a hand-over) written
+                # just before the end.
+                state = store.get_update(run_id, update_id) or state
+                if state.status is not UpdateStatus.CONTINUED:
+                    return run_id, state
+            run = store.get_run(run_id)
+            if run is None or run.continued_as is None:
+                return run_id, state
+            run_id = run.continued_as
 
     def _update_outcome(self, update: Update[Any, A], state: UpdateState) -> A:
         if state.status is UpdateStatus.ANSWERED:
@@ -403,17 +424,17 @@ class RunHandle(Generic[R]):
         if state.status is UpdateStatus.REJECTED:
             reason = state.reason or ""
             raise UpdateRejected(
-                f"run {self.run_id} rejected update {update.name!r} ({state.update_id}): {reason}",
-                run_id=self.run_id,
+                f"run {state.run_id} rejected update {update.name!r} ({state.update_id}): {reason}",
+                run_id=state.run_id,
                 update_id=state.update_id,
                 reason=reason,
             )
-        run = self._runtime.store.get_run(self.run_id)
+        run = self._runtime.store.get_run(state.run_id)
         status = run.status.value if run is not None else "gone"
         raise UpdateRunFinished(
-            f"run {self.run_id} is {status} without answering update {update.name!r} "
+            f"run {state.run_id} is {status} without answering update {update.name!r} "
             f"({state.update_id})",
-            run_id=self.run_id,
+            run_id=state.run_id,
             update_id=state.update_id,
         )
 

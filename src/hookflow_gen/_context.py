@@ -513,7 +513,9 @@ class Context:
         received_adapter = adapter_for(received)
         if timeout is None:
             return self._track(
-                EventStep(step_name, key, received, None, received_adapter, received_adapter)
+                EventStep(
+                    step_name, key, received, None, received_adapter, received_adapter, update
+                )
             )
         return self._track(
             EventStep(
@@ -523,6 +525,7 @@ class Context:
                 as_timedelta(timeout),
                 adapter_for(received | None),
                 received_adapter,
+                update,
             )
         )
 

@@ -22,6 +22,7 @@ from ._codec import adapter_for
 if TYPE_CHECKING:
     from ._flow import FlowControl, KeySpec, Limit, Rate
     from ._journal import ErrorInfo
+    from ._updates import Update
     from ._workflow import Workflow
 
 __all__ = [
@@ -348,7 +349,9 @@ class CallStep(Step[CallResponse[T]], Generic[T]):
 class EventStep(Step[T_co]):
     """Wait for an event sent with ``notify(key, payload)``, or until ``timeout``.
 
-    With a timeout the result is None when the timeout passed first.
+    With a timeout the result is None when the timeout passed first. A
+    ``ctx.receive`` is one too, on its update's private key, with ``update``
+    set: the definition that the admin sends an update of.
     """
 
     kind: ClassVar[str] = "event"
@@ -358,6 +361,7 @@ class EventStep(Step[T_co]):
     timeout: timedelta | None = None
     adapter: TypeAdapter[Any] = field(default=adapter_for(Any), repr=False)
     event_adapter: TypeAdapter[Any] = field(default=adapter_for(Any), repr=False)
+    update: Update[Any, Any] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._journal import ErrorInfo, StepRecord, StepStatus
-from ._updates import UpdateState
+from ._updates import UpdateState, UpdateStatus
 
 if TYPE_CHECKING:
     from ._flow import FlowGate
@@ -176,7 +176,11 @@ class Store(Protocol):
         ...
 
     def save_update(self, update: UpdateState) -> None:
-        """Record an update's answer or rejection (status, answer, reason, answered_at)."""
+        """Record an update's answer, rejection or hand-over (its status and answer fields)."""
+
+    def pending_updates(self, run_id: str) -> list[UpdateState]:
+        """The run's updates that are still pending, oldest first."""
+        ...
 
     def take_flow_slot(
         self, gates: Sequence[FlowGate], run_id: str, position: int, owner: str, now: datetime
@@ -364,6 +368,13 @@ class MemoryStore:
 
     def save_update(self, update: UpdateState) -> None:
         self._put(self.updates, (update.run_id, update.update_id), update)
+
+    def pending_updates(self, run_id: str) -> list[UpdateState]:
+        return [  # a dict keeps insertion order: the order they were accepted
+            update
+            for (owner, _), update in self.updates.items()
+            if owner == run_id and update.status is UpdateStatus.PENDING
+        ]
 
     def take_flow_slot(
         self, gates: Sequence[FlowGate], run_id: str, position: int, owner: str, now: datetime

@@ -24,14 +24,22 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from ._codec import adapter_for
 from .exceptions import WorkflowDefinitionError
 
-__all__ = ["Received", "Update", "UpdateState", "UpdateStatus", "update_key"]
+__all__ = [
+    "Received",
+    "Update",
+    "UpdateState",
+    "UpdateStatus",
+    "is_update_key",
+    "update_key",
+    "update_name_in",
+]
 
 Q = TypeVar("Q")
 A = TypeVar("A")
@@ -127,17 +135,33 @@ def update_key(run_id: str, name: str) -> str:
     return f"{_KEY_PREFIX}{digest}"
 
 
+def is_update_key(key: str | None) -> TypeGuard[str]:
+    """True for the key of an update's requests (a ``ctx.receive`` waits on one)."""
+    return key is not None and key.startswith(_KEY_PREFIX)
+
+
+def update_name_in(key: str, run_id: str) -> str | None:
+    """The update name in ``update_key(run_id, name)``; None for a digest or another key."""
+    suffix = f":{run_id}"
+    if not is_update_key(key) or not key.endswith(suffix):
+        return None
+    return key[len(_KEY_PREFIX) : -len(suffix)] or None
+
+
 class UpdateStatus(StrEnum):
     """Where an update stands."""
 
     PENDING = "pending"  # accepted, not answered yet
     ANSWERED = "answered"
     REJECTED = "rejected"
+    #: The run continued as new before receiving it: the update was handed on,
+    #: under the same id, to the next run of the chain, which answers it.
+    CONTINUED = "continued"
 
     @property
     def settled(self) -> bool:
         """True once the workflow answered or rejected it."""
-        return self is not UpdateStatus.PENDING
+        return self is UpdateStatus.ANSWERED or self is UpdateStatus.REJECTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +169,13 @@ class UpdateState:
     """An update, as stored.
 
     Attributes:
-        run_id: the run it was sent to.
-        update_id: its id, unique within the run.
+        run_id: the run that has it: the one it was sent to, or the run of
+            that run's continue-as-new chain that was live then.
+        update_id: its id, unique within the run (looked up along its chain).
         name: the update's name.
         request: the request as JSON text.
-        status: pending, answered or rejected.
+        status: pending, answered, rejected, or continued (handed on to the
+            next run of the chain, unreceived, which has its own row).
         answer: the answer as JSON text, once answered.
         reason: why the workflow rejected it, once rejected.
         created_at: when it was accepted.

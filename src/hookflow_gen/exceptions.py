@@ -118,7 +118,8 @@ class UpdateError(HookflowError):
     or request of the same run; its subclasses say why no answer came.
 
     Attributes:
-        run_id: the run the update was sent to.
+        run_id: the run that has the update: the one it was sent to, or the
+            run of its continue-as-new chain that got it.
         update_id: the update's id (call ``update`` again with it to go on
             waiting for the same update).
     """
@@ -150,7 +151,10 @@ class UpdateTimeout(UpdateError, TimeoutError):
 
 
 class UpdateRunFinished(UpdateError):
-    """The run had ended when the update was sent, or ended without answering it."""
+    """The run had ended when the update was sent, or ended without answering it.
+
+    For a run that continued as new, "the run" is the last run of its chain.
+    """
 
 
 class NonDeterminismError(HookflowError):

@@ -10,7 +10,15 @@ from datetime import timedelta
 
 from pydantic import BaseModel
 
-from hookflow_gen import Context, Flow, NonRetryableError, RetryPolicy, current_step, workflow
+from hookflow_gen import (
+    Context,
+    Flow,
+    NonRetryableError,
+    RetryPolicy,
+    Update,
+    current_step,
+    workflow,
+)
 from hookflow_gen.testing import FakeClock
 
 CLOCK: list[FakeClock] = []
@@ -150,3 +158,43 @@ def sync(ctx: Context, s: Sync) -> Flow[int]:
         )
     yield from ctx.wait_for_event("confirm", Approval, key=f"sync-{s.account}")
     return imported
+
+
+class Raise(BaseModel):
+    amount_cents: int
+    reason: str = ""
+
+
+class Limit(BaseModel):
+    limit_cents: int
+
+
+raise_limit = Update("raise-limit", Raise, Limit)
+
+
+def check_credit(limit_cents: int) -> int:
+    spend(300)
+    return limit_cents
+
+
+def book_raise(limit_cents: int, amount_cents: int) -> int:
+    spend(120)
+    return limit_cents + amount_cents
+
+
+@workflow(name="browser_account")
+def account(ctx: Context, opening: Limit) -> Flow[int]:
+    """Check credit, then take raise-limit updates, refusing ones that are not positive."""
+    limit = yield from ctx.run("check-credit", check_credit, opening.limit_cents)
+    received = 0
+    while limit < 100_000:
+        req = yield from ctx.receive(raise_limit, name=f"raise-{received}")
+        received += 1
+        if req.request.amount_cents <= 0:
+            yield from ctx.reject(req, "a raise must be positive")
+            continue
+        limit = yield from ctx.run(
+            f"book-raise-{received}", book_raise, limit, req.request.amount_cents
+        )
+        yield from ctx.reply(req, Limit(limit_cents=limit))
+    return limit

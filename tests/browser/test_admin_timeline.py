@@ -397,3 +397,43 @@ def test_continued_runs_link_both_ways_and_show_their_status(
     assert json.loads(last.get("hf-custom-status")) == {"page": 3, "pages": 3, "imported": 60}
     assert "Cancel run" in last.get("hf-cancel")
     assert handle.latest().run_id == "sync-acme-continued-2"
+
+
+def test_a_run_waiting_for_an_update_offers_send_update_and_lists_its_updates(
+    browser: Browser, runtime: Runtime, clock: FakeClock, django_user_model: Any
+) -> None:
+    """A receive step gets a Send update form (no Send event); the updates show their answers."""
+    django_user_model.objects.create_superuser(USERNAME, "admin@example.com", "unused")
+    flows.CLOCK[:] = [clock]
+    try:
+        handle = flows.account.start(flows.Limit(limit_cents=500), run_id="account-7")
+        run_worker(runtime, until_idle=60)
+        clock.advance(30)
+        runtime.send_update(
+            "account-7", flows.raise_limit, flows.Raise(amount_cents=250), "raise-from-crm"
+        )
+        run_worker(runtime, until_idle=60)
+        clock.advance(12)
+        runtime.send_update("account-7", flows.raise_limit, flows.Raise(amount_cents=-40), "typo")
+        run_worker(runtime, until_idle=60)
+        clock.advance(25)
+    finally:
+        flows.CLOCK.clear()
+    assert handle.status.value == "running"
+    browser.screenshot(_page("account-7"), "run-update", 1400)
+    page = browser.dom(_page("account-7"))
+    waiting = page.get("hf-step-6")
+    assert "raise-2" in waiting and "waiting for update 'raise-limit'" in waiting
+    assert "waited" in _bars(page.html, 1)[0][1] and "update 'raise-limit'" in page.get("hf-step-1")
+    assert "Send update" in page.get("hf-send-update-6")
+    assert "Send event" not in page.text and "hf-send-6" not in page.by_id
+    form = page.get("hf-update-form-6")
+    assert "Update raise-limit, request Raise, answered with Limit" in form
+    assert "amount_cents: integer" in form and "reason: string (optional)" in form
+    assert json.loads(page.get("id_request_6")) == {"amount_cents": 0, "reason": ""}
+    answered = page.get("hf-update-raise-from-crm")
+    assert "answered" in answered and '{"limit_cents": 750}' in answered
+    assert "rejected: a raise must be positive" in page.get("hf-update-typo")
+    assert "reply to update raise-from-crm" in page.get("hf-step-3")
+    assert "reply to update typo" in page.get("hf-step-5")
+    assert "result" not in page.get("hf-step-5")  # a reply's record holds no result

@@ -50,3 +50,40 @@ def ignores(ctx: Context, book: Ledger) -> Flow[int]:
     """Receive one deposit and end without answering it."""
     req = yield from ctx.receive(deposit)
     return req.request.amount
+
+
+class Book(BaseModel):
+    total: int = 0
+    per_run: int = 1
+    runs_left: int = 2
+    nap_seconds: int = 0
+
+
+@workflow(name="updates-chained")
+def chained(ctx: Context, book: Book) -> Flow[int]:
+    """Answer ``per_run`` deposits per run with the running total, then continue as new.
+
+    The first run may nap first (``nap_seconds``), so that updates sent
+    meanwhile are buffered; the runs after it do not.
+    """
+    if book.nap_seconds:
+        yield from ctx.sleep("nap", book.nap_seconds)
+    total = book.total
+    for taken in range(book.per_run):
+        req = yield from ctx.receive(deposit, name=f"deposit-{taken}")
+        total += req.request.amount
+        yield from ctx.reply(req, Balance(total=total, deposits=taken + 1))
+    if book.runs_left > 0:
+        successor = Book(total=total, per_run=book.per_run, runs_left=book.runs_left - 1)
+        return (yield from ctx.continue_as_new(chained, successor))
+    return total
+
+
+@workflow(name="updates-continues-unanswered")
+def passes_on(ctx: Context, book: Book) -> Flow[int]:
+    """Receive one deposit and continue as new without answering it (once)."""
+    req = yield from ctx.receive(deposit)
+    if book.runs_left > 0:
+        successor = Book(total=book.total + req.request.amount, runs_left=book.runs_left - 1)
+        return (yield from ctx.continue_as_new(passes_on, successor))
+    return book.total

@@ -14,8 +14,9 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from hookflow_gen import RunStatus
-from hookflow_gen.django.models import Run, Step
+from hookflow_gen.django.models import Event, Run, Step, Update
 from tests.conftest import run_worker
+from tests.djangoapp.update_workflows import Book, Deposit, Ledger, chained, deposit, ledger
 from tests.djangoapp.workflows import Numbers, Wait, approval, doomed, linear, parent
 
 if TYPE_CHECKING:
@@ -209,3 +210,121 @@ def test_run_ids_with_slashes_and_underscores(admin_client: Client, runtime: Run
     response = admin_client.post(cancel, follow=True)
     assert "Cancelled the run (and its children)." in _messages(response)
     assert handle.status is RunStatus.CANCELLED
+
+
+# -- a run waiting in ctx.receive: updates, never a bare event ----------------------------
+
+
+def _receiving(runtime: Runtime, deposits: int = 1) -> str:
+    handle = ledger.start(Ledger(deposits=deposits))
+    run_worker(runtime)
+    assert Step.objects.get(run_id=handle.run_id, position=0).status == "pending"
+    return handle.run_id
+
+
+def test_a_receive_step_offers_send_update_and_no_send_event(
+    admin_client: Client, runtime: Runtime
+) -> None:
+    """The form of a receive step sends an update; a bare event to its key is refused."""
+    run_id = _receiving(runtime)
+    html = admin_client.get(_page(run_id)).content.decode()
+    assert 'id="hf-send-update-0"' in html and "Send event" not in html
+    assert "Update <strong>deposit</strong>, request <strong>Deposit</strong>" in html
+    assert "answered with <strong>Balance</strong>" in html and "amount: integer" in html
+    assert "waiting for update &#x27;deposit&#x27;" in html
+    assert 'id="hf-updates"' not in html  # none sent yet
+    url = reverse("admin:hookflow_run_send_event", args=[run_id, 0])
+    refused = admin_client.post(url, {"payload": '{"amount": 5}'}, follow=True)
+    assert _messages(refused) == [
+        "Step #0 waits for an update, not an event; send it with its Send update form."
+    ]
+    assert not Event.objects.exists() and not Update.objects.exists()
+    assert Step.objects.get(run_id=run_id, position=0).status == "pending"
+
+
+def test_send_update_checks_the_request_then_shows_the_answer(
+    admin_client: Client, runtime: Runtime
+) -> None:
+    """Bad JSON and a request that does not fit are refused; a good one is answered by a worker."""
+    run_id = _receiving(runtime)
+    url = reverse("admin:hookflow_run_send_update", args=[run_id, 0])
+    bad_json = admin_client.post(url, {"request": "{not json"}, follow=True)
+    assert any(m.startswith("The request is not valid JSON") for m in _messages(bad_json))
+    too_big = admin_client.post(url, {"request": '{"amount": 5000}'}, follow=True)
+    [message] = _messages(too_big)
+    assert message.startswith("The request does not fit update 'deposit': amount: ")
+    assert "less than or equal to 1000" in message
+    assert not Update.objects.exists()
+    sent = admin_client.post(url, {"request": '{"amount": 40}'}, follow=True)
+    [message] = _messages(sent)
+    row = Update.objects.get(run_id=run_id)
+    assert row.update_id.startswith("admin-") and row.status == "pending"
+    assert message == (
+        f"Sent update 'deposit' as {row.update_id}; the workflow has not answered it yet "
+        "(its answer shows under Updates)."
+    )
+    assert "not answered yet" in sent.content.decode()
+    run_worker(runtime)
+    page = admin_client.get(_page(run_id)).content.decode()
+    assert Run.objects.get(pk=run_id).status == RunStatus.COMPLETED.value
+    table = page[page.index('id="hf-updates"') :]
+    assert row.update_id in table and "answered" in table
+    assert "{&quot;deposits&quot;: 1, &quot;total&quot;: 40}" in table
+    late = admin_client.post(url, {"request": '{"amount": 1}'}, follow=True)
+    assert _messages(late) == ["Step #0 waits for no update now."]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_send_update_shows_an_answer_or_rejection_given_at_once(
+    admin_client: Client, inline_runtime: Runtime
+) -> None:
+    """With the inline scheduler the workflow answers before the redirect; the message says how."""
+    handle = ledger.start(Ledger(deposits=2))
+    run_id = handle.run_id
+    url = reverse("admin:hookflow_run_send_update", args=[run_id, 0])
+    rejected = admin_client.post(url, {"request": '{"amount": -3}'}, follow=True)
+    [message] = _messages(rejected)
+    assert message.endswith("; the workflow rejected it: a deposit of -3 is negative")
+    position = Step.objects.get(run_id=run_id, kind="event", status="pending").position
+    url = reverse("admin:hookflow_run_send_update", args=[run_id, position])
+    answered = admin_client.post(url, {"request": '{"amount": 5}'}, follow=True)
+    [message] = _messages(answered)
+    assert message.endswith('; the workflow answered {"total":5,"deposits":1}.')
+    statuses = sorted(Update.objects.filter(run_id=run_id).values_list("status", flat=True))
+    assert statuses == ["answered", "rejected"]
+    table = answered.content.decode()
+    assert "rejected: a deposit of -3 is negative" in table
+
+
+def test_a_receive_whose_workflow_is_gone_has_no_form(
+    admin_client: Client, runtime: Runtime
+) -> None:
+    """Without the update's definition nothing can be checked: a note, and a refused POST."""
+    run_id = _receiving(runtime)
+    Run.objects.filter(pk=run_id).update(workflow="renamed_since")
+    html = admin_client.get(_page(run_id)).content.decode()
+    assert "It waits for update <strong>deposit</strong>" in html
+    assert "could not be loaded" in html
+    assert "hf-send-update-0" not in html and "Send event" not in html
+    url = reverse("admin:hookflow_run_send_update", args=[run_id, 0])
+    response = admin_client.post(url, {"request": '{"amount": 5}'}, follow=True)
+    [message] = _messages(response)
+    assert message.startswith("The update step #0 waits for could not be loaded")
+    assert not Update.objects.exists()
+
+
+def test_a_continued_run_lists_the_updates_it_handed_on(
+    admin_client: Client, runtime: Runtime
+) -> None:
+    """Updates a run had not received when it continued are listed as handed on, with a link."""
+    chained.start(Book(runs_left=1), run_id="adm-chain")
+    for update_id, amount in (("a", 1), ("b", 2)):
+        runtime.send_update("adm-chain", deposit, Deposit(amount=amount), update_id)
+    run_worker(runtime)
+    html = admin_client.get(_page("adm-chain")).content.decode()
+    handed = html[html.index('id="hf-update-b"') :]
+    assert "handed on to" in handed[: handed.index("</tr>")]
+    assert f'href="{_page("adm-chain-continued-1")}"' in handed
+    nxt = admin_client.get(_page("adm-chain-continued-1")).content.decode()
+    answered = nxt[nxt.index('id="hf-update-b"') :]
+    assert "answered" in answered[: answered.index("</tr>")]

@@ -29,7 +29,16 @@ from hookflow_gen._updates import UpdateStatus, update_key
 from hookflow_gen.django import build_runtime, get_settings
 from hookflow_gen.django.models import Event, Step, Update
 from tests.conftest import run_worker
-from tests.djangoapp.update_workflows import Balance, Deposit, Ledger, deposit, ignores, ledger
+from tests.djangoapp.update_workflows import (
+    Balance,
+    Book,
+    Deposit,
+    Ledger,
+    chained,
+    deposit,
+    ignores,
+    ledger,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,6 +103,122 @@ def test_the_database_worker_answers_a_buffered_update(runtime: Runtime) -> None
     assert handle.update(deposit, Deposit(amount=7), update_id="early", timeout=0) == Balance(
         total=7, deposits=1
     )
+
+
+# -- continue-as-new chains ------------------------------------------------------------
+
+
+def test_an_update_to_a_continued_run_is_stored_on_the_live_end(inline_runtime: Runtime) -> None:
+    """The first id's handle updates each run of the chain in turn; rows sit on those runs."""
+    handle = chained.start(Book(), run_id="dj-chain-1")
+    answers = [
+        handle.update(deposit, Deposit(amount=amount), update_id=f"u{amount}").total
+        for amount in (5, 7, 3)
+    ]
+    assert answers == [5, 12, 15] and handle.result() == 15
+    rows = Update.objects.order_by("id").values_list("run_id", "update_id", "status")
+    assert list(rows) == [
+        ("dj-chain-1", "u5", "answered"),
+        ("dj-chain-1-continued-1", "u7", "answered"),
+        ("dj-chain-1-continued-2", "u3", "answered"),
+    ]
+    with pytest.raises(UpdateRunFinished, match=r"dj-chain-1-continued-2 \(the last run"):
+        handle.update(deposit, Deposit(amount=1))
+    assert handle.update(deposit, Deposit(amount=7), update_id="u7", timeout=0).total == 12
+    assert Update.objects.count() == 3
+
+
+def test_the_worker_hands_buffered_updates_on_to_the_next_run(runtime: Runtime) -> None:
+    """Updates buffered on a run that continues are answered by the runs after it."""
+    handle = chained.start(Book(), run_id="dj-chain-2")
+    for update_id, amount in (("a", 5), ("b", 7), ("c", 3)):
+        runtime.send_update("dj-chain-2", deposit, Deposit(amount=amount), update_id)
+    assert Event.objects.filter(key=update_key("dj-chain-2", "deposit")).count() == 3
+    run_worker(runtime)
+    assert handle.result() == 15
+    rows = Update.objects.order_by("run_id", "update_id").values_list(
+        "run_id", "update_id", "status"
+    )
+    assert list(rows) == [
+        ("dj-chain-2", "a", "answered"),
+        ("dj-chain-2", "b", "continued"),
+        ("dj-chain-2", "c", "continued"),
+        ("dj-chain-2-continued-1", "b", "answered"),
+        ("dj-chain-2-continued-1", "c", "continued"),
+        ("dj-chain-2-continued-2", "c", "answered"),
+    ]
+    assert Event.objects.count() == 0
+    totals = [
+        handle.update(deposit, Deposit(amount=amount), update_id=update_id, timeout=0).total
+        for update_id, amount in (("a", 5), ("b", 7), ("c", 3))
+    ]
+    assert totals == [5, 12, 15]
+
+
+def _chain_race_round(round_: int, sends: int) -> None:
+    """One round: ticks of the chain's live end race ``sends`` updates sent to its first id."""
+    first = f"update-chain-race-{round_}"
+    handle = chained.start(Book(runs_left=sends - 1), run_id=first)
+    barrier = threading.Barrier(sends + 1)
+    errors: list[BaseException] = []
+
+    def act(do: Callable[[Runtime], object]) -> None:
+        runtime = build_runtime(get_settings())
+        try:
+            barrier.wait()
+            do(runtime)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            runtime.close()
+            connection.close()
+
+    def send(amount: int) -> Callable[[Runtime], object]:
+        return lambda r: r.send_update(first, deposit, Deposit(amount=amount), f"u{amount}")
+
+    def ticks(runtime: Runtime) -> object:
+        for _ in range(2 * sends):
+            runtime.tick(handle.latest().run_id)
+        return None
+
+    actions = [ticks, *(send(10**i) for i in range(sends))]
+    threads = [threading.Thread(target=act, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    runtime = build_runtime(get_settings())
+    try:
+        for _ in range(4 * sends):
+            end = handle.latest()
+            if end.status.finished:
+                break
+            runtime.tick(end.run_id)
+    finally:
+        runtime.close()
+    amounts = [10**i for i in range(sends)]
+    assert handle.result() == sum(amounts), f"round {round_}"
+    rows = Update.objects.filter(run__run_id__startswith=first)
+    answered = rows.filter(status=UpdateStatus.ANSWERED.value)
+    assert sorted(answered.values_list("update_id", flat=True)) == sorted(
+        f"u{amount}" for amount in amounts
+    ), f"round {round_}"
+    assert set(rows.values_list("status", flat=True)) <= {"answered", "continued"}
+    totals = sorted(
+        handle.update(deposit, Deposit(amount=amount), update_id=f"u{amount}", timeout=0).total
+        for amount in amounts
+    )
+    # Each answer is the chain's running total after that update: its prefix sums.
+    assert len(set(totals)) == sends and totals[-1] == sum(amounts), f"round {round_}"
+    assert not Event.objects.filter(key__contains=first).exists()
+
+
+@pytest.mark.postgres
+def test_updates_racing_a_continuing_chain_are_each_answered_once() -> None:
+    """Three updates sent to a chain's first id while its runs tick and continue, 15 times."""
+    for round_ in range(15):
+        _chain_race_round(round_, 3)
 
 
 # -- a worker process answers --------------------------------------------------------------

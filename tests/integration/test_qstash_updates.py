@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hookflow_gen import RunStatus
-from tests.djangoapp.update_workflows import Balance, Deposit, Ledger, deposit, ledger
+from tests.djangoapp.update_workflows import (
+    Balance,
+    Book,
+    Deposit,
+    Ledger,
+    chained,
+    deposit,
+    ledger,
+)
 from tests.integration.test_qstash_webhook import (
     deliver,
     published,
@@ -36,3 +44,28 @@ def test_an_update_wakes_the_run_through_qstash(runtime: Runtime, qstash: QStash
     assert handle.status is RunStatus.COMPLETED
     answer = handle.update(deposit, Deposit(amount=9), update_id="q-1", timeout=0)
     assert answer == Balance(total=9, deposits=1)
+
+
+def test_an_update_to_a_continued_run_wakes_the_chains_live_end(
+    runtime: Runtime,  # noqa: F811  # the fixture above
+    qstash: QStashServer,  # noqa: F811  # the fixture above
+) -> None:
+    """Sent to a continued run's id, the update publishes the wake-up of the run now live."""
+    handle = chained.start(Book(runs_left=1), run_id="q-chain")
+    [start] = published(qstash)
+    assert deliver(start).status_code == 200  # the first run waits in ctx.receive
+    runtime.send_update("q-chain", deposit, Deposit(amount=4), "q-a")
+    [woken] = published(qstash)[1:]
+    assert deliver(woken).status_code == 200  # answered; continued as q-chain-continued-1
+    assert handle.status is RunStatus.CONTINUED
+    [started] = published(qstash)[2:]
+    assert started["run_id"] == "q-chain-continued-1"
+    assert deliver(started).status_code == 200  # the next run waits in ctx.receive
+    state = runtime.send_update("q-chain", deposit, Deposit(amount=6), "q-b")
+    assert state.run_id == "q-chain-continued-1"
+    [woken] = published(qstash)[3:]
+    assert woken["run_id"] == "q-chain-continued-1"
+    assert deliver(woken).status_code == 200
+    assert handle.result() == 10
+    answer = handle.update(deposit, Deposit(amount=6), update_id="q-b", timeout=0)
+    assert answer == Balance(total=10, deposits=1)

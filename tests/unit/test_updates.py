@@ -23,11 +23,22 @@ from hookflow_gen import (
     UpdateRunFinished,
     UpdateTimeout,
     WorkflowDefinitionError,
+    get_run,
     workflow,
 )
 from hookflow_gen._updates import UpdateStatus, update_key
 from hookflow_gen.testing import Stepper, WorkflowEnvironment, check_resumable, replay
-from tests.djangoapp.update_workflows import Balance, Deposit, Ledger, deposit, ignores, ledger
+from tests.djangoapp.update_workflows import (
+    Balance,
+    Book,
+    Deposit,
+    Ledger,
+    chained,
+    deposit,
+    ignores,
+    ledger,
+    passes_on,
+)
 
 
 class Ping(BaseModel):
@@ -262,6 +273,101 @@ def test_aupdate_answers_in_async_code() -> None:
 
         assert asyncio.run(main()) == Balance(total=8, deposits=1)
         assert handle.result() == 8
+
+
+# -- continue-as-new chains ------------------------------------------------------------
+
+
+def test_an_update_to_a_continued_run_reaches_the_chains_live_end() -> None:
+    """Sent to the first id, each update is answered by the run that runs now."""
+    with WorkflowEnvironment() as env:
+        handle = env.start(chained, Book(), run_id="chain-1")
+        assert handle.update(deposit, Deposit(amount=5)) == Balance(total=5, deposits=1)
+        assert handle.status is RunStatus.CONTINUED
+        answer = handle.update(deposit, Deposit(amount=7), update_id="second")
+        assert answer == Balance(total=12, deposits=1)
+        state = env.store.get_update("chain-1-continued-1", "second")
+        assert state is not None and state.status is UpdateStatus.ANSWERED
+        assert env.store.get_update("chain-1", "second") is None
+        assert handle.update(deposit, Deposit(amount=3)) == Balance(total=15, deposits=1)
+        assert handle.latest().run_id == "chain-1-continued-2"
+        assert handle.result() == 15
+        # The chain has ended: a new update is refused, naming its last run...
+        with pytest.raises(UpdateRunFinished, match="chain-1-continued-2") as finished:
+            handle.update(deposit, Deposit(amount=1))
+        assert finished.value.run_id == "chain-1-continued-2"
+        # ...and an update id used in the chain still gets its answer, or refuses another.
+        assert handle.update(deposit, Deposit(amount=7), update_id="second") == answer
+        with pytest.raises(UpdateError, match="give each update its own id"):
+            handle.update(deposit, Deposit(amount=8), update_id="second")
+        assert len(env.store.updates) == 3
+
+
+def test_a_handle_on_a_middle_run_reaches_the_same_live_end() -> None:
+    """Any id of the chain leads to its live end, sync and async alike."""
+    with WorkflowEnvironment() as env:
+        first = env.start(chained, Book(), run_id="chain-2")
+        first.update(deposit, Deposit(amount=1))
+        first.update(deposit, Deposit(amount=2))
+        middle = get_run(chained, "chain-2-continued-1")
+        assert middle.status is RunStatus.CONTINUED
+
+        async def main() -> Balance:
+            return await middle.aupdate(deposit, Deposit(amount=4), update_id="async")
+
+        assert asyncio.run(main()) == Balance(total=7, deposits=1)
+        assert env.store.get_update("chain-2-continued-2", "async") is not None
+        assert first.result() == 7
+
+
+def test_updates_buffered_when_a_run_continues_go_on_to_the_next_run() -> None:
+    """Sent before the first run received them, they are answered by the runs after it."""
+    with WorkflowEnvironment(auto_advance=False) as env:
+        handle = env.start(chained, Book(nap_seconds=60), run_id="chain-3")
+        for update_id, amount in (("a", 5), ("b", 7), ("c", 3)):
+            env.runtime.send_update("chain-3", deposit, Deposit(amount=amount), update_id)
+        assert env.store.events[update_key("chain-3", "deposit")]  # all three wait there
+        env.advance(60)
+        assert handle.result() == 15
+        assert handle.update(deposit, Deposit(amount=5), update_id="a", timeout=0).total == 5
+        assert handle.update(deposit, Deposit(amount=7), update_id="b", timeout=0).total == 12
+        assert handle.update(deposit, Deposit(amount=3), update_id="c", timeout=0).total == 15
+        statuses = {key: state.status.value for key, state in sorted(env.store.updates.items())}
+        assert statuses == {
+            ("chain-3", "a"): "answered",
+            ("chain-3", "b"): "continued",
+            ("chain-3", "c"): "continued",
+            ("chain-3-continued-1", "b"): "answered",
+            ("chain-3-continued-1", "c"): "continued",
+            ("chain-3-continued-2", "c"): "answered",
+        }
+        assert not any(env.store.events.values())  # every request was received
+
+
+def test_a_caller_waiting_on_a_buffered_update_follows_it_to_the_next_run() -> None:
+    """The caller's poll follows its update when the run it was sent to continues."""
+    with WorkflowEnvironment(auto_advance=False) as env:
+        handle = env.start(chained, Book(nap_seconds=60), run_id="chain-4")
+        env.runtime.send_update("chain-4", deposit, Deposit(amount=2), "first")
+        # Buffered behind "first" on the run that continues once it answered it; the
+        # caller's waits move the clock past the nap.
+        answer = handle.update(deposit, Deposit(amount=9), timeout=120)
+        assert answer == Balance(total=11, deposits=1)
+        answered = [key for key, state in env.store.updates.items() if state.status.settled]
+        assert [run_id for run_id, _ in answered] == ["chain-4", "chain-4-continued-1"]
+
+
+def test_an_update_received_and_dropped_by_a_continuing_run_fails_its_caller() -> None:
+    """Received but not answered before the run continued: UpdateRunFinished, not handed on."""
+    with WorkflowEnvironment() as env:
+        handle = env.start(passes_on, Book(runs_left=1), run_id="chain-5")
+        with pytest.raises(UpdateRunFinished, match="continued without answering") as dropped:
+            handle.update(deposit, Deposit(amount=4), timeout=60)
+        assert dropped.value.run_id == "chain-5"
+        state = env.store.get_update("chain-5", dropped.value.update_id)
+        assert state is not None and state.status is UpdateStatus.PENDING
+        assert env.store.get_update("chain-5-continued-1", dropped.value.update_id) is None
+        assert handle.latest().status is RunStatus.RUNNING  # the next run waits for its own
 
 
 def test_definitions_refuse_misuse() -> None:

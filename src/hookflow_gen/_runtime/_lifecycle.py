@@ -24,6 +24,7 @@ from ..exceptions import (
 from . import _transitions as T
 from ._base import RuntimeBase, check_id, tell
 from ._observe import RunStarted
+from ._updates import hand_on_updates
 
 __all__ = ["LifecycleMixin"]
 
@@ -182,7 +183,8 @@ class LifecycleMixin(RuntimeBase):
         The new run's id is derived from the chain (``next_run_id``), so a
         retried tick finds the run it made, never a second one; it is due at
         once. A parent waiting on ``run`` is pointed at the new run, so the
-        chain's end settles the parent's ``invoke`` step.
+        chain's end settles the parent's ``invoke`` step; updates ``run`` was
+        sent and never received go on to the new run (``hand_on_updates``).
         """
         now = self.clock.now()
         next_id = T.next_run_id(run)
@@ -197,6 +199,7 @@ class LifecycleMixin(RuntimeBase):
             return self._finish(run, RunStatus.FAILED, error=error)
         ended = T.continue_as(run, next_id, now)
         self.store.save_run(ended)
+        hand_on_updates(self.store, run, next_id)
         self._warm.drop(run.run_id)
         self._observe_finished(ended, now)
         for parent_id, position in self.store.waiters("invoke", run.run_id):

@@ -7,6 +7,11 @@ run waits on or buffer the request as an event. The lock order (run, then
 key) is the tick's own, so the two never deadlock, and an update is never
 buffered while the run is about to wait for it without seeing it.
 
+An update for a run that continued as new goes to the live end of its
+chain, whose runs are locked in the chain's order (as ``cancel`` locks them).
+One a run was sent and never received when it continues goes on with the
+chain: ``hand_on_updates``, in the transaction that ends the run.
+
 A ``reply`` step is recorded the moment the workflow reaches it, under the
 run's lock, in the transaction that writes the answer to the update's row.
 """
@@ -17,11 +22,12 @@ import dataclasses
 import json
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from .._codec import decode, encode
 from .._journal import ErrorInfo, StepRecord, StepStatus
 from .._steps import ReplyStep
+from .._store import RunState, RunStatus, Store
 from .._updates import Update, UpdateState, UpdateStatus, update_key
 from ..exceptions import (
     UnknownRunError,
@@ -33,7 +39,7 @@ from . import _transitions as T
 from ._base import RuntimeBase, check_id
 from ._events import event_lock
 
-__all__ = ["UpdatesMixin"]
+__all__ = ["UpdatesMixin", "hand_on_updates"]
 
 log = logging.getLogger("hookflow_gen")
 _PENDING = StepStatus.PENDING
@@ -48,14 +54,17 @@ class UpdatesMixin(RuntimeBase):
         """Accept an update for the run (idempotent per ``update_id``); its stored state.
 
         The request is validated first: one that does not fit changes nothing.
-        An update id already used in this run returns that update as it
-        stands, whether or not the run has ended since.
+        A run that continued as new is followed to the live end of its chain,
+        which gets the update (the returned state's ``run_id`` names it). An
+        update id already used in the chain from ``run_id`` on returns that
+        update as it stands, whether or not the run has ended since.
 
         Raises:
             PayloadValidationError: the request does not fit the update's type.
             InvalidIdError: ``update_id`` cannot be stored.
             UnknownRunError: no run has that id.
-            UpdateRunFinished: the run has ended (and never got this update).
+            UpdateRunFinished: the run (the chain's last run) has ended, and
+                never got this update.
             UpdateError: the id was used for another update or request.
         """
         check_id(update_id, "the update id")
@@ -66,26 +75,37 @@ class UpdatesMixin(RuntimeBase):
             run = self.store.lock_run(run_id)
             if run is None:
                 raise UnknownRunError(f"no run has id {run_id!r}")
-            existing = self.store.get_update(run_id, update_id)
-            if existing is not None:
-                if existing.name != update.name or existing.request != request_json:
-                    raise UpdateError(
-                        f"update id {update_id!r} of run {run_id} was used for "
-                        f"{existing.name!r} with request {existing.request}, not {update.name!r} "
-                        f"with {request_json}; give each update its own id",
-                        run_id=run_id,
-                        update_id=update_id,
-                    )
-                return existing
+            while True:
+                existing = self.store.get_update(run.run_id, update_id)
+                if existing is not None and existing.status is not UpdateStatus.CONTINUED:
+                    if existing.name != update.name or existing.request != request_json:
+                        raise UpdateError(
+                            f"update id {update_id!r} of run {existing.run_id} was used for "
+                            f"{existing.name!r} with request {existing.request}, not "
+                            f"{update.name!r} with {request_json}; give each update its own id",
+                            run_id=existing.run_id,
+                            update_id=update_id,
+                        )
+                    return existing
+                if run.status is not RunStatus.CONTINUED or run.continued_as is None:
+                    break
+                # The chain goes on: the update is for its live end. Locked in the
+                # chain's order, as ``cancel`` and a continuing tick lock it.
+                successor = self.store.lock_run(run.continued_as)
+                if successor is None:
+                    break
+                run = successor
             if run.status.finished:
+                chain = "" if run.run_id == run_id else f" (the last run of {run_id}'s chain)"
                 raise UpdateRunFinished(
-                    f"run {run_id} is {run.status.value}; it takes no update {update.name!r}",
-                    run_id=run_id,
+                    f"run {run.run_id}{chain} is {run.status.value}; "
+                    f"it takes no update {update.name!r}",
+                    run_id=run.run_id,
                     update_id=update_id,
                 )
             now = self.clock.now()
             state = UpdateState(
-                run_id=run_id,
+                run_id=run.run_id,
                 update_id=update_id,
                 name=update.name,
                 request=request_json,
@@ -97,14 +117,14 @@ class UpdatesMixin(RuntimeBase):
                 f'{{"id":{json.dumps(update_id)},"name":{json.dumps(update.name)},'
                 f'"request":{request_json}}}'
             )
-            key = update_key(run_id, update.name)
+            key = update_key(run.run_id, update.name)
             self.store.lock_key(event_lock(key))
-            waiting = self._waiting_receive(run_id, key)
+            waiting = self._waiting_receive(run.run_id, key)
             if waiting is None:
                 self.store.add_event(key, envelope)
             else:
                 done = dataclasses.replace(T.complete(waiting, envelope, now), attempts=1)
-                self.store.save_step(run_id, done)
+                self.store.save_step(run.run_id, done)
                 self._wake(run, now)
         return state
 
@@ -145,3 +165,58 @@ class UpdatesMixin(RuntimeBase):
             )
         )
         return T.complete(record, "null", now)
+
+
+def hand_on_updates(store: Store, run: RunState, next_run_id: str) -> None:
+    """Give the next run of the chain the updates ``run`` was sent and never received.
+
+    Called in the transaction that ends ``run`` as continued, under its
+    lock. A pending update whose request is still buffered on ``run``'s
+    key gets a row of its own on the next run (same id and request) and
+    its request is buffered there, in the order sent; its row on ``run``
+    becomes ``continued``. An update ``run`` received and did not answer
+    stays pending: its caller learns that the run ended without answering.
+    """
+    pending = store.pending_updates(run.run_id)
+    if not pending:
+        return
+    by_id = {state.update_id: state for state in pending}
+    for name in dict.fromkeys(state.name for state in pending):
+        key = update_key(run.run_id, name)
+        store.lock_key(event_lock(key))
+        moved: list[str] = []
+        while (envelope := store.take_event(key)) is not None:
+            moved.append(envelope)
+        if not moved:
+            continue
+        next_key = update_key(next_run_id, name)
+        store.lock_key(event_lock(next_key))
+        for envelope in moved:
+            store.add_event(next_key, envelope)
+            update_id = _envelope_id(envelope)
+            state = by_id.get(update_id) if update_id is not None else None
+            if state is None or state.name != name:
+                continue  # sent by a raw notify on the key: kept, nobody to answer
+            if store.get_update(next_run_id, state.update_id) is None:
+                store.add_update(dataclasses.replace(state, run_id=next_run_id))
+            store.save_update(dataclasses.replace(state, status=UpdateStatus.CONTINUED))
+            log.info(
+                "run %s: update %r (%s) handed on to %s",
+                run.run_id,
+                state.update_id,
+                name,
+                next_run_id,
+            )
+
+
+def _envelope_id(envelope: str) -> str | None:
+    """The update id in a buffered request (a ``Received`` as JSON), if it has one."""
+    try:
+        data: object = json.loads(envelope)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        found: object = cast("dict[str, object]", data).get("id")
+        if isinstance(found, str):
+            return found
+    return None

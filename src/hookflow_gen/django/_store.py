@@ -803,6 +803,18 @@ class DjangoStore:
             answered_at=update.answered_at,
         )
 
+    def pending_updates(self, run_id: str) -> list[UpdateState]:
+        """The run's pending updates, in the order they were accepted: one query."""
+        from .models import Update
+
+        rows = (
+            Update.objects.using(self.db)
+            .filter(run_id=run_id, status=UpdateStatus.PENDING.value)
+            .order_by("id")
+            .values_list(*_UPDATE_FIELDS)
+        )
+        return [_update(row) for row in rows]
+
     # -- flow control ------------------------------------------------------------
 
     def take_flow_slot(

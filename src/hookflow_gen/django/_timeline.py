@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from .._journal import CANCELLED
+from .._updates import is_update_key, update_name_in
 
 __all__ = [
     "Bar",
@@ -140,7 +141,7 @@ class Row:
 
     Attributes:
         position: the journal position.
-        kind: run, sleep, event, call or invoke.
+        kind: run, sleep, event, call, invoke or reply.
         name: the step name.
         status: pending, completed or failed; ``open`` for a step still
             pending when its run ended (cancelled, say).
@@ -215,6 +216,15 @@ def _overlaps(block: Sequence[Any], step: Any) -> bool:
         if member.completed_at is None or member.completed_at > step.started_at:
             return True
     return False
+
+
+def _awaited(step: Any) -> str:
+    """What an event step waits for: ``event 'key'``, or ``update 'name'`` for a receive."""
+    key = cast("str", step.key or "")
+    if not is_update_key(key):
+        return f"event {key!r}"
+    name = update_name_in(key, str(getattr(step, "run_id", "")))
+    return f"update {name!r}" if name is not None else "an update"
 
 
 def layout(
@@ -300,9 +310,10 @@ def layout(
                 bars.append(bar("wait" + failed, start, stop, f"slept {took}"))
                 note = "slept"
         elif step.kind == "event":
+            awaited = _awaited(step)
             if pending:
-                bars.append(bar("wait", start, now, f"waiting for {step.key!r}"))
-                note = f"waiting for event {step.key!r}"
+                bars.append(bar("wait", start, now, f"waiting for {awaited}"))
+                note = f"waiting for {awaited}"
                 if step.wake_at is not None and step.wake_at > now:
                     bars.append(
                         bar(
@@ -314,11 +325,16 @@ def layout(
                     )
                     note += f", times out in {humanize(step.wake_at - now)}"
             else:
-                bars.append(bar("wait" + failed, start, stop, f"waited {took} for {step.key!r}"))
-                note = f"event {step.key!r}" + (" (timed out)" if step.result == "null" else "")
+                bars.append(bar("wait" + failed, start, stop, f"waited {took} for {awaited}"))
+                note = awaited + (" (timed out)" if step.result == "null" else "")
         elif step.kind == "invoke":
             bars.append(bar("child" + failed, start, stop, f"child run {step.key}"))
             note = "child run running" if pending else ""
+        elif step.kind == "reply":
+            # A reply (or rejection) is recorded the moment it is reached; its key
+            # is the id of the update it answers.
+            bars.append(bar("active" + failed, start, stop, f"reply to update {step.key}"))
+            note = f"reply to update {step.key}" if not failed else ""
         else:
             # Each earlier attempt is a bar of its own, then its back-off.
             cursor = start

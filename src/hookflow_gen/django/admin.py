@@ -3,14 +3,18 @@
 Runs are created by code, so the admin adds none and edits none. Its writes
 go through the runtime, as code would: cancel (children too), resume a
 failed run (where the runtime offers ``resume``), send the event a step
-waits for (validated against that step's model), and the "cancel selected
-runs" action. A refused action is an admin message, never an error page.
+waits for (validated against that step's model), send the update a
+``ctx.receive`` step waits for (validated against the update's request
+type, as ``handle.update`` does; its answer or rejection is shown), and the
+"cancel selected runs" action. A refused action is an admin message, never
+an error page.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
@@ -25,9 +29,11 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from .._steps import EventStep
+from .._updates import UpdateStatus, is_update_key, update_name_in
 from ..exceptions import HookflowError
 from ._timeline import humanize, layout
-from .models import Run, Step
+from .models import Run, Step, Update
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -40,8 +46,9 @@ if TYPE_CHECKING:
     from django.utils.safestring import SafeString
 
     from .._runtime import Runtime
+    from .._updates import UpdateState
 
-__all__ = ["RunAdmin", "SendEventForm"]
+__all__ = ["RunAdmin", "SendEventForm", "SendUpdateForm"]
 
 # The options' types exactly as django-stubs declares them (it names them with
 # private aliases): an override of a mutable option must repeat its type.
@@ -76,6 +83,16 @@ def _pretty(text: str | None) -> str:
         return "-"
     try:
         return json.dumps(json.loads(text), indent=2, sort_keys=True)
+    except ValueError:
+        return text
+
+
+def _compact(text: str | None) -> str:
+    """JSON text on one line, for a table cell (as stored if it is not JSON)."""
+    if text is None:
+        return "-"
+    try:
+        return json.dumps(json.loads(text), sort_keys=True)
     except ValueError:
         return text
 
@@ -151,12 +168,23 @@ class SendEventForm(forms.Form):
     )
 
 
-def _event_models(run: Run, steps: list[Step]) -> dict[int, Any]:
-    """The pydantic adapters of the run's waiting event steps, by position.
+class SendUpdateForm(forms.Form):
+    """The request of an update a ``ctx.receive`` step waits for, as JSON."""
+
+    request: forms.JSONField = forms.JSONField(
+        label="request (JSON)",
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 60, "class": "vLargeTextField"}),
+    )
+
+
+def _waiting_steps(run: Run, steps: list[Step]) -> dict[int, EventStep[Any]]:
+    """The run's waiting event steps (``receive`` steps too), as the workflow yields them.
 
     Found by replaying the run's journal into its workflow, which is how the
-    runtime itself learns them; if that fails (unknown workflow, code that no
-    longer matches), the form still works and ``notify`` validates.
+    runtime itself learns them: an event step carries its model, a receive
+    step its update's definition. If that fails (unknown workflow, code that
+    no longer matches), the event form still works and ``notify`` validates;
+    an update cannot be sent without its definition.
     """
     waiting = {s.position for s in steps if s.kind == "event" and s.status == "pending"}
     if not waiting:
@@ -180,15 +208,25 @@ def _event_models(run: Run, steps: list[Step]) -> dict[int, Any]:
         finally:
             replay.discard()
     except Exception:
-        log.debug("run %s: could not replay to find its event models", run.run_id, exc_info=True)
+        log.debug("run %s: could not replay to find its waiting steps", run.run_id, exc_info=True)
         return {}
     if not isinstance(decision, Waiting):
         return {}
     return {
-        pending.position: getattr(pending.step, "event_adapter", None)
+        pending.position: pending.step
         for pending in decision.pending
-        if pending.position in waiting
+        if pending.position in waiting and isinstance(pending.step, EventStep)
     }
+
+
+def _validation_details(exc: Any, what: str) -> str:
+    """A pydantic ``ValidationError`` as ``field: message; ...``."""
+    errors = cast("list[dict[str, Any]]", exc.errors())
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in errors)
+
+
+def _type_name(kind: object) -> str:
+    return str(getattr(kind, "__name__", kind))
 
 
 def _schema_fields(adapter: Any) -> tuple[str, list[str]]:
@@ -309,6 +347,11 @@ class RunAdmin(_RunAdminBase):
                 wrap(self.send_event_view),
                 name="hookflow_run_send_event",
             ),
+            path(
+                "<path:object_id>/send-update/<int:position>/",
+                wrap(self.send_update_view),
+                name="hookflow_run_send_update",
+            ),
         ]
         return own + super().get_urls()
 
@@ -342,22 +385,66 @@ class RunAdmin(_RunAdminBase):
             Run.objects.filter(parent_run_id=run.run_id).order_by("created_at", "run_id")
         )
         child_ids = {child.run_id for child in children}
-        models = _event_models(run, steps)
+        waiting = _waiting_steps(run, steps)
         event_forms: list[dict[str, Any]] = []
+        update_forms: list[dict[str, Any]] = []
         for step in steps:
-            if step.kind == "event" and step.status == "pending":
-                adapter = models.get(step.position)
+            if step.kind != "event" or step.status != "pending":
+                continue
+            found = waiting.get(step.position)
+            if is_update_key(step.key):
+                # A receive: what it takes is an update, never a bare event.
+                definition = found.update if found is not None else None
+                adapter = definition.request_adapter if definition is not None else None
                 title, fields = _schema_fields(adapter) if adapter is not None else ("", [])
-                initial: object = _skeleton(adapter) if adapter is not None else {}
-                event_forms.append(
+                update_forms.append(
                     {
                         "step": step,
-                        "form": SendEventForm(initial={"payload": initial}),
+                        "update": (
+                            definition.name
+                            if definition is not None
+                            else update_name_in(step.key, run.run_id)
+                        ),
+                        "form": (
+                            SendUpdateForm(
+                                initial={"request": _skeleton(adapter)},
+                                auto_id=f"id_%s_{step.position}",
+                            )
+                            if definition is not None
+                            else None
+                        ),
                         "model": title,
                         "fields": fields,
-                        "url": _url("send_event", run.run_id, step.position),
+                        "answer": _type_name(definition.answer_type) if definition else "",
+                        "url": _url("send_update", run.run_id, step.position),
                     }
                 )
+                continue
+            adapter = found.event_adapter if found is not None else None
+            title, fields = _schema_fields(adapter) if adapter is not None else ("", [])
+            initial: object = _skeleton(adapter) if adapter is not None else {}
+            event_forms.append(
+                {
+                    "step": step,
+                    "form": SendEventForm(initial={"payload": initial}),
+                    "model": title,
+                    "fields": fields,
+                    "url": _url("send_event", run.run_id, step.position),
+                }
+            )
+        updates = [
+            {
+                "row": row,
+                "request": _compact(row.request),
+                "answer": _compact(row.answer) if row.answer is not None else None,
+                "handed_to_url": (
+                    _url("change", run.continued_as)
+                    if row.status == UpdateStatus.CONTINUED.value and run.continued_as
+                    else None
+                ),
+            }
+            for row in Update.objects.filter(run_id=run.run_id).order_by("id")
+        ]
         rows: list[dict[str, Any]] = []
         for row in timeline.rows:
             record: Step = row.record
@@ -366,7 +453,7 @@ class RunAdmin(_RunAdminBase):
                     "row": row,
                     "result": (
                         _pretty(record.result)
-                        if record.status == "completed" and record.kind != "sleep"
+                        if record.status == "completed" and record.kind not in ("sleep", "reply")
                         else ""
                     ),
                     "error": _error(record.error),
@@ -425,6 +512,8 @@ class RunAdmin(_RunAdminBase):
             "can_resume": can_act and run.status == "failed" and _can_resume(runtime),
             "can_delete": self.has_delete_permission(request, run) and not running,
             "event_forms": event_forms if can_act and running else [],
+            "update_forms": update_forms if can_act and running else [],
+            "updates": updates,
             "cancel_url": _url("cancel", run.run_id),
             "resume_url": _url("resume", run.run_id),
             "delete_url": _url("delete", run.run_id),
@@ -503,23 +592,30 @@ class RunAdmin(_RunAdminBase):
                 request, f"Step #{position} waits for no event now.", messages.WARNING
             )
             return page
+        if is_update_key(step.key):
+            # A bare event on an update's key would skip the update's row, so its
+            # reply would answer nobody: updates go through send_update_view.
+            self.message_user(
+                request,
+                f"Step #{position} waits for an update, not an event; send it with its "
+                "Send update form.",
+                messages.ERROR,
+            )
+            return page
         form = SendEventForm(request.POST)
         if not form.is_valid():
             errors = "; ".join(str(e) for e in form.errors.get("payload", ["invalid"]))
             self.message_user(request, f"The event is not valid JSON: {errors}", messages.ERROR)
             return page
         payload = form.cleaned_data["payload"]
-        adapter = _event_models(run, [step]).get(position)
-        if adapter is not None:
+        found = _waiting_steps(run, [step]).get(position)
+        if found is not None:
             import pydantic
 
             try:
-                adapter.validate_python(payload)
+                found.event_adapter.validate_python(payload)
             except pydantic.ValidationError as exc:
-                details = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}"
-                    for e in exc.errors()
-                )
+                details = _validation_details(exc, "event")
                 self.message_user(
                     request, f"The event does not fit step {step.name!r}: {details}", messages.ERROR
                 )
@@ -550,3 +646,89 @@ class RunAdmin(_RunAdminBase):
                     messages.WARNING,
                 )
         return page
+
+    def send_update_view(self, request: HttpRequest, object_id: str, position: int) -> HttpResponse:
+        """POST: send the update the ``receive`` step at ``position`` waits for.
+
+        The request is validated against the update's request type and sent
+        through ``Runtime.send_update``, as ``handle.update`` sends it, under
+        an id of its own (``admin-...``). The view does not wait: an answer
+        or rejection the workflow gave at once is the message, and the run
+        page lists every update with its answer.
+        """
+        run, page = self._act(request, object_id)
+        if run is None:
+            return page
+        step = Step.objects.filter(run_id=run.run_id, position=position).first()
+        if (
+            step is None
+            or step.kind != "event"
+            or step.status != "pending"
+            or not is_update_key(step.key)
+        ):
+            self.message_user(
+                request, f"Step #{position} waits for no update now.", messages.WARNING
+            )
+            return page
+        found = _waiting_steps(run, [step]).get(position)
+        definition = found.update if found is not None else None
+        if definition is None:
+            self.message_user(
+                request,
+                f"The update step #{position} waits for could not be loaded from the "
+                "workflow's code, so its request cannot be checked; send it with "
+                "handle.update().",
+                messages.ERROR,
+            )
+            return page
+        form = SendUpdateForm(request.POST)
+        if not form.is_valid():
+            errors = "; ".join(str(e) for e in form.errors.get("request", ["invalid"]))
+            self.message_user(request, f"The request is not valid JSON: {errors}", messages.ERROR)
+            return page
+        import pydantic
+
+        try:
+            value = definition.request_adapter.validate_python(form.cleaned_data["request"])
+        except pydantic.ValidationError as exc:
+            details = _validation_details(exc, "request")
+            self.message_user(
+                request,
+                f"The request does not fit update {definition.name!r}: {details}",
+                messages.ERROR,
+            )
+            return page
+        runtime = _runtime()
+        if runtime is None:
+            self.message_user(request, "hookflow_gen has no runtime.", messages.ERROR)
+            return page
+        update_id = f"admin-{uuid.uuid4().hex[:12]}"
+        try:
+            state = runtime.send_update(run.run_id, definition, value, update_id)
+        except HookflowError as exc:
+            self.message_user(request, f"The update was not sent: {exc}", messages.ERROR)
+            return page
+        except Exception as exc:
+            log.exception("admin: could not send update %r to run %s", definition.name, run.run_id)
+            self.message_user(request, f"The update was not sent: {exc}", messages.ERROR)
+            return page
+        # An inline scheduler has run the workflow on by now; a worker answers later.
+        state = runtime.store.get_update(state.run_id, update_id) or state
+        self._tell_update(request, definition.name, state)
+        return page
+
+    def _tell_update(self, request: HttpRequest, name: str, state: UpdateState) -> None:
+        sent = f"Sent update {name!r} as {state.update_id}"
+        if state.status is UpdateStatus.ANSWERED:
+            answer = state.answer if state.answer is not None else "null"
+            self.message_user(request, f"{sent}; the workflow answered {answer}.", messages.SUCCESS)
+        elif state.status is UpdateStatus.REJECTED:
+            self.message_user(
+                request, f"{sent}; the workflow rejected it: {state.reason}", messages.WARNING
+            )
+        else:
+            self.message_user(
+                request,
+                f"{sent}; the workflow has not answered it yet (its answer shows under Updates).",
+                messages.INFO,
+            )

@@ -209,13 +209,18 @@ class Update(models.Model):
 
     Written when the update is accepted, in the transaction that delivers or
     buffers its request; answered in the transaction that records the
-    workflow's ``reply`` step. Its id is unique within the run.
+    workflow's ``reply`` step. Its id is unique within the run. An update
+    still waiting to be received when its run continues as new is handed on
+    in that transaction: this row becomes ``continued`` and the next run of
+    the chain gets a row of its own, with the same id and request.
     """
 
     class Status(models.TextChoices):
         PENDING = "pending", "pending"
         ANSWERED = "answered", "answered"
         REJECTED = "rejected", "rejected"
+        # Handed on, unreceived, to the run its run continued as (a row of its own there).
+        CONTINUED = "continued", "continued"
 
     run_id: str
     id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
