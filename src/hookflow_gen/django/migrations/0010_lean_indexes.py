@@ -5,7 +5,42 @@ from typing import ClassVar
 
 import django.db.models.deletion
 from django.db import migrations, models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.operations.base import Operation
+from django.db.migrations.state import StateApps
+
+# On PostgreSQL a primary key on a varchar column gets, next to its unique
+# index, a second one with ``varchar_pattern_ops`` (for ``LIKE 'x%'`` outside
+# the C locale). No query of these tables runs LIKE on them (the admin's
+# search is ``icontains``, which no b-tree serves) and equality uses the
+# primary key, yet the run's is written on every tick that moves its
+# ``wake_at``. The model has no option to leave them out, so they are
+# dropped here by the names Django gave them. Django only builds them again
+# if a later migration changes the column's type.
+_PATTERN_INDEXES = (
+    ("hookflow_run_run_id_cc255056_like", "hookflow_run", "run_id"),
+    ("hookflow_seensignature_jti_edc3cf4d_like", "hookflow_seensignature", "jti"),
+    ("hookflow_schedulecursor_name_a642421e_like", "hookflow_schedulecursor", "name"),
+)
+
+
+def _drop_pattern_indexes(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    quote = schema_editor.quote_name
+    for name, _table, _column in _PATTERN_INDEXES:
+        schema_editor.execute(f"DROP INDEX IF EXISTS {quote(name)}")
+
+
+def _create_pattern_indexes(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    quote = schema_editor.quote_name
+    for name, table, column in _PATTERN_INDEXES:
+        schema_editor.execute(
+            f"CREATE INDEX IF NOT EXISTS {quote(name)} "
+            f"ON {quote(table)} ({quote(column)} varchar_pattern_ops)"
+        )
 
 
 class Migration(migrations.Migration):
@@ -113,4 +148,5 @@ class Migration(migrations.Migration):
             model_name="outbox",
             constraint=models.UniqueConstraint(fields=("dedup_id",), name="hookflow_outbox_dedup"),
         ),
+        migrations.RunPython(_drop_pattern_indexes, _create_pattern_indexes),
     ]
