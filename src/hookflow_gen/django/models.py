@@ -48,6 +48,7 @@ class Run(models.Model):
         null=True, blank=True, help_text="The result, as JSON text."
     )
     error: models.JSONField[Any, Any] = models.JSONField(null=True, blank=True)
+    # Indexed for the run lists' order (the admin, `hookflow list`) and recovery's oldest first.
     created_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
         default=timezone.now, db_index=True
     )
@@ -287,6 +288,7 @@ class SeenSignature(models.Model):
     """A QStash signature the webhook accepted, kept until it expires to refuse a replay."""
 
     jti: models.CharField[str, str] = models.CharField("token id", max_length=255, primary_key=True)
+    # Indexed for the prune of expired tokens (`expires_at < now`).
     expires_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(db_index=True)
     message_id: models.CharField[str | None, str | None] = models.CharField(
         max_length=128,
