@@ -39,7 +39,7 @@ class Run(models.Model):
     run_id: models.CharField[str, str] = models.CharField(
         "run id", max_length=255, primary_key=True
     )
-    workflow: models.CharField[str, str] = models.CharField(max_length=200, db_index=True)
+    workflow: models.CharField[str, str] = models.CharField(max_length=200)
     status: models.CharField[str, str] = models.CharField(
         max_length=16, choices=Status.choices, default=Status.RUNNING
     )
@@ -48,6 +48,7 @@ class Run(models.Model):
         null=True, blank=True, help_text="The result, as JSON text."
     )
     error: models.JSONField[Any, Any] = models.JSONField(null=True, blank=True)
+    # Indexed for the run lists' order (the admin, `hookflow list`) and recovery's oldest first.
     created_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
         default=timezone.now, db_index=True
     )
@@ -55,7 +56,7 @@ class Run(models.Model):
         null=True, blank=True
     )
     parent_run_id: models.CharField[str | None, str | None] = models.CharField(
-        max_length=255, null=True, blank=True, db_index=True
+        max_length=255, null=True, blank=True
     )
     parent_position: models.PositiveIntegerField[int | None, int | None] = (
         models.PositiveIntegerField(null=True, blank=True)
@@ -107,6 +108,12 @@ class Run(models.Model):
         verbose_name = "workflow run"
         verbose_name_plural = "workflow runs"
         ordering: ClassVar[Sequence[str]] = ("-created_at",)
+        # Every index of the table is written on each insert and on each
+        # update that moves ``wake_at`` (most ticks), so each one serves a
+        # query (tests/integration/test_lean_indexes.py). Text columns are
+        # indexed here rather than with ``db_index``, which on PostgreSQL adds
+        # a second, ``varchar_pattern_ops`` index (for ``LIKE 'x%'``) that no
+        # query runs.
         indexes: ClassVar[tuple[models.Index, ...]] = (
             # What workers poll: `status = 'running' AND wake_at <= now ORDER BY wake_at`.
             # Finished runs never wake, so leaving them out keeps the index small.
@@ -114,6 +121,15 @@ class Run(models.Model):
                 fields=["wake_at"],
                 condition=models.Q(status="running"),
                 name="hookflow_run_due",
+            ),
+            # The admin's workflow filter (and its list of workflows), `hookflow list`.
+            models.Index(fields=["workflow"], name="hookflow_run_workflow"),
+            # A run's children (the admin's run page): `parent_run_id = %s`.
+            # NULL on every top-level run, which the index leaves out.
+            models.Index(
+                fields=["parent_run_id"],
+                condition=models.Q(parent_run_id__isnull=False),
+                name="hookflow_run_parent",
             ),
         )
 
@@ -131,8 +147,10 @@ class Step(models.Model):
 
     run_id: str
     id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    # No index of its own: the unique (run, position) leads with run_id and
+    # serves every lookup by run (the journal, the cascade, the admin's count).
     run: models.ForeignKey[Run, Run] = models.ForeignKey(
-        Run, on_delete=models.CASCADE, related_name="steps"
+        Run, on_delete=models.CASCADE, related_name="steps", db_index=False
     )
     position: models.PositiveIntegerField[int, int] = models.PositiveIntegerField()
     kind: models.CharField[str, str] = models.CharField(max_length=16)
@@ -158,7 +176,6 @@ class Step(models.Model):
         max_length=255,
         null=True,
         blank=True,
-        db_index=True,
         help_text="The event key of an event step, the child run id of an invoke step.",
     )
     lease_until: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
@@ -180,6 +197,15 @@ class Step(models.Model):
         constraints: ClassVar[tuple[models.BaseConstraint, ...]] = (
             models.UniqueConstraint(fields=["run", "position"], name="hookflow_step_position"),
         )
+        indexes: ClassVar[tuple[models.Index, ...]] = (
+            # The steps waiting on an event key or a child run (`DjangoStore.waiters`:
+            # `key = %s AND kind = %s AND status = 'pending'`). Only event, invoke
+            # and reply steps have a key: run, call and sleep steps, most of
+            # the journal, are NULL and stay out of the index.
+            models.Index(
+                fields=["key"], condition=models.Q(key__isnull=False), name="hookflow_step_key"
+            ),
+        )
 
     def __str__(self) -> str:
         return f"{self.run_id} #{self.position} {self.kind} {self.name!r} ({self.status})"
@@ -189,7 +215,7 @@ class Event(models.Model):
     """An event sent before any run waited for it, kept for the first that does."""
 
     id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
-    key: models.CharField[str, str] = models.CharField(max_length=255, db_index=True)
+    key: models.CharField[str, str] = models.CharField(max_length=255)
     payload: models.TextField[str, str] = models.TextField(help_text="The event, as JSON text.")
     created_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
         default=timezone.now
@@ -199,6 +225,10 @@ class Event(models.Model):
         verbose_name = "buffered event"
         verbose_name_plural = "buffered events"
         ordering: ClassVar[Sequence[str]] = ("id",)
+        indexes: ClassVar[tuple[models.Index, ...]] = (
+            # `DjangoStore.take_event`: the oldest event of a key.
+            models.Index(fields=["key"], name="hookflow_event_key"),
+        )
 
     def __str__(self) -> str:
         return f"event {self.key!r} #{self.id}"
@@ -224,8 +254,9 @@ class Update(models.Model):
 
     run_id: str
     id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    # No index of its own: the unique (run, update_id) leads with run_id.
     run: models.ForeignKey[Run, Run] = models.ForeignKey(
-        Run, on_delete=models.CASCADE, related_name="updates"
+        Run, on_delete=models.CASCADE, related_name="updates", db_index=False
     )
     update_id: models.CharField[str, str] = models.CharField("update id", max_length=255)
     name: models.CharField[str, str] = models.CharField(max_length=200)
@@ -262,18 +293,22 @@ class SeenSignature(models.Model):
     """A QStash signature the webhook accepted, kept until it expires to refuse a replay."""
 
     jti: models.CharField[str, str] = models.CharField("token id", max_length=255, primary_key=True)
+    # Indexed for the prune of expired tokens (`expires_at < now`).
     expires_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(db_index=True)
     message_id: models.CharField[str | None, str | None] = models.CharField(
         max_length=128,
         null=True,
         blank=True,
-        db_index=True,
         help_text="The delivered message, to tell a copy of a delivery from another message.",
     )
 
     class Meta:
         verbose_name = "seen QStash signature"
         verbose_name_plural = "seen QStash signatures"
+        indexes: ClassVar[tuple[models.Index, ...]] = (
+            # The other deliveries of a message (the webhook's `_copy_elsewhere`).
+            models.Index(fields=["message_id"], name="hookflow_seen_message"),
+        )
 
     def __str__(self) -> str:
         return self.jti
@@ -291,8 +326,8 @@ class Outbox(models.Model):
     """
 
     id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
-    dedup_id: models.CharField[str, str] = models.CharField(max_length=400, unique=True)
-    run_id: models.CharField[str, str] = models.CharField(max_length=255, db_index=True)
+    dedup_id: models.CharField[str, str] = models.CharField(max_length=400)
+    run_id: models.CharField[str, str] = models.CharField(max_length=255)
     seq: models.PositiveIntegerField[int, int] = models.PositiveIntegerField()
     wake_at: models.DateTimeField[datetime, datetime] = models.DateTimeField()
     after: models.CharField[str | None, str | None] = models.CharField(
@@ -313,6 +348,17 @@ class Outbox(models.Model):
         verbose_name = "QStash outbox message"
         verbose_name_plural = "QStash outbox messages"
         ordering: ClassVar[Sequence[str]] = ("id",)
+        # A constraint rather than ``unique=True``, and an index rather than
+        # ``db_index``: on PostgreSQL those add ``varchar_pattern_ops`` indexes
+        # that no query of the outbox uses.
+        constraints: ClassVar[tuple[models.BaseConstraint, ...]] = (
+            # `owe` inserts with ON CONFLICT DO NOTHING; the sends find their row by it.
+            models.UniqueConstraint(fields=["dedup_id"], name="hookflow_outbox_dedup"),
+        )
+        indexes: ClassVar[tuple[models.Index, ...]] = (
+            # `flush(run_id=...)`: the webhook's hand-off sends the run's owed rows.
+            models.Index(fields=["run_id"], name="hookflow_outbox_run"),
+        )
 
     def __str__(self) -> str:
         return f"wake-up {self.dedup_id}"
