@@ -23,7 +23,7 @@ from django.db import close_old_connections, connection, connections
 from pydantic import BaseModel
 
 from hookflow_gen import Context, Flow, RunStatus, workflow
-from hookflow_gen._journal import StepRecord, StepStatus
+from hookflow_gen._journal import Attempt, ErrorInfo, StepRecord, StepStatus
 from hookflow_gen._runtime import _transitions as transitions
 from hookflow_gen._store import RunState
 from hookflow_gen.django import signals
@@ -212,6 +212,38 @@ def test_the_holder_writes_the_outcome_and_the_next_claim(
     [first, _] = store.steps(run_id)
     assert first.result == "1"
     assert first.completed_at == T0 + timedelta(seconds=1)
+
+
+def test_every_field_of_a_guarded_write_round_trips(
+    held: tuple[DjangoStore, str, StepRecord],
+) -> None:
+    """What the store writes on the hot path reads back as it was, field by field."""
+    store, run_id, step = held
+    error = ErrorInfo(type="builtins.ConnectionError", message="try 1 lost the connection")
+    done = dataclasses.replace(
+        _completed(step, result='{"n": 1}'),
+        error=error,
+        attempts=2,
+        wake_at=T0 + timedelta(minutes=1),
+        key="a-key",
+        past_attempts=(
+            Attempt(
+                attempt=1,
+                started_at=T0,
+                ended_at=T0 + timedelta(seconds=1),
+                error_type=error.type,
+                message=error.message,
+                retry_at=T0 + timedelta(seconds=2),
+            ),
+        ),
+    )
+    claim = dataclasses.replace(_pending(1, "b"), name="next \u00e9t\u00e9 'quoted'")
+    assert store.write_guarded(run_id, done, "a", [claim])
+    stored = store.steps(run_id)
+    fields = [f.name for f in dataclasses.fields(StepRecord)]
+    assert [[getattr(r, f) for f in fields] for r in stored] == [
+        [getattr(r, f) for f in fields] for r in (done, claim)
+    ]
 
 
 def test_the_holder_writes_an_outcome_alone(held: tuple[DjangoStore, str, StepRecord]) -> None:

@@ -333,52 +333,14 @@ class _Statements:
         self._run_table = ops.quote_name(Run._meta.db_table)
         self._columns = [ops.quote_name(c) for c in columns]
         self._update_columns = [ops.quote_name(c) for c in update]
-        self._types = [str(field.db_type(connection)) for field in step_fields]
         self._guarded: dict[int, str] = {}
 
     def guarded(self, rows: int) -> str:
-        """The guarded write of ``rows`` step records (see ``DjangoStore.write_guarded``)."""
+        """SQLite's guarded write of ``rows`` records besides the guarded one."""
         sql = self._guarded.get(rows)
         if sql is None:
-            build = (
-                self._guarded_postgresql if self.vendor == "postgresql" else self._guarded_sqlite
-            )
-            sql = self._guarded[rows] = build(rows)
+            sql = self._guarded[rows] = self._guarded_sqlite(rows)
         return sql
-
-    def _run_guard(self, run: str) -> str:
-        return f"{run}.run_id = %s AND {run}.status = 'running' AND NOT {run}.cancel_requested"
-
-    def _step_guard(self, step: str) -> str:
-        return (
-            f"{step}.run_id = %s AND {step}.position = CAST(%s AS integer) "
-            f"AND {step}.status = 'pending' AND {step}.lease_owner = %s"
-        )
-
-    def _guarded_postgresql(self, rows: int) -> str:
-        # The run is locked first, as every other writer of its steps does, so
-        # this cannot deadlock with a tick that holds it. The UPDATE re-checks
-        # the step under its row lock (READ COMMITTED re-evaluates a changed
-        # row), and the new rows are inserted only if it matched.
-        casts = ", ".join(f"CAST(%s AS {t})" for t in self._types)
-        sets = ", ".join(
-            f"{c} = CAST(%s AS {t})"
-            for c, t in zip(self._update_columns, self._types[2:], strict=True)
-        )
-        run, step = self._run_table, self._step_table
-        head = (
-            f"WITH r AS (SELECT 1 FROM {run} WHERE {self._run_guard(run)} FOR UPDATE), "
-            f"p AS (UPDATE {step} SET {sets} FROM r WHERE {self._step_guard(step)} RETURNING 1)"
-        )
-        if rows == 0:
-            return f"{head} SELECT count(*) FROM p"
-        values = ", ".join([f"({casts})"] * rows)
-        excluded = ", ".join(f"{c} = EXCLUDED.{c}" for c in self._update_columns)
-        return (
-            f"{head} INSERT INTO {step} ({', '.join(self._columns)}) "
-            f"SELECT v.* FROM p, (VALUES {values}) AS v({', '.join(self._columns)}) "
-            f"ON CONFLICT ({self._columns[0]}, {self._columns[1]}) DO UPDATE SET {excluded}"
-        )
 
     def _guarded_sqlite(self, rows: int) -> str:
         # One statement holds SQLite's write lock from its start, so the
@@ -386,8 +348,10 @@ class _Statements:
         # guard still holds when SQLite evaluates it for that row.
         row = "(" + ", ".join(["?"] * len(self._columns)) + ")"
         excluded = ", ".join(f"{c} = excluded.{c}" for c in self._update_columns)
-        step_guard = self._step_guard("s").replace("%s", "?")
-        run_guard = self._run_guard("r").replace("%s", "?")
+        step_guard = (
+            "s.run_id = ? AND s.position = ? AND s.status = 'pending' AND s.lease_owner = ?"
+        )
+        run_guard = "r.run_id = ? AND r.status = 'running' AND NOT r.cancel_requested"
         return (
             f"INSERT INTO {self._step_table} ({', '.join(self._columns)}) "
             f"SELECT * FROM (VALUES {', '.join([row] * (rows + 1))}) "
@@ -457,6 +421,40 @@ def _prep_for(
 
         return prep
     return None
+
+
+_WRITE_GUARDED_CALL = "SELECT hookflow_write_guarded(%s, %s, %s, %s)"
+
+
+def _step_json(run_id: str, record: StepRecord) -> dict[str, Any]:
+    """A step row as ``jsonb_populate_recordset`` reads it (column names as keys)."""
+    return {
+        "run_id": run_id,
+        "position": record.position,
+        "kind": record.kind,
+        "name": record.name,
+        "status": record.status.value,
+        "result": record.result,
+        "error": record.error.to_json() if record.error is not None else None,
+        "attempts": record.attempts,
+        "completed_at": _iso(record.completed_at),
+        "wake_at": _iso(record.wake_at),
+        "key": record.key,
+        "started_at": _iso(record.started_at),
+        "lease_until": _iso(record.lease_until),
+        "lease_owner": record.lease_owner,
+        "past_attempts": [a.to_json() for a in record.past_attempts]
+        if record.past_attempts
+        else None,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"a naive datetime cannot be stored: {value!r}")
+    return value.isoformat()
 
 
 def _step_params(statements: _Statements, run_id: str, record: StepRecord) -> list[Any]:
@@ -678,40 +676,41 @@ class DjangoStore:
     ) -> bool:
         """Write ``guard`` and ``others`` if ``owner`` still holds the step ``guard`` replaces.
 
-        One statement in autocommit (one round trip, one commit): it writes
+        One call in autocommit (one round trip, one commit): it writes
         nothing unless the run is running with no cancellation asked for and
         its step at ``guard.position`` is pending under ``owner``'s lease.
-        On PostgreSQL it locks the run first, as every tick does, and checks
-        the step under its row lock; on SQLite the statement holds the write
-        lock throughout. It goes to the driver directly, past Django's
-        per-call cursor machinery.
+        On PostgreSQL it is the function ``hookflow_write_guarded``
+        (migration 0012), which locks the run first, as every tick does,
+        then the step row; on SQLite one ``INSERT ... SELECT ... WHERE
+        EXISTS`` statement, which holds the write lock throughout. Either
+        goes to the driver directly, past Django's per-call cursor machinery.
 
         Returns:
             Whether the guard held (and the records were written).
         """
         connection = self._connection()
         statements = _statements_for(connection)
-        sql = statements.guarded(len(others))
-        where = [run_id, guard.position, owner]
         params: list[Any]
         if statements.vendor == "postgresql":
-            head = _step_params(statements, run_id, guard)[2:]
-            params = [run_id, *head, *where]
-            for record in others:
-                params += _step_params(statements, run_id, record)
+            from psycopg.types.json import Jsonb
+
+            rows = [_step_json(run_id, record) for record in (*others, guard)]
+            sql = _WRITE_GUARDED_CALL
+            params = [run_id, guard.position, owner, Jsonb(rows)]
         else:
+            sql = statements.guarded(len(others))
             params = []
             for record in (*others, guard):
                 params += _step_params(statements, run_id, record)
-            params += [*where, run_id]
+            params += [run_id, guard.position, owner, run_id]
         connection.ensure_connection()
         with connection.wrap_database_errors:
             cursor = connection.connection.cursor()
             try:
                 cursor.execute(sql, params)
-                if not others and statements.vendor == "postgresql":
+                if statements.vendor == "postgresql":
                     row = cursor.fetchone()
-                    return row is not None and row[0] > 0
+                    return row is not None and row[0] is True
                 return bool(cursor.rowcount > 0)
             finally:
                 cursor.close()
