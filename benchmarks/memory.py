@@ -191,7 +191,7 @@ def leak(runs: int, every: int, warm_runs: int | None, steps_per_run: int = 10) 
             "runs": runs,
             "steps_per_run": steps_per_run,
             "every": every,
-            "warm_runs": runtime._warm_max,
+            "warm_runs": runtime._warm.size,
             "live_generators_at_end": len(runtime._warm),
             "samples": samples,
             "rss_first_kb": rss[0][1],

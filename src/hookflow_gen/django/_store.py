@@ -785,6 +785,7 @@ class DjangoStore:
             Update.objects.using(self.db)
             .filter(run_id=run_id, update_id=update_id)
             .values_list(*_UPDATE_FIELDS)
+            .order_by("id")  # not the model's ordering, which joins the run for its date
             .first()
         )
         return _update(found) if found is not None else None
