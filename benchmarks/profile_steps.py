@@ -8,8 +8,9 @@ started and ticked to its end by an in-process worker, as in
    through Django's ``connection.execute_wrapper`` (the driver call and the
    server's answer, and on PostgreSQL the implicit ``BEGIN`` psycopg sends
    before the first statement of a transaction), each ``COMMIT`` through the
-   connection's ``commit``; what is left is Python (the runtime, Django's
-   cursor and transaction machinery, the workflow's own step).
+   connection's ``commit``, the hot path's guarded write around
+   ``DjangoStore.write_guarded``; what is left is Python (the runtime,
+   Django's cursor and transaction machinery, the workflow's own step).
 2. A pyinstrument profile of a second run: the functions with the most time
    of their own, outside the database driver.
 
@@ -96,8 +97,27 @@ def main() -> int:
                 calls["COMMIT"] += 1
 
         connection.commit = timed_commit  # type: ignore[method-assign]
-        with connection.execute_wrapper(timed):
-            wall = engine.run_shape(1, args.steps)
+        # The hot path's guarded write goes to the driver directly, past
+        # Django's cursor wrappers: timed around the store's method.
+        from hookflow_gen.django._store import DjangoStore
+
+        guarded = DjangoStore.write_guarded
+        label = "guarded write (outcome + next claim, autocommitted; its Python included)"
+
+        def timed_guarded(self: DjangoStore, *args: Any) -> bool:
+            start = time.perf_counter()
+            try:
+                return guarded(self, *args)
+            finally:
+                spent[label] += time.perf_counter() - start
+                calls[label] += 1
+
+        DjangoStore.write_guarded = timed_guarded  # type: ignore[method-assign]  # timed, then restored
+        try:
+            with connection.execute_wrapper(timed):
+                wall = engine.run_shape(1, args.steps)
+        finally:
+            DjangoStore.write_guarded = guarded  # type: ignore[method-assign]  # restored
         engine.reset()
         n = args.steps
         print(f"hookflow_gen on {args.db}: one run of {n:,} steps, {wall / n * 1e6:.0f} us/step\n")
