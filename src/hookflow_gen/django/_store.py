@@ -426,40 +426,9 @@ def _prep_for(
 _WRITE_GUARDED_CALL = "SELECT hookflow_write_guarded(%s, %s, %s, %s)"
 
 
-def _step_json(run_id: str, record: StepRecord) -> dict[str, Any]:
-    """A step row as ``jsonb_populate_recordset`` reads it (column names as keys)."""
-    return {
-        "run_id": run_id,
-        "position": record.position,
-        "kind": record.kind,
-        "name": record.name,
-        "status": record.status.value,
-        "result": record.result,
-        "error": record.error.to_json() if record.error is not None else None,
-        "attempts": record.attempts,
-        "completed_at": _iso(record.completed_at),
-        "wake_at": _iso(record.wake_at),
-        "key": record.key,
-        "started_at": _iso(record.started_at),
-        "lease_until": _iso(record.lease_until),
-        "lease_owner": record.lease_owner,
-        "past_attempts": [a.to_json() for a in record.past_attempts]
-        if record.past_attempts
-        else None,
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError(f"a naive datetime cannot be stored: {value!r}")
-    return value.isoformat()
-
-
-def _step_params(statements: _Statements, run_id: str, record: StepRecord) -> list[Any]:
-    """A step row's parameters, in the order of ``("run", *_STEP_FIELDS)``."""
-    values = (
+def _step_values(run_id: str, record: StepRecord) -> tuple[Any, ...]:
+    """A step row's values, in the order of ``_STEP_COLUMNS``, before the fields' preparation."""
+    return (
         run_id,
         record.position,
         record.kind,
@@ -476,7 +445,29 @@ def _step_params(statements: _Statements, run_id: str, record: StepRecord) -> li
         record.lease_owner,
         [a.to_json() for a in record.past_attempts] if record.past_attempts else None,
     )
-    return _params(statements.step_preps, values)
+
+
+#: The step table's columns, as ``_step_values`` orders them.
+_STEP_COLUMNS = ("run_id", *_STEP_FIELDS)
+
+
+def _step_params(statements: _Statements, run_id: str, record: StepRecord) -> list[Any]:
+    """A step row's parameters for raw SQL, in the order of ``_STEP_COLUMNS``."""
+    return _params(statements.step_preps, _step_values(run_id, record))
+
+
+def _step_json(run_id: str, record: StepRecord) -> dict[str, Any]:
+    """A step row as ``jsonb_populate_recordset`` reads it (column names as keys)."""
+    return {
+        column: _iso(value) if isinstance(value, datetime) else value
+        for column, value in zip(_STEP_COLUMNS, _step_values(run_id, record), strict=True)
+    }
+
+
+def _iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError(f"a naive datetime cannot be stored: {value!r}")
+    return value.isoformat()
 
 
 def _params(preps: list[Callable[[Any], Any] | None], values: Sequence[Any]) -> list[Any]:
