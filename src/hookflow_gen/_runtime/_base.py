@@ -40,12 +40,24 @@ from ._observe import (
 )
 from ._warm import WarmCache
 
-__all__ = ["MAX_ID", "RuntimeBase", "TickReport", "check_id", "tell"]
+__all__ = ["MAX_ID", "RuntimeBase", "TickReport", "check_id", "keeps_wake", "tell"]
 
 log = logging.getLogger("hookflow_gen")
 _PENDING = StepStatus.PENDING
 #: The longest run id or event key the store keeps.
 MAX_ID = 255
+
+
+def keeps_wake(current: datetime | None, wake_at: datetime | None, now: datetime) -> bool:
+    """Whether a run whose wake-up is ``current`` needs no write to be due by ``wake_at``.
+
+    None needs none when none is set. Otherwise an earlier wake-up still
+    ahead is kept: a tick that comes early finds nothing due and sets the
+    next one, which saves a write (and, on QStash, a message) per step.
+    """
+    if wake_at is None:
+        return current is None
+    return current is not None and now < current <= wake_at
 
 
 def check_id(value: object, what: str) -> str:
@@ -252,17 +264,11 @@ class RuntimeBase:
         *,
         gate: FlowGate | None = None,
     ) -> RunState:
-        current = run.wake_at
+        if keeps_wake(run.wake_at, wake_at, now):
+            return run
         if wake_at is None:
-            if current is None:
-                return run
             run = dataclasses.replace(run, wake_at=None)
             self.store.save_run(run)
-            return run
-        if current is not None and now < current <= wake_at:
-            # An earlier wake-up is already set: a tick that comes early finds
-            # nothing due and sets the next one. Keeping it saves a write (and,
-            # on QStash, a message) per step.
             return run
         if gate is not None:
             return self._save_woken(T.wake(run, wake_at), gate)

@@ -43,7 +43,7 @@ from ..exceptions import (
     WorkflowDefinitionError,
 )
 from . import _transitions as T
-from ._base import TickReport
+from ._base import TickReport, keeps_wake
 from ._decided import save_decided, start_next_child, store_decided
 from ._events import EventsMixin
 from ._execute import (
@@ -779,14 +779,10 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
             or self.clock.monotonic() >= deadline
         ):
             return carried
-        # The wake-up the locked path would keep (``_set_wake``): with lease
-        # wake-ups one due before the new lease ends, else none.
-        wake = run.wake_at
-        lease_until = now + self._lease_for(step)
-        if self.scheduler.lease_wakeups:
-            if wake is None or not now < wake <= lease_until:
-                return carried
-        elif wake is not None:
+        # The run's wake-up must stay as it is (``_set_wake`` would not write):
+        # with lease wake-ups, one due before the new lease ends; else none.
+        due = now + self._lease_for(step) if self.scheduler.lease_wakeups else None
+        if not keeps_wake(run.wake_at, due, now):
             return carried
         writes = _Writes(self.store, run.run_id)
         claim = self._claim(run, pending, self._begin(run, pending, now), now, writes, alone=True)
