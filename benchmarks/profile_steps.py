@@ -102,22 +102,29 @@ def main() -> int:
         from hookflow_gen.django._store import DjangoStore
 
         guarded = DjangoStore.write_guarded
-        label = "guarded write (outcome + next claim, autocommitted; its Python included)"
+        begun = DjangoStore.begin_guarded
+        label = "guarded writes (outcome + next claim or the run's end; its Python included)"
+        first = "guarded first tick (wake-up + first claim; its Python included)"
 
-        def timed_guarded(self: DjangoStore, *args: Any) -> bool:
-            start = time.perf_counter()
-            try:
-                return guarded(self, *args)
-            finally:
-                spent[label] += time.perf_counter() - start
-                calls[label] += 1
+        def timing(method: Any, part: str) -> Any:
+            def timed_method(self: DjangoStore, *args: Any, **kwargs: Any) -> bool:
+                start = time.perf_counter()
+                try:
+                    return bool(method(self, *args, **kwargs))
+                finally:
+                    spent[part] += time.perf_counter() - start
+                    calls[part] += 1
 
-        DjangoStore.write_guarded = timed_guarded  # type: ignore[method-assign]  # timed, then restored
+            return timed_method
+
+        DjangoStore.write_guarded = timing(guarded, label)  # type: ignore[method-assign]  # restored below
+        DjangoStore.begin_guarded = timing(begun, first)  # type: ignore[method-assign]  # restored below
         try:
             with connection.execute_wrapper(timed):
                 wall = engine.run_shape(1, args.steps)
         finally:
             DjangoStore.write_guarded = guarded  # type: ignore[method-assign]  # restored
+            DjangoStore.begin_guarded = begun  # type: ignore[method-assign]  # restored
         engine.reset()
         n = args.steps
         print(f"hookflow_gen on {args.db}: one run of {n:,} steps, {wall / n * 1e6:.0f} us/step\n")

@@ -49,7 +49,7 @@ from hookflow_gen import RunStatus
 from hookflow_gen._clock import Clock, SystemClock
 from hookflow_gen._journal import StepRecord, StepStatus
 from hookflow_gen._store import MemoryStore, RunState
-from hookflow_gen.django._store import DjangoStore
+from hookflow_gen.django._store import Claimed, DjangoStore
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -356,15 +356,21 @@ class InvariantStore(DjangoStore):
         super().save_steps(run_id, records)
 
     def write_guarded(
-        self, run_id: str, guard: StepRecord, owner: str, others: Sequence[StepRecord]
+        self,
+        run_id: str,
+        guard: StepRecord,
+        owner: str,
+        others: Sequence[StepRecord],
+        *,
+        finish: RunState | None = None,
     ) -> bool:
         """The guarded write is a transaction of its own: the same kill points and check."""
         if self._tx.depth:  # inside a transaction of the caller's: checked at its commit
             self._touch(run_id)
-            return super().write_guarded(run_id, guard, owner, others)
+            return super().write_guarded(run_id, guard, owner, others, finish=finish)
         self.cross("begin")
         self.cross("before_commit")
-        written = super().write_guarded(run_id, guard, owner, others)
+        written = super().write_guarded(run_id, guard, owner, others, finish=finish)
         if written and _enabled():
             _report(check_django_runs(self.db, self.clock.now(), (run_id,)))
         _after_commit(self.cross)
@@ -372,11 +378,24 @@ class InvariantStore(DjangoStore):
 
     def claim_due(
         self, now: datetime, lease: timedelta, exclude: Collection[str] = ()
-    ) -> tuple[str, str] | None:
+    ) -> Claimed | None:
         claimed = super().claim_due(now, lease, exclude)
         if claimed is not None:
             self.cross("claimed")
         return claimed
+
+    def begin_guarded(self, run: RunState, seen_seq: int, claim: StepRecord) -> bool:
+        """A guarded first tick is a transaction of its own: the same kill points and check."""
+        if self._tx.depth:
+            self._touch(run.run_id)
+            return super().begin_guarded(run, seen_seq, claim)
+        self.cross("begin")
+        self.cross("before_commit")
+        written = super().begin_guarded(run, seen_seq, claim)
+        if written and _enabled():
+            _report(check_django_runs(self.db, self.clock.now(), (run.run_id,)))
+        _after_commit(self.cross)
+        return written
 
 
 #: Set False by a test marked ``no_invariant`` (it builds a broken state on purpose).
@@ -448,8 +467,10 @@ def wrap_memory_store(setattr_: Callable[[object, str, object], None]) -> None:
         guard: StepRecord,
         owner: str,
         others: Sequence[StepRecord],
+        *,
+        finish: RunState | None = None,
     ) -> bool:
-        written = original_guarded(self, run_id, guard, owner, others)
+        written = original_guarded(self, run_id, guard, owner, others, finish=finish)
         if written and _enabled() and depths_of(self) == 0:
             _report(_memory_problems(self, (run_id,)))
         return written
@@ -459,3 +480,13 @@ def wrap_memory_store(setattr_: Callable[[object, str, object], None]) -> None:
         return depths.get(id(store), 0)
 
     setattr_(MemoryStore, "write_guarded", write_guarded)
+
+    original_begin = MemoryStore.begin_guarded
+
+    def begin_guarded(self: MemoryStore, run: RunState, seen_seq: int, claim: StepRecord) -> bool:
+        written = original_begin(self, run, seen_seq, claim)
+        if written and _enabled() and depths_of(self) == 0:
+            _report(_memory_problems(self, (run.run_id,)))
+        return written
+
+    setattr_(MemoryStore, "begin_guarded", begin_guarded)

@@ -8,6 +8,7 @@ process memory, for tests and the testing kit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -211,7 +212,13 @@ class GuardedWrites(Protocol):
     """A store that can write a checkpoint and the next claim without a transaction."""
 
     def write_guarded(
-        self, run_id: str, guard: StepRecord, owner: str, others: Sequence[StepRecord]
+        self,
+        run_id: str,
+        guard: StepRecord,
+        owner: str,
+        others: Sequence[StepRecord],
+        *,
+        finish: RunState | None = None,
     ) -> bool:
         """Write ``guard`` and ``others`` at once, if ``owner`` still holds ``guard``'s step.
 
@@ -219,6 +226,24 @@ class GuardedWrites(Protocol):
         with the writes, the run is running with no cancellation asked for
         and its step at ``guard.position`` is pending under ``owner``'s
         lease. Returns whether the records were written (and committed).
+
+        With ``finish`` (the run in its final state) the run is saved as
+        ``finish`` too, in the same commit, and the guard asks two things
+        more: the stored run's ``wake_seq`` is still ``finish.wake_seq`` (no
+        other writer changed it), and no running run waits on it with an
+        ``invoke`` step (``waiters``), since those are settled under the lock.
+        """
+        ...
+
+    def begin_guarded(self, run: RunState, seen_seq: int, claim: StepRecord) -> bool:
+        """A new run's first tick: save ``run``'s wake-up and insert ``claim``, its first step.
+
+        Called outside ``atomic()``. Nothing is written unless, atomically
+        with the writes, the stored run is running with no cancellation
+        asked for, its ``wake_seq`` is still ``seen_seq`` and it has no step
+        yet. Only ``wake_at`` and ``wake_seq`` are taken from ``run`` (and a
+        worker's claim on the run is cleared, as ``save_run`` does).
+        Returns whether the records were written (and committed).
         """
         ...
 
@@ -313,7 +338,13 @@ class MemoryStore:
             self.save_step(run_id, record)
 
     def write_guarded(
-        self, run_id: str, guard: StepRecord, owner: str, others: Sequence[StepRecord]
+        self,
+        run_id: str,
+        guard: StepRecord,
+        owner: str,
+        others: Sequence[StepRecord],
+        *,
+        finish: RunState | None = None,
     ) -> bool:
         with self._lock:
             run = self.runs.get(run_id)
@@ -327,7 +358,27 @@ class MemoryStore:
                 or held.lease_owner != owner
             ):
                 return False
+            if finish is not None:
+                if run.wake_seq != finish.wake_seq or self.waiters("invoke", run_id):
+                    return False
+                self.save_run(finish)
             self.save_steps(run_id, (*others, guard))
+            return True
+
+    def begin_guarded(self, run: RunState, seen_seq: int, claim: StepRecord) -> bool:
+        with self._lock:
+            stored = self.runs.get(run.run_id)
+            if (
+                stored is None
+                or stored.status is not RunStatus.RUNNING
+                or stored.cancel_requested
+                or stored.wake_seq != seen_seq
+                or self.journals.get(run.run_id)
+            ):
+                return False
+            woken = dataclasses.replace(stored, wake_at=run.wake_at, wake_seq=run.wake_seq)
+            self.save_run(woken)
+            self.save_steps(run.run_id, (claim,))
             return True
 
     def add_event(self, key: str, payload: str) -> None:

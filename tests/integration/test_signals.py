@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +12,9 @@ from django.db import transaction
 from pydantic import BaseModel
 
 from hookflow_gen import Context, Flow, NonRetryableError, RetryPolicy, RunStatus, workflow
+from hookflow_gen._journal import StepRecord
 from hookflow_gen.django import signals
+from hookflow_gen.django._store import DjangoStore
 from hookflow_gen.django.models import Run, Step
 from tests.conftest import run_worker
 
@@ -206,26 +208,40 @@ def test_a_checkpoint_that_rolls_back_sends_no_completion(
     """A checkpoint whose commit fails sends no StepCompleted; the lost attempt is retried."""
     handle = flaky_flow.start(Job())
     store = runtime.store
+    assert isinstance(store, DjangoStore)
     original = store.save_steps
+    original_guarded = store.write_guarded
     refused: list[bool] = []
 
-    def refuse_once(run_id: str, records: Any) -> None:
+    def refuse_once(records: Sequence[StepRecord]) -> None:
         if not refused and any(r.name == "work" and r.status == "completed" for r in records):
             refused.append(True)
             raise RuntimeError("the database refused the checkpoint")
+
+    def save_steps(run_id: str, records: Sequence[StepRecord]) -> None:
+        refuse_once(records)
         original(run_id, records)
 
-    monkeypatch.setattr(store, "save_steps", refuse_once)
+    def write_guarded(
+        run_id: str, guard: StepRecord, owner: str, others: Sequence[StepRecord], **kw: Any
+    ) -> bool:
+        # The checkpoint that ends the run goes out as a guarded write.
+        refuse_once([guard, *others])
+        return original_guarded(run_id, guard, owner, others, **kw)
+
+    monkeypatch.setattr(store, "save_steps", save_steps)
+    monkeypatch.setattr(store, "write_guarded", write_guarded)
     run_worker(runtime)  # the worker logs the failed tick and ticks the run again
     assert refused
     assert handle.result() == "done after 2"
     work = [e for e in seen.of(signals.StepCompleted) if e.step_name == "work"]
     assert [e.attempt for e in work] == [2], "the rolled-back completion was announced"
     (failed,) = seen.of(signals.StepFailed)
-    # The rolled-back attempt left its claim behind: it counts once its lease lapses.
+    # The refused checkpoint counts as a failed attempt, retried by the step's policy.
     assert (failed.attempt, failed.will_retry) == (1, True)
-    assert failed.retry_at == failed.failed_at
-    assert "stopped before it finished" in failed.error.message
+    assert failed.retry_at == failed.failed_at + timedelta(seconds=1)
+    assert "the step's outcome could not be recorded" in failed.error.message
+    assert "the database refused the checkpoint" in failed.error.message
 
 
 def test_a_receiver_filters_by_workflow(runtime: Runtime) -> None:

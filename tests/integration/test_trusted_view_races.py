@@ -301,7 +301,7 @@ class _LostTick(Exception):
 class _TickLost(Runtime):
     """A runtime whose ticks die (say, its process): ``cancel`` records the request only."""
 
-    def tick(self, run_id: str) -> TickReport:
+    def tick(self, run_id: str, *, fresh: RunState | None = None) -> TickReport:
         raise _LostTick(f"the tick of run {run_id} was lost")
 
 

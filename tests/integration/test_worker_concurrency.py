@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.db import connection, connections
@@ -84,14 +84,14 @@ def _record_ticks(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> _Ticks:
     lock = threading.Lock()
     tick = runtime.tick
 
-    def recorded(run_id: str) -> TickReport:
+    def recorded(run_id: str, **options: Any) -> TickReport:
         with lock:
             if run_id in active:
                 seen.overlaps.append(run_id)
             active.append(run_id)
             seen.most_at_once = max(seen.most_at_once, len(active))
         try:
-            return tick(run_id)
+            return tick(run_id, **options)
         finally:
             with lock:
                 active.remove(run_id)
@@ -124,11 +124,11 @@ def test_a_failing_tick_does_not_stop_the_worker(
     failed: list[str] = []
     tick = runtime.tick
 
-    def flaky_tick(run_id: str) -> TickReport:
+    def flaky_tick(run_id: str, **options: Any) -> TickReport:
         if run_id == doomed and not failed:
             failed.append(run_id)
             raise RuntimeError("the database went away")
-        return tick(run_id)
+        return tick(run_id, **options)
 
     monkeypatch.setattr(runtime, "tick", flaky_tick)
     # The failed tick's claim lapses after the lease, which the fake clock

@@ -151,7 +151,8 @@ class RuntimeBase:
             return replay
         return self._new_replay(run)
 
-    def _new_replay(self, run: RunState) -> Replay:
+    def _new_replay(self, run: RunState, journal: list[StepRecord] | None = None) -> Replay:
+        """A replay of ``run`` from its first step: its stored journal, or ``journal``."""
         workflow = get_workflow(run.workflow)
         info = RunInfo(
             run_id=run.run_id,
@@ -160,7 +161,9 @@ class RuntimeBase:
             parent_run_id=run.parent_run_id,
             continued_from=run.continued_from,
         )
-        return Replay(workflow, run.payload, info, self.store.steps(run.run_id))
+        if journal is None:
+            journal = self.store.steps(run.run_id)
+        return Replay(workflow, run.payload, info, journal)
 
     def _policy(self, run: RunState, step: Any) -> RetryPolicy:
         own: RetryPolicy | None = getattr(step, "retry", None)
@@ -386,6 +389,6 @@ class RuntimeBase:
         """Discard the warm generators (nothing they yield is carried out)."""
         self._warm.clear()
 
-    def tick(self, run_id: str) -> TickReport:
+    def tick(self, run_id: str, *, fresh: RunState | None = None) -> TickReport:
         """Do everything that is due for the run (``Runtime.tick``)."""
         raise NotImplementedError

@@ -23,11 +23,11 @@ import dataclasses
 import functools
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from .._codec import encode
 from .._engine import Completed, ContinuedAsNew, Decision, Failed, Pending, Replay, Waiting
@@ -96,27 +96,34 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
 
     # -- the tick ------------------------------------------------------------------------
 
-    def tick(self, run_id: str) -> TickReport:
+    def tick(self, run_id: str, *, fresh: RunState | None = None) -> TickReport:
         """Do everything that is due for the run, within the time budget.
+
+        Args:
+            run_id: the run to tick.
+            fresh: the run as a worker's claim just read it, where the claim
+                also found that it has no journal yet. Its first step may
+                then be claimed in one guarded write, with nothing read;
+                if the run changed meanwhile, the tick reads it as usual.
 
         Raises:
             UnknownRunError: no run has that id.
         """
         tracer = self.tracer
         if tracer is None:
-            return self._tick(run_id, None)
+            return self._tick(run_id, None, fresh)
         span = tracer.tick(run_id)
         if span is None:  # nothing records spans now
-            return self._tick(run_id, None)
+            return self._tick(run_id, None, fresh)
         try:
-            report = self._tick(run_id, span)
+            report = self._tick(run_id, span, fresh)
         except BaseException as exc:
             span.end(None, 0, exc)
             raise
         span.end(report.status, report.steps_run, None)
         return report
 
-    def _tick(self, run_id: str, span: TickSpan | None) -> TickReport:
+    def _tick(self, run_id: str, span: TickSpan | None, fresh: RunState | None) -> TickReport:
         deadline = self.clock.monotonic() + self.budget.total_seconds()
         replay: Replay | None = None
         outcome: Outcome | None = None
@@ -133,66 +140,79 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         # A checkpoint the workflow already went past outside the lock
         # (``_checkpoint_unlocked``), to write under it.
         carried: _Carried | None = None
-        guarded = getattr(self.store, "write_guarded", None)
+        guarded: _WriteGuarded | None = getattr(self.store, "write_guarded", None)
         steps_run = 0
         # Set once a transaction of this tick commits; an error after that (a
         # hook's, such as a publish) is not the tick's to count.
         committed = _Flag()
+        begun: tuple[Replay, RunState, _Claim] | None = None
+        run: RunState | None
+        claimed: _Claim | None
         try:
+            if fresh is not None and guarded is not None:
+                if span is not None:
+                    span.begin(fresh)
+                begun = self._begin_unlocked(fresh, deadline, committed)
             while True:
-                with self.store.atomic(), _Writes(self.store, run_id) as writes:
-                    committed.value = False
-                    self.store.on_commit(committed.set)
-                    run = self.store.lock_run(run_id)
-                    if run is None:
-                        raise UnknownRunError(f"no run has id {run_id!r}")
-                    if span is not None:
-                        span.begin(run)
-                    if run.status.finished:
-                        self._warm.drop(run_id)
-                        replay = None
-                        return TickReport(run_id, run.status, steps_run, None)
-                    # Nobody else can have changed the journal: this worker held
-                    # the lease on the only step the workflow waited on, and no
-                    # other writer touched the run (a cancellation delivered
-                    # meanwhile, a wake-up, bumps its wake_seq).
-                    trusted = (
-                        trusted_until is not None
-                        and run.wake_seq == seen_seq
-                        and self.clock.now() < trusted_until
-                    )
-                    if carried is not None:
-                        if replay is not None and (trusted or self._still_held(run, carried)):
-                            self._write_carried(run, carried, writes)
-                        elif replay is not None:
-                            replay.discard()  # went past a step it no longer holds
-                            replay = None
-                        carried = None
-                    if replay is None:
-                        replay, run = self._replay_or_settle(run)
-                        if replay is None:
-                            return TickReport(run_id, run.status, steps_run, run.wake_at)
-                    elif not trusted:
-                        replay.catch_up(self.store.steps(run_id, replay.position))
-                    trusted_until = None
-                    if outcome is not None:
-                        self._checkpoint(run, replay, outcome, writes)
-                        outcome = None
-                        if gated is not None:
-                            self._release(gated)
-                            gated = None
-                    if atomic is not None:
-                        claim, atomic = atomic, None
-                        if _holds(replay, claim):
-                            # Exactly once: the function's writes and its checkpoint
-                            # commit together, under the run's lock.
-                            done = self._execute(run, claim, span, atomic=True)
-                            self._checkpoint(run, replay, done, writes)
-                            steps_run += 1
-                        if claim.gates:
-                            self._release(claim)
-                    run, claimed = self._drive(run, replay, deadline, writes)
+                if begun is not None:
+                    # A new run's first tick went out as one guarded write.
+                    replay, run, claimed = begun
+                    begun = None
                     seen_seq = run.wake_seq
+                else:
+                    with self.store.atomic(), _Writes(self.store, run_id) as writes:
+                        committed.value = False
+                        self.store.on_commit(committed.set)
+                        run = self.store.lock_run(run_id)
+                        if run is None:
+                            raise UnknownRunError(f"no run has id {run_id!r}")
+                        if span is not None:
+                            span.begin(run)
+                        if run.status.finished:
+                            self._warm.drop(run_id)
+                            replay = None
+                            return TickReport(run_id, run.status, steps_run, None)
+                        # Nobody else can have changed the journal: this worker held
+                        # the lease on the only step the workflow waited on, and no
+                        # other writer touched the run (a cancellation delivered
+                        # meanwhile, a wake-up, bumps its wake_seq).
+                        trusted = (
+                            trusted_until is not None
+                            and run.wake_seq == seen_seq
+                            and self.clock.now() < trusted_until
+                        )
+                        if carried is not None:
+                            if replay is not None and (trusted or self._still_held(run, carried)):
+                                self._write_carried(run, carried, writes)
+                            elif replay is not None:
+                                replay.discard()  # went past a step it no longer holds
+                                replay = None
+                            carried = None
+                        if replay is None:
+                            replay, run = self._replay_or_settle(run)
+                            if replay is None:
+                                return TickReport(run_id, run.status, steps_run, run.wake_at)
+                        elif not trusted:
+                            replay.catch_up(self.store.steps(run_id, replay.position))
+                        trusted_until = None
+                        if outcome is not None:
+                            self._checkpoint(run, replay, outcome, writes)
+                            outcome = None
+                            if gated is not None:
+                                self._release(gated)
+                                gated = None
+                        if atomic is not None:
+                            claim, atomic = atomic, None
+                            if _holds(replay, claim):
+                                # Exactly once: the function's writes and its checkpoint
+                                # commit together, under the run's lock.
+                                done = self._execute(run, claim, span, atomic=True)
+                                self._checkpoint(run, replay, done, writes)
+                                steps_run += 1
+                            if claim.gates:
+                                self._release(claim)
+                        run, claimed = self._drive(run, replay, deadline, writes)
+                        seen_seq = run.wake_seq
                 if claimed is None:
                     if run.status.finished:
                         replay = None  # a finished run is not kept warm
@@ -224,6 +244,9 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
                     )
                     if next_step is None:
                         break  # not for this path: the next transaction does it
+                    if isinstance(next_step, _Ended):
+                        replay = None  # a finished run is not kept warm
+                        return TickReport(run_id, next_step.run.status, steps_run, None)
                     if isinstance(next_step, _Lost):
                         replay.discard()  # the outcome is checkpointed from the store's view
                         replay = None
@@ -727,18 +750,22 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         outcome: Outcome,
         deadline: float,
         *,
-        guarded: Callable[[str, StepRecord, str, list[StepRecord]], bool],
+        guarded: _WriteGuarded,
         committed: _Flag,
-    ) -> _Claim | _Carried | _Lost | None:
+    ) -> _Claim | _Carried | _Ended | _Lost | None:
         """Checkpoint a step the workflow waited on alone, and claim the next, unlocked.
 
         When the workflow's next request is a fresh ``run`` or ``call`` step
         that needs nothing else (no flow control, no wake-up to move, no
         status to save), both records go out in one guarded statement
         (``GuardedWrites``): written only while this worker still holds the
-        step and no cancellation is asked for. Returns the new claim; or
-        ``_LOST`` when the guard failed (the replay went past what the
-        store says: discard it); or the checkpoint, ``_Carried``, when the
+        step and no cancellation is asked for. When the workflow returns
+        instead, the checkpoint and the run's end go out in one guarded
+        statement the same way (``_end_unlocked``).
+
+        Returns the new claim; or ``_Ended`` when the run ended; or
+        ``_LOST`` when the guard failed (the replay went past what the store
+        says: discard it); or the checkpoint, ``_Carried``, when the
         workflow went on to something the locked path must do; or None when
         nothing was done.
         """
@@ -760,6 +787,10 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         except NonDeterminismError:
             return _Carried(done, owner, ())  # the locked path fails the run
         carried = _Carried(done, owner, tuple(replay.take_writes()))
+        if isinstance(decision, Completed) and not carried.decided:
+            return self._end_unlocked(
+                run, replay, carried, result=decision.result, guarded=guarded, committed=committed
+            )
         if (
             carried.decided
             or run.cancel_requested
@@ -770,14 +801,7 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
             return carried
         pending = decision.pending[0]
         step = pending.step
-        if (
-            pending.record is not None
-            or step.kind not in ("run", "call")
-            or step.flow is not None
-            or _is_atomic(pending)
-            or (self.call_dispatcher is not None and isinstance(step, CallStep))
-            or self.clock.monotonic() >= deadline
-        ):
+        if not self._takes_hot_path(pending, deadline):
             return carried
         # The run's wake-up must stay as it is (``_set_wake`` would not write):
         # with lease wake-ups, one due before the new lease ends; else none.
@@ -795,6 +819,125 @@ class Runtime(EventsMixin, LifecycleMixin, PoisonMixin, UpdatesMixin):
         replay.settle(claim.record)
         self._observe_completed(run, done)  # no transaction is open: told at once
         return claim
+
+    def _begin_unlocked(
+        self, fresh: RunState, deadline: float, committed: _Flag
+    ) -> tuple[Replay, RunState, _Claim] | None:
+        """A new run's first tick without its locked transaction; None where it cannot be.
+
+        ``fresh`` is the run as a worker's claim read it, with no journal
+        yet: the workflow is replayed from nothing, and when its first
+        request is a ``run`` or ``call`` step the hot path could take (see
+        ``_checkpoint_unlocked``), the run's new wake-up and the step's
+        claim go out in one guarded write (``GuardedWrites.begin_guarded``),
+        written only if the run is still as the claim read it and still
+        has no step. Anything else (a sleep first, a status, a cancellation,
+        a scheduler whose wake-up joins the transaction) is left to the
+        locked path, which reads the run again.
+        """
+        begin = getattr(self.store, "begin_guarded", None)
+        if (
+            begin is None
+            or getattr(self.scheduler, "transactional_wake", True)
+            or fresh.status is not RunStatus.RUNNING
+            or fresh.cancel_requested
+            or fresh.tick_failures
+            or fresh.error is not None
+        ):
+            return None
+        run_id = fresh.run_id
+        self._warm.drop(run_id)
+        try:
+            replay = self._new_replay(fresh, journal=[])
+        except (UnknownWorkflowError, PayloadValidationError):
+            return None  # the locked path deals with the run
+        try:
+            decision = replay.advance()
+        except NonDeterminismError:
+            replay.discard()
+            return None
+        if not isinstance(decision, Waiting):
+            replay.discard()
+            return None
+        pending = decision.pending[0]
+        if (
+            len(decision.pending) != 1
+            or replay.take_writes()
+            or replay.status is not None
+            or not self._takes_hot_path(pending, deadline)
+        ):
+            replay.discard()
+            return None
+        now = self.clock.now()
+        writes = _Writes(self.store, run_id)
+        claim = self._claim(
+            fresh, pending, self._begin(fresh, pending, now), now, writes, alone=True
+        )
+        due = claim.lease_until if self.scheduler.lease_wakeups else None
+        run = fresh
+        if not keeps_wake(fresh.wake_at, due, now):
+            run = (
+                T.wake(fresh, due) if due is not None else dataclasses.replace(fresh, wake_at=None)
+            )
+        if not begin(run, fresh.wake_seq, claim.record):
+            log.info("run %s: it changed since it was claimed; reading it again", run_id)
+            replay.discard()
+            return None
+        committed.set()
+        if run is not fresh:
+            self.scheduler.wake(self.store, run)
+        replay.settle(claim.record)
+        return replay, run, claim
+
+    def _end_unlocked(
+        self,
+        run: RunState,
+        replay: Replay,
+        carried: _Carried,
+        *,
+        result: str,
+        guarded: _WriteGuarded,
+        committed: _Flag,
+    ) -> _Carried | _Ended | _Lost:
+        """The workflow returned after the step ``carried`` checkpoints: end the run, unlocked.
+
+        Written only if, besides the step's guard, no other writer changed
+        the run since this tick's view of it (its ``wake_seq``) and no run
+        waits on it; a child run, whose parent waits, always ends under the
+        lock, which settles the parent's step.
+        """
+        if run.parent_run_id is not None or run.cancel_requested:
+            return carried
+        status = replay.status
+        if status is not None and status != run.custom_status:
+            run = dataclasses.replace(run, custom_status=status)
+        now = self.clock.now()
+        ended = T.finish(run, RunStatus.COMPLETED, now, result=result)
+        if not guarded(run.run_id, carried.done, carried.owner, [], finish=ended):
+            log.info("run %s: it changed meanwhile; reading it again to end it", run.run_id)
+            return _LOST
+        committed.set()
+        self._warm.drop(run.run_id)
+        # No transaction is open: the observer is told at once.
+        self._observe_completed(run, carried.done)
+        self._observe_finished(ended, now)
+        return _Ended(ended)
+
+    def _takes_hot_path(self, pending: Pending, deadline: float) -> bool:
+        """Whether a step is claimed by a guarded write: a fresh ``run`` or ``call`` step alone.
+
+        Not one that needs the lock: flow control, an ``atomic`` step, a
+        call handed to a dispatcher; and not past the tick's budget.
+        """
+        step = pending.step
+        return not (
+            pending.record is not None
+            or step.kind not in ("run", "call")
+            or step.flow is not None
+            or _is_atomic(pending)
+            or (self.call_dispatcher is not None and isinstance(step, CallStep))
+            or self.clock.monotonic() >= deadline
+        )
 
     def _still_held(self, run: RunState, carried: _Carried) -> bool:
         """Whether the step ``carried`` checkpoints is still pending under this worker's lease."""
@@ -895,6 +1038,27 @@ class _Carried:
 
 class _Lost:
     """The guarded write found the step changed (see ``_checkpoint_unlocked``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """The guarded write ended the run (``_end_unlocked``): ``run`` as it was saved."""
+
+    run: RunState
+
+
+class _WriteGuarded(Protocol):
+    """``GuardedWrites.write_guarded``, bound to the store."""
+
+    def __call__(
+        self,
+        run_id: str,
+        guard: StepRecord,
+        owner: str,
+        others: Sequence[StepRecord],
+        *,
+        finish: RunState | None = None,
+    ) -> bool: ...
 
 
 _LOST = _Lost()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +188,13 @@ class _Prepared:
             return list(compiler.apply_converters(rows, converters))
         return rows
 
+    def convert(self, connection: BaseDatabaseWrapper, row: Sequence[Any]) -> Sequence[Any]:
+        """A row of this query's columns, read by another statement, as ``rows`` converts it."""
+        _, _, compiler, converters = self._entry(connection)
+        if converters:
+            return next(iter(compiler.apply_converters([list(row)], converters)))
+        return row
+
     def _entry(
         self, connection: BaseDatabaseWrapper
     ) -> tuple[str, list[int], SQLCompiler, dict[int, Any]]:
@@ -306,6 +314,8 @@ class _Statements:
         assignments = ", ".join(f"{ops.quote_name(str(f.column))} = %s" for f in run_fields)
         claimed = ops.quote_name(str(_concrete(Run, "claimed_until").column))
         self.run_preps = [_prep_for(field, connection) for field in run_fields]
+        self.finish_preps = [_prep_for(_concrete(Run, name), connection) for name in _FINISH_FIELDS]
+        self.wake_preps = [_prep_for(_concrete(Run, "wake_at"), connection)]
         run_id = ops.quote_name(str(_concrete(Run, "run_id").column))
         self.claim_run = (
             f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {claimed} = %s WHERE {run_id} = %s"
@@ -317,11 +327,23 @@ class _Statements:
             due, order = _DUE_UNLOCKED.compiled(connection)
             if connection.features.has_select_for_update_skip_locked:
                 due += " FOR UPDATE SKIP LOCKED"
-            workflow = ops.quote_name(str(_concrete(Run, "workflow").column))
+            # The run as it is (the columns ``_GET_RUN`` reads, in its order),
+            # and whether it has no journal yet: a new run's first tick then
+            # reads nothing (``Runtime.tick(fresh=...)``).
+            table = ops.quote_name(Run._meta.db_table)
+            returned = ", ".join(
+                f"{table}.{ops.quote_name(str(_concrete(Run, name).column))}"
+                for name in _RUN_FIELDS
+            )
+            step_run = ops.quote_name(str(_concrete(Step, "run").column))
+            fresh = (
+                f"NOT EXISTS (SELECT 1 FROM {ops.quote_name(Step._meta.db_table)} s "
+                f"WHERE s.{step_run} = {table}.{run_id})"
+            )
             self.claim_due = (
-                f"UPDATE {ops.quote_name(Run._meta.db_table)} SET {claimed} = %s "
+                f"UPDATE {table} SET {claimed} = %s "
                 f"WHERE {run_id} = (SELECT due.run_id FROM ({due}) due) "
-                f"RETURNING {run_id}, {workflow}",
+                f"RETURNING {returned}, {fresh}",
                 order,
             )
         self.update_run = (
@@ -342,6 +364,42 @@ class _Statements:
             sql = self._guarded[rows] = self._guarded_sqlite(rows)
         return sql
 
+    @functools.cached_property
+    def finish_sqlite(self) -> str:
+        """SQLite's guarded end of a run: its ``UPDATE``, if the guard holds."""
+        run, step = self._run_table, self._step_table
+        return (
+            f"UPDATE {run} SET status = ?, result = ?, error = NULL, finished_at = ?, "
+            "wake_at = NULL, cancel_requested = 0, tick_failures = 0, custom_status = ?, "
+            "claimed_until = NULL "
+            "WHERE run_id = ? AND status = 'running' AND NOT cancel_requested "
+            f"AND wake_seq = ? AND EXISTS (SELECT 1 FROM {step} s WHERE s.run_id = ? "
+            "AND s.position = ? AND s.status = 'pending' AND s.lease_owner = ?) "
+            f"AND NOT EXISTS (SELECT 1 FROM {step} s JOIN {run} r ON r.run_id = s.run_id "
+            "WHERE s.key = ? AND s.kind = 'invoke' AND s.status = 'pending' "
+            "AND r.status = 'running')"
+        )
+
+    @functools.cached_property
+    def begin_sqlite(self) -> str:
+        """SQLite's guarded first tick of a run: its ``UPDATE``, if the guard holds."""
+        return (
+            f"UPDATE {self._run_table} SET wake_at = ?, wake_seq = ?, claimed_until = NULL "
+            "WHERE run_id = ? AND status = 'running' AND NOT cancel_requested "
+            f"AND wake_seq = ? AND NOT EXISTS (SELECT 1 FROM {self._step_table} s "
+            "WHERE s.run_id = ?)"
+        )
+
+    @functools.cached_property
+    def upsert_sqlite(self) -> str:
+        """One step row's upsert, with SQLite's own placeholders."""
+        row = "(" + ", ".join(["?"] * len(self._columns)) + ")"
+        excluded = ", ".join(f"{c} = excluded.{c}" for c in self._update_columns)
+        return (
+            f"INSERT INTO {self._step_table} ({', '.join(self._columns)}) VALUES {row} "
+            f"ON CONFLICT ({self._columns[0]}, {self._columns[1]}) DO UPDATE SET {excluded}"
+        )
+
     def _guarded_sqlite(self, rows: int) -> str:
         # One statement holds SQLite's write lock from its start, so the
         # guard and the writes are atomic. The guarded record comes last: the
@@ -360,6 +418,9 @@ class _Statements:
             f"ON CONFLICT ({self._columns[0]}, {self._columns[1]}) DO UPDATE SET {excluded}"
         )
 
+
+#: The run's fields that a guarded end of the run takes as parameters, in order.
+_FINISH_FIELDS = ("status", "result", "finished_at", "custom_status")
 
 _RUN_UPDATE_FIELDS = (
     "status",
@@ -424,6 +485,8 @@ def _prep_for(
 
 
 _WRITE_GUARDED_CALL = "SELECT hookflow_write_guarded(%s, %s, %s, %s)"
+_BEGIN_GUARDED_CALL = "SELECT hookflow_begin_guarded(%s, %s, %s, %s, %s)"
+_FINISH_GUARDED_CALL = "SELECT hookflow_write_guarded(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 
 def _step_values(run_id: str, record: StepRecord) -> tuple[Any, ...]:
@@ -477,6 +540,97 @@ def _params(preps: list[Callable[[Any], Any] | None], values: Sequence[Any]) -> 
     ]
 
 
+def _write_guarded_postgres(
+    cursor: Any,
+    run_id: str,
+    guard: StepRecord,
+    owner: str,
+    *,
+    others: Sequence[StepRecord],
+    finish: RunState | None,
+) -> bool:
+    from psycopg.types.json import Jsonb
+
+    rows = Jsonb([_step_json(run_id, record) for record in (*others, guard)])
+    if finish is None:
+        cursor.execute(_WRITE_GUARDED_CALL, [run_id, guard.position, owner, rows])
+    else:
+        finished_at = _iso(finish.finished_at) if finish.finished_at is not None else None
+        cursor.execute(
+            _FINISH_GUARDED_CALL,
+            [
+                run_id,
+                guard.position,
+                owner,
+                rows,
+                finish.wake_seq,
+                finish.status.value,
+                finish.result,
+                finished_at,
+                finish.custom_status,
+            ],
+        )
+    row = cursor.fetchone()
+    return row is not None and row[0] is True
+
+
+def _finish_params(
+    statements: _Statements, run_id: str, guard: StepRecord, owner: str, finish: RunState
+) -> list[Any]:
+    """The parameters of SQLite's guarded end of a run (``_Statements.finish_sqlite``)."""
+    values = (finish.status.value, finish.result, finish.finished_at, finish.custom_status)
+    return [
+        *_params(statements.finish_preps, values),
+        run_id,
+        finish.wake_seq,
+        run_id,
+        guard.position,
+        owner,
+        run_id,
+    ]
+
+
+def _guarded_sqlite(
+    cursor: Any,
+    statements: _Statements,
+    run_id: str,
+    guard: tuple[str, list[Any]],
+    records: Sequence[StepRecord],
+) -> bool:
+    """Run SQLite's guarded ``UPDATE`` of a run and, if it found the run, upsert ``records``.
+
+    In one immediate transaction of its own; a savepoint inside one the
+    caller holds open (a test's, say), which already holds the write lock.
+    """
+    update, params = guard
+    nested = bool(cursor.connection.in_transaction)
+    begin, commit, rollback = _SQLITE_NESTED if nested else _SQLITE_OWN
+    cursor.execute(begin)
+    try:
+        cursor.execute(update, params)
+        written = bool(cursor.rowcount == 1)
+        if written:
+            upsert = statements.upsert_sqlite
+            for record in records:
+                cursor.execute(upsert, _step_params(statements, run_id, record))
+    except BaseException:
+        if cursor.connection.in_transaction:
+            for statement in rollback:
+                cursor.execute(statement)
+        raise
+    for statement in (commit,) if written else rollback:
+        cursor.execute(statement)
+    return written
+
+
+_SQLITE_OWN = ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
+_SQLITE_NESTED = (
+    'SAVEPOINT "hookflow_guarded"',
+    'RELEASE "hookflow_guarded"',
+    ('ROLLBACK TO "hookflow_guarded"', 'RELEASE "hookflow_guarded"'),
+)
+
+
 _statements: dict[str, _Statements] = {}
 
 
@@ -507,6 +661,18 @@ def _live_leases(using: str, now: datetime) -> QuerySet[Any, Any]:
         status=StepStatus.PENDING.value,
         lease_until__gt=now,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A run a worker claimed (``DjangoStore.claim_due``)."""
+
+    run_id: str
+    workflow: str
+    #: The run as the claim read it; None where the claim could not return it.
+    run: RunState | None = None
+    #: The run had no journal yet when it was claimed.
+    fresh: bool = False
 
 
 class DjangoStore:
@@ -663,46 +829,89 @@ class DjangoStore:
             cursor.execute(sql, params)
 
     def write_guarded(
-        self, run_id: str, guard: StepRecord, owner: str, others: Sequence[StepRecord]
+        self,
+        run_id: str,
+        guard: StepRecord,
+        owner: str,
+        others: Sequence[StepRecord],
+        *,
+        finish: RunState | None = None,
     ) -> bool:
         """Write ``guard`` and ``others`` if ``owner`` still holds the step ``guard`` replaces.
 
         One call in autocommit (one round trip, one commit): it writes
         nothing unless the run is running with no cancellation asked for and
         its step at ``guard.position`` is pending under ``owner``'s lease.
-        On PostgreSQL it is the function ``hookflow_write_guarded``
-        (migration 0012), which locks the run first, as every tick does,
-        then the step row; on SQLite one ``INSERT ... SELECT ... WHERE
-        EXISTS`` statement, which holds the write lock throughout. Either
-        goes to the driver directly, past Django's per-call cursor machinery.
+        With ``finish`` it also ends the run, if its ``wake_seq`` is still
+        ``finish.wake_seq`` and no running run waits on it
+        (``GuardedWrites``). On PostgreSQL it is the function
+        ``hookflow_write_guarded`` (migrations 0012 and 0013), which locks
+        the run first, as every tick does, then the step row; on SQLite one
+        ``INSERT ... SELECT ... WHERE EXISTS`` statement, which holds the
+        write lock throughout (with ``finish``, a guarded ``UPDATE`` of the
+        run and the upsert in one immediate transaction). Either goes to the
+        driver directly, past Django's per-call cursor machinery.
 
         Returns:
             Whether the guard held (and the records were written).
         """
         connection = self._connection()
         statements = _statements_for(connection)
-        params: list[Any]
-        if statements.vendor == "postgresql":
-            from psycopg.types.json import Jsonb
-
-            rows = [_step_json(run_id, record) for record in (*others, guard)]
-            sql = _WRITE_GUARDED_CALL
-            params = [run_id, guard.position, owner, Jsonb(rows)]
-        else:
-            sql = statements.guarded(len(others))
-            params = []
-            for record in (*others, guard):
-                params += _step_params(statements, run_id, record)
-            params += [run_id, guard.position, owner, run_id]
         connection.ensure_connection()
         with connection.wrap_database_errors:
             cursor = connection.connection.cursor()
             try:
-                cursor.execute(sql, params)
                 if statements.vendor == "postgresql":
+                    return _write_guarded_postgres(
+                        cursor, run_id, guard, owner, others=others, finish=finish
+                    )
+                if finish is not None:
+                    ends = (
+                        statements.finish_sqlite,
+                        _finish_params(statements, run_id, guard, owner, finish),
+                    )
+                    return _guarded_sqlite(cursor, statements, run_id, ends, (*others, guard))
+                params: list[Any] = []
+                for record in (*others, guard):
+                    params += _step_params(statements, run_id, record)
+                params += [run_id, guard.position, owner, run_id]
+                cursor.execute(statements.guarded(len(others)), params)
+                return bool(cursor.rowcount > 0)
+            finally:
+                cursor.close()
+
+    def begin_guarded(self, run: RunState, seen_seq: int, claim: StepRecord) -> bool:
+        """A new run's first tick in one call (``GuardedWrites``): its wake-up and first claim.
+
+        On PostgreSQL the function ``hookflow_begin_guarded`` (migration
+        0013), which locks the run and then looks for its steps; on SQLite a
+        guarded ``UPDATE`` of the run and the step's insert in one immediate
+        transaction.
+
+        Returns:
+            Whether the guard held (and the records were written).
+        """
+        connection = self._connection()
+        statements = _statements_for(connection)
+        run_id = run.run_id
+        connection.ensure_connection()
+        with connection.wrap_database_errors:
+            cursor = connection.connection.cursor()
+            try:
+                if statements.vendor == "postgresql":
+                    from psycopg.types.json import Jsonb
+
+                    wake_at = _iso(run.wake_at) if run.wake_at is not None else None
+                    rows = Jsonb([_step_json(run_id, claim)])
+                    cursor.execute(
+                        _BEGIN_GUARDED_CALL, [run_id, seen_seq, wake_at, run.wake_seq, rows]
+                    )
                     row = cursor.fetchone()
                     return row is not None and row[0] is True
-                return bool(cursor.rowcount > 0)
+                (wake_at,) = _params(statements.wake_preps, (run.wake_at,))
+                params = [wake_at, run.wake_seq, run_id, seen_seq, run_id]
+                guard = (statements.begin_sqlite, params)
+                return _guarded_sqlite(cursor, statements, run_id, guard, (claim,))
             finally:
                 cursor.close()
 
@@ -907,8 +1116,8 @@ class DjangoStore:
 
     def claim_due(
         self, now: datetime, lease: timedelta, exclude: Collection[str] = ()
-    ) -> tuple[str, str] | None:
-        """Claim the run that is due first: (run id, workflow), or None if none is due.
+    ) -> Claimed | None:
+        """Claim the run that is due first, or None if none is due.
 
         ``exclude`` names runs not to claim: those a worker's other threads are
         ticking, which stay due while a gather has more ready branches.
@@ -934,7 +1143,10 @@ class DjangoStore:
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
                 row = cursor.fetchone()
-            return (row[0], row[1]) if row is not None else None
+            if row is None:
+                return None
+            run = _run(_GET_RUN.convert(connection, row[:-1]))
+            return Claimed(run.run_id, run.workflow, run, fresh=bool(row[-1]))
         with transaction.atomic(using=self.db):
             if exclude:
                 found = list(_due_query(self.db, RunStatus.RUNNING.value, now, exclude))
@@ -948,7 +1160,7 @@ class DjangoStore:
                     _statements_for(connection).claim_run,
                     [_adapt(connection, now + lease), run_id],
                 )
-        return run_id, workflow
+        return Claimed(run_id, workflow)
 
     def next_wake(self) -> datetime | None:
         """When the earliest running run is next due, or None if none is timed."""

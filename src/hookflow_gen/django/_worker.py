@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from .._runtime import Runtime
+    from .._store import RunState
+    from ._store import Claimed
 
 __all__ = ["Worker"]
 
@@ -189,7 +191,7 @@ class Worker:
                 self._start_scheduled(now)
                 claimed = self._claim(now, pool.in_flight())
                 if claimed is not None:
-                    pool.submit(*claimed)
+                    pool.submit(claimed.run_id, claimed.workflow)
                     ticks += 1
                     continue
                 if pool.busy():
@@ -212,7 +214,7 @@ class Worker:
             pool.join()
         return ticks
 
-    def _claim(self, now: datetime, exclude: Collection[str] = ()) -> tuple[str, str] | None:
+    def _claim(self, now: datetime, exclude: Collection[str] = ()) -> Claimed | None:
         try:
             return self.store.claim_due(now, self.runtime.lease, exclude)
         except Exception:
@@ -224,14 +226,18 @@ class Worker:
         claimed = self._claim(now)
         if claimed is None:
             return False
-        self._tick(*claimed)
+        fresh = claimed.run if claimed.fresh else None
+        self._tick(claimed.run_id, claimed.workflow, fresh)
         return True
 
-    def _tick(self, run_id: str, workflow: str) -> None:
+    def _tick(self, run_id: str, workflow: str, fresh: RunState | None = None) -> None:
         """Tick a claimed run, logging the outcome; never raises an ``Exception``."""
         started = time.monotonic()
         try:
-            report = self.runtime.tick(run_id)
+            if fresh is None:
+                report = self.runtime.tick(run_id)
+            else:
+                report = self.runtime.tick(run_id, fresh=fresh)
         except Exception:
             log.exception("run %s (%s): the tick failed; it is retried after the lease", run_id,
                           workflow)  # fmt: skip
