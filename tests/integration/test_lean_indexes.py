@@ -272,6 +272,33 @@ def test_waiters_use_the_partial_key_index() -> None:
     assert _uses(plan, "hookflow_step_key"), plan
 
 
+@pytest.mark.parametrize("query", ["claim", "next wake-up", "stranded"])
+def test_the_workers_queries_use_the_partial_due_index(query: str) -> None:
+    """The claim, the next wake-up and the sweep read running runs alone (``hookflow_run_due``).
+
+    Their status is a literal in the SQL: SQLite serves a query from a
+    partial index only when the query names the index's condition, and a
+    bound parameter does not. With a parameter, each claim read every run
+    ever started, finished ones included.
+    """
+    from hookflow_gen.django._recovery import stranded
+
+    _seed()
+    Run.objects.filter(run_id__in=[f"lean-{i}" for i in range(0, RUNS, 2)]).update(
+        status="completed", wake_at=None
+    )
+    store = DjangoStore()
+    run: Callable[[], object]
+    if query == "claim":
+        run, where = (lambda: store.claim_due(T0, timedelta(minutes=5))), '"claimed_until" ='
+    elif query == "next wake-up":
+        run, where = store.next_wake, "MIN("
+    else:
+        run, where = (lambda: stranded(store, T0)), '"wake_at" IS NULL'
+    plan = _plan(_captured(run, "hookflow_run", where))
+    assert _uses(plan, "hookflow_run_due"), plan
+
+
 def test_admin_children_use_the_partial_parent_index(admin_client: Client) -> None:
     """The run page's list of children (``parent_run_id = %s``) uses ``hookflow_run_parent``."""
     _seed()

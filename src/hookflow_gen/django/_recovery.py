@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from django.db.models import Exists, OuterRef, Q
 
 from ..exceptions import ConfigurationError
-from ._store import DjangoStore
+from ._store import RUNNING_SQL, DjangoStore
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -63,7 +63,7 @@ def _stranded_query(using: str, now: datetime, late_before: datetime | None) -> 
     )
     if late_before is not None:
         unwoken |= Q(wake_at__lt=late_before)
-    return Run.objects.using(using).filter(unwoken, status="running")
+    return Run.objects.using(using).filter(unwoken, status=RUNNING_SQL)
 
 
 def stranded(

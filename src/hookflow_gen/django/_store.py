@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import Field, Min, Model
 from django.db.models.constants import OnConflict
+from django.db.models.expressions import RawSQL
 
 from .._journal import Attempt, ErrorInfo, StepRecord, StepStatus
 from .._store import RunState, RunStatus
@@ -219,8 +220,15 @@ def _adapt(connection: BaseDatabaseWrapper, value: object) -> Any:
     return value
 
 
+#: ``status = 'running'`` as a literal, not a parameter: SQLite uses the
+#: partial index ``hookflow_run_due`` (``WHERE status = 'running'``) only for
+#: a query that names its condition, and scans every run ever started
+#: otherwise. For the queries that look at running runs alone.
+RUNNING_SQL = RawSQL("'running'", ())
+
+
 def _due_query(
-    using: str, status: object, now: object, exclude: Collection[str] = (), *, lock: bool = True
+    using: str, now: object, exclude: Collection[str] = (), *, lock: bool = True
 ) -> QuerySet[Any, Any]:
     from django.db import connections
     from django.db.models import Q
@@ -229,7 +237,7 @@ def _due_query(
 
     due = (
         Run.objects.using(using)
-        .filter(status=status, wake_at__lte=now)
+        .filter(status=RUNNING_SQL, wake_at__lte=now)
         .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
         .order_by("wake_at")
     )
@@ -276,13 +284,11 @@ def _waiters_query(
     )
 
 
-_DUE = _Prepared(_due_query, "\x00status", datetime(2000, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
+_DUE = _Prepared(_due_query, datetime(2000, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
 # Compiled outside a transaction (the ORM refuses to compile a locking query
 # there); ``_Statements.claim_due`` adds the lock clause.
 _DUE_UNLOCKED = _Prepared(
-    functools.partial(_due_query, lock=False),
-    "\x00status",
-    datetime(2000, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+    functools.partial(_due_query, lock=False), datetime(2000, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
 )
 _LOCK_RUN = _Prepared(_lock_run_query, "\x00run")
 _GET_RUN = _Prepared(_get_run_query, "\x00run")
@@ -1133,12 +1139,17 @@ class DjangoStore:
 
         ``wake_at`` itself is left alone: the tick reads it to decide the next
         wake-up, and moving it forward would make every long sleep wake early.
+
+        The one statement also returns the run and whether it has a journal
+        yet (``Claimed.run``, ``Claimed.fresh``), so a new run's first tick
+        reads nothing (``Runtime.tick(fresh=...)``). The first tick's guarded
+        write (``begin_guarded``) or its ``save_run`` clears the claim.
         """
         connection = self._connection()
         statements = _statements_for(connection)
         if statements.claim_due is not None and not exclude:
             sql, order = statements.claim_due
-            due = (RunStatus.RUNNING.value, now)
+            due = (now,)
             params = [_adapt(connection, now + lease), *(_adapt(connection, due[i]) for i in order)]
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
@@ -1149,9 +1160,9 @@ class DjangoStore:
             return Claimed(run.run_id, run.workflow, run, fresh=bool(row[-1]))
         with transaction.atomic(using=self.db):
             if exclude:
-                found = list(_due_query(self.db, RunStatus.RUNNING.value, now, exclude))
+                found = list(_due_query(self.db, now, exclude))
             else:
-                found = _DUE.rows(connection, RunStatus.RUNNING.value, now)
+                found = _DUE.rows(connection, now)
             if not found:
                 return None
             run_id, workflow = found[0]
@@ -1168,7 +1179,7 @@ class DjangoStore:
 
         earliest: datetime | None = (
             Run.objects.using(self.db)
-            .filter(status="running", wake_at__isnull=False)
+            .filter(status=RUNNING_SQL, wake_at__isnull=False)
             .aggregate(earliest=Min("wake_at"))["earliest"]
         )
         return earliest
