@@ -145,7 +145,9 @@ class Context:
         self._clock = clock or (lambda: info.started_at)
         self._replaying = replaying or (lambda: False)
         self._patches = patches or _new_run_patches
-        self._random = random.Random(info.run_id)
+        # Seeded when first asked for (seeding costs tens of microseconds a
+        # replay, and most workflows never ask): the same sequence either way.
+        self._random: random.Random | None = None
         self._tracker = tracker if tracker is not None else _HandMade()
 
     def _track(self, step: S) -> S:
@@ -192,11 +194,14 @@ class Context:
 
     def uuid4(self) -> uuid.UUID:
         """A random-looking UUID, the same sequence on every replay of this run."""
-        return uuid.UUID(int=self._random.getrandbits(128), version=4)
+        return uuid.UUID(int=self.random().getrandbits(128), version=4)
 
     def random(self) -> random.Random:
         """A ``random.Random`` seeded from the run id: the same sequence on replay."""
-        return self._random
+        found = self._random
+        if found is None:
+            found = self._random = random.Random(self._info.run_id)
+        return found
 
     def patched(self, patch_id: str) -> bool:
         """Whether this run takes the new code path of the change ``patch_id``.
