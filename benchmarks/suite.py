@@ -605,8 +605,8 @@ def report(data: Json) -> tuple[str, list[tuple[str, str, str]]]:
     add("## 4. Durable steps next to DBOS Transact and both floors, interleaved rounds")
     add("")
     if data["steps"]["scale"] != 1.0:
-        add("The full shapes (1,000 x 10, 1 x 1,000, 1 x 10,000) take about 9 min on SQLite and "
-            "30 min on PostgreSQL here: `benchmarks/interleaved.py`, recorded in "
+        add("The full shapes (1,000 x 10, 1 x 1,000, 1 x 10,000) take about 4 min on SQLite (5 "
+            "rounds) and 7 min on PostgreSQL (3 rounds) here: `benchmarks/interleaved.py`, recorded in "
             "`results/interleaved_full_sqlite.md` and `results/interleaved_full_postgres.md`.")  # fmt: skip
         add("")
     steps_lines, steps_verdicts = interleaved.report(data["steps"])
