@@ -415,6 +415,64 @@ def test_a_refused_end_inside_a_transaction_leaves_the_transaction_usable(
     assert _run_row(run_id)[0] == "completed"
 
 
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own transaction")
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_failed_commit_of_a_guarded_end_rolls_back(
+    held: tuple[DjangoStore, str, StepRecord], nested: bool
+) -> None:
+    """A COMMIT that fails (SQLITE_BUSY, say) leaves nothing open and nothing written."""
+    from django.db import transaction
+
+    from hookflow_gen.django._store import (
+        _finish_params,  # pyright: ignore[reportPrivateUsage]  # the SQLite helpers under test
+        _guarded_sqlite,  # pyright: ignore[reportPrivateUsage]
+        _statements_for,  # pyright: ignore[reportPrivateUsage]
+    )
+
+    store, run_id, step = held
+    ended = _ended(store, run_id)
+    statements = _statements_for(connection)
+    before = (_stored(store, run_id), _run_row(run_id))
+
+    class FailingCommit:
+        """The raw cursor, but its COMMIT or RELEASE fails as a busy database's would."""
+
+        def __init__(self, cursor: Any) -> None:
+            self.cursor = cursor
+            self.connection = cursor.connection
+            self.rowcount = 0
+
+        def execute(self, sql: str, params: Any = ()) -> None:
+            if sql in ("COMMIT", 'RELEASE "hookflow_guarded"'):
+                raise RuntimeError("database is locked")
+            self.cursor.execute(sql, params)
+            self.rowcount = self.cursor.rowcount
+
+    def attempt() -> None:
+        connection.ensure_connection()
+        raw = connection.connection.cursor()
+        params = _finish_params(statements, run_id, _completed(step), "a", ended)
+        with pytest.raises(RuntimeError, match="database is locked"):
+            _guarded_sqlite(
+                FailingCommit(raw),
+                statements,
+                run_id,
+                (statements.finish_sqlite, params),
+                [_completed(step)],
+            )
+        raw.close()
+
+    if nested:
+        with transaction.atomic():
+            attempt()
+            assert connection.connection.in_transaction  # the caller's own, still usable
+            assert (_stored(store, run_id), _run_row(run_id)) == before
+    else:
+        attempt()
+        assert not connection.connection.in_transaction
+    assert (_stored(store, run_id), _run_row(run_id)) == before
+
+
 def test_a_workflow_that_returns_after_its_step_ends_on_the_guarded_write(
     runtime: Runtime, guarded_calls: list[tuple[bool, bool]]
 ) -> None:

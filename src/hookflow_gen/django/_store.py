@@ -7,6 +7,7 @@ model instances, since these methods sit on the per-step hot path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -619,13 +620,17 @@ def _guarded_sqlite(
             upsert = statements.upsert_sqlite
             for record in records:
                 cursor.execute(upsert, _step_params(statements, run_id, record))
+        # Inside the ``try``: a COMMIT that fails (SQLITE_BUSY) leaves the
+        # transaction open, holding the write lock, until it is rolled back.
+        for statement in (commit,) if written else rollback:
+            cursor.execute(statement)
     except BaseException:
         if cursor.connection.in_transaction:
-            for statement in rollback:
-                cursor.execute(statement)
+            # The error that got here is the one to see, not the rollback's.
+            with contextlib.suppress(Exception):
+                for statement in rollback:
+                    cursor.execute(statement)
         raise
-    for statement in (commit,) if written else rollback:
-        cursor.execute(statement)
     return written
 
 
