@@ -260,6 +260,30 @@ def test_the_holder_writes_an_outcome_alone(held: tuple[DjangoStore, str, StepRe
     assert _stored(store, run_id) == [(0, "completed", "a")]
 
 
+def _change(store: DjangoStore, run_id: str, step: StepRecord, change: str) -> str:
+    """Change the held run as ``change`` says; the lease owner the writer then claims to be."""
+    from hookflow_gen.django.models import Run
+
+    run = store.get_run(run_id)
+    assert run is not None
+    if change == "another owner":
+        return "someone else"
+    if change == "settled":
+        store.save_steps(run_id, [_completed(step, result="2")])
+    elif change == "cancel requested":
+        store.save_run(dataclasses.replace(run, cancel_requested=True))
+    elif change == "run finished":
+        store.save_run(dataclasses.replace(run, status=RunStatus.FAILED))
+    elif change == "run deleted":
+        Run.objects.filter(run_id=run_id).delete()
+    elif change == "woken meanwhile":
+        store.save_run(transitions.wake(run, T0 + timedelta(seconds=1)))
+    else:
+        assert change == "a parent waits"
+        _waiting_parent(store, run_id, running=True)
+    return "a"
+
+
 @pytest.mark.parametrize(
     "change",
     ["another owner", "settled", "cancel requested", "run finished", "run deleted"],
@@ -268,22 +292,7 @@ def test_the_guard_refuses_and_writes_nothing(
     held: tuple[DjangoStore, str, StepRecord], change: str
 ) -> None:
     store, run_id, step = held
-    owner = "a"
-    if change == "another owner":
-        owner = "someone else"
-    elif change == "settled":
-        store.save_steps(run_id, [_completed(step, result="2")])
-    elif change in ("cancel requested", "run finished"):
-        run = store.get_run(run_id)
-        assert run is not None
-        if change == "cancel requested":
-            store.save_run(dataclasses.replace(run, cancel_requested=True))
-        else:
-            store.save_run(dataclasses.replace(run, status=RunStatus.FAILED))
-    else:
-        from hookflow_gen.django.models import Run
-
-        Run.objects.filter(run_id=run_id).delete()
+    owner = _change(store, run_id, step, change)
     before = _stored(store, run_id)
     results = [r.result for r in store.steps(run_id)]
     assert not store.write_guarded(run_id, _completed(step, result="9"), owner, [_pending(1, "b")])
@@ -380,19 +389,7 @@ def test_the_guard_refuses_to_end_the_run_and_writes_nothing(
 ) -> None:
     store, run_id, step = held
     ended = _ended(store, run_id)
-    owner = "a"
-    run = store.get_run(run_id)
-    assert run is not None
-    if change == "another owner":
-        owner = "someone else"
-    elif change == "settled":
-        store.save_steps(run_id, [_completed(step, result="2")])
-    elif change == "cancel requested":
-        store.save_run(dataclasses.replace(run, cancel_requested=True))
-    elif change == "woken meanwhile":
-        store.save_run(transitions.wake(run, T0 + timedelta(seconds=1)))
-    else:
-        _waiting_parent(store, run_id, running=True)
+    owner = _change(store, run_id, step, change)
     before = (_stored(store, run_id), [r.result for r in store.steps(run_id)], _run_row(run_id))
     assert not store.write_guarded(run_id, _completed(step, result="9"), owner, [], finish=ended)
     after = (_stored(store, run_id), [r.result for r in store.steps(run_id)], _run_row(run_id))
