@@ -20,6 +20,7 @@ from hookflow_gen import (
     RunCancelled,
     RunStatus,
     StepFailed,
+    StepRecord,
     StepStatus,
     WorkflowFailed,
     current_step,
@@ -463,3 +464,71 @@ def test_a_call_holds_its_long_lease_only_once_handed_over(dies: bool) -> None:
     (record,) = store.steps(run.run_id)
     held = dispatcher.call_lease if not dies else lease
     assert record.lease_until == clock.now() + held
+
+
+# -- a new run's first tick, unlocked --------------------------------------------------
+
+
+@workflow(name="durability-three-steps")
+def three_steps(ctx: Context, order: Order) -> Flow[int]:
+    total = order.order_id
+    for index in range(3):
+        total = yield from ctx.run(f"double-{index}", double, total)
+    return total
+
+
+class _Counting(MemoryStore):
+    """A memory store that counts what its guarded writes were asked and answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun: list[bool] = []
+        self.locks = 0
+
+    def begin_guarded(self, run: RunState, seen_seq: int, claim: StepRecord) -> bool:
+        self.begun.append(super().begin_guarded(run, seen_seq, claim))
+        return self.begun[-1]
+
+    def lock_run(self, run_id: str) -> RunState | None:
+        self.locks += 1
+        return super().lock_run(run_id)
+
+
+def test_a_fresh_runs_tick_begins_and_ends_without_the_lock() -> None:
+    """Handed the run as a claim read it, the tick locks nothing: begin, steps, end."""
+    store, clock = _Counting(), FakeClock(EPOCH)
+    runtime = runtime_on(store, clock)
+    run, _ = runtime.start_run(three_steps, Order(order_id=1))
+    report = runtime.tick(run.run_id, fresh=store.get_run(run.run_id))
+    assert report.status is RunStatus.COMPLETED
+    assert store.begun == [True]
+    assert store.locks == 0
+    done = store.get_run(run.run_id)
+    assert done is not None and done.result == "8"
+    assert [r.status for r in store.steps(run.run_id)] == [StepStatus.COMPLETED] * 3
+
+
+@pytest.mark.parametrize("change", ["woken", "cancel requested", "has a step"])
+def test_a_fresh_run_that_changed_is_ticked_under_the_lock(change: str) -> None:
+    """The claim's view is stale: the guarded first tick is refused and the lock takes over."""
+    store, clock = _Counting(), FakeClock(EPOCH)
+    runtime = runtime_on(store, clock)
+    run, _ = runtime.start_run(three_steps, Order(order_id=1))
+    seen = store.get_run(run.run_id)
+    assert seen is not None
+    if change == "woken":
+        store.save_run(dataclasses.replace(seen, wake_seq=seen.wake_seq + 1))
+    elif change == "cancel requested":
+        store.save_run(dataclasses.replace(seen, cancel_requested=True))
+    else:
+        # Another worker's locked tick claimed the first step meanwhile.
+        assert runtime.tick(run.run_id).status is RunStatus.COMPLETED
+    report = runtime.tick(run.run_id, fresh=seen)
+    assert store.begun == [False]
+    assert store.locks >= 1
+    if change == "cancel requested":
+        assert report.status is RunStatus.CANCELLED
+        assert [r.status for r in store.steps(run.run_id)] == [StepStatus.FAILED]
+    else:
+        assert report.status is RunStatus.COMPLETED
+        assert [r.status for r in store.steps(run.run_id)] == [StepStatus.COMPLETED] * 3
